@@ -1,0 +1,98 @@
+# Shared by run.sh, test.sh: install and start, on loopback ports of our own, a real
+# redis-server and the MongoDB wire-protocol server nx-27017 (see README, "Where MongoDB and
+# Redis come from"). Everything lives in .work/ (git-ignored). Sourced, not executed.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+WORK="$ROOT/.work"
+NX_VERSION="0.8.1"
+mkdir -p "$WORK"
+
+log() { printf '\033[1;34m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as root: directly when we are root, through sudo otherwise.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return
+    log "installing redis-server (Debian package)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system-wide Redis on 6379 where systemd runs; we use our own.
+}
+
+ensure_nx() {
+    local installed=""
+    if [ -x "$WORK/venv/bin/nx-27017" ]; then
+        installed=$("$WORK/venv/bin/pip" show nx-27017 2>/dev/null | sed -n 's/^Version: //p')
+    fi
+    [ "$installed" = "$NX_VERSION" ] && return
+    log "installing nx-27017==$NX_VERSION into .work/venv"
+    python3 -m venv "$WORK/venv"
+    "$WORK/venv/bin/pip" install -q --disable-pip-version-check "nx-27017==$NX_VERSION" "PyYAML==6.0.2"
+}
+
+# wait_for_port PORT SECONDS: true once something accepts connections on 127.0.0.1:PORT.
+wait_for_port() {
+    local port=$1 deadline=$((SECONDS + $2))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+port_is_free() {
+    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# alive PID: the process exists and is not a zombie waiting to be reaped.
+alive() {
+    kill -0 "$1" 2>/dev/null && ! grep -qs '^[0-9]* ([^)]*) Z' "/proc/$1/stat"
+}
+
+# stop_pidfile FILE: stops the process named in FILE (left by an earlier run) and removes it.
+stop_pidfile() {
+    local file=$1 pid
+    [ -f "$file" ] || return 0
+    pid=$(cat "$file" 2>/dev/null || true)
+    if [ -n "$pid" ] && alive "$pid"; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+        alive "$pid" && kill -9 "$pid" 2>/dev/null
+    fi
+    rm -f "$file"
+}
+
+# start_redis NAME PORT: a throw-away Redis (no persistence) in .work/NAME.
+start_redis() {
+    local dir="$WORK/$1" port=$2
+    mkdir -p "$dir"
+    stop_pidfile "$dir/redis.pid"
+    port_is_free "$port" || die "port $port is taken; set another one (see README)"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --dir "$dir" \
+        >/dev/null
+    wait_for_port "$port" 10 || die "redis-server did not start on port $port (see $dir/redis.log)"
+    log "redis-server on 127.0.0.1:$port"
+}
+
+# start_mongo NAME PORT: nx-27017 with an in-memory database in .work/NAME.
+start_mongo() {
+    local dir="$WORK/$1" port=$2
+    mkdir -p "$dir"
+    stop_pidfile "$dir/mongo.pid"
+    port_is_free "$port" || die "port $port is taken; set another one (see README)"
+    "$WORK/venv/bin/nx-27017" --db memory --host 127.0.0.1 -p "$port" \
+        --log-file "$dir/mongo.log" --pid-file "$dir/nx.pid" >"$dir/mongo.out" 2>&1 &
+    echo $! >"$dir/mongo.pid"
+    wait_for_port "$port" 30 || die "nx-27017 did not start on port $port (see $dir/mongo.out)"
+    log "nx-27017 (MongoDB wire protocol) on 127.0.0.1:$port"
+}
+
+stop_services() {
+    stop_pidfile "$WORK/$1/mongo.pid"
+    stop_pidfile "$WORK/$1/redis.pid"
+}

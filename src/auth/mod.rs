@@ -1,0 +1,9 @@
+//! Passwords, access tokens and the extractor that authenticates a request.
+
+mod extractor;
+mod jwt;
+mod password;
+
+pub use extractor::{ACCESS_TOKEN_COOKIE, AuthUser};
+pub use jwt::{Claims, IssuedToken, JwtKeys};
+pub use password::{PasswordHasher, verify_or_burn};

@@ -1,0 +1,91 @@
+use anyhow::Context;
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use rand::rngs::OsRng;
+
+use crate::domain::Password;
+
+/// Argon2id hashing, run on the blocking pool because one hash costs tens of milliseconds.
+#[derive(Clone)]
+pub struct PasswordHasher {
+    /// A real hash of a random password, verified when the user does not exist so that an
+    /// unknown username costs the same time as a wrong password.
+    dummy_hash: String,
+}
+
+impl PasswordHasher {
+    pub fn new() -> anyhow::Result<Self> {
+        let salt = SaltString::generate(&mut OsRng);
+        let dummy_hash = Argon2::default()
+            .hash_password(uuid::Uuid::new_v4().as_bytes(), &salt)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("cannot compute the dummy password hash")?
+            .to_string();
+        Ok(Self { dummy_hash })
+    }
+
+    pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::generate(&mut OsRng);
+            Argon2::default()
+                .hash_password(password.expose().as_bytes(), &salt)
+                .map(|hash| hash.to_string())
+                .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
+        })
+        .await
+        .context("the hashing task panicked")?
+    }
+
+    /// Checks `password` against `stored_hash`, or against the dummy hash when there is no
+    /// user, and returns whether it matched (always false in the second case).
+    pub async fn verify(
+        &self,
+        password: String,
+        stored_hash: Option<String>,
+    ) -> anyhow::Result<bool> {
+        let exists = stored_hash.is_some();
+        let hash = stored_hash.unwrap_or_else(|| self.dummy_hash.clone());
+        let matched = tokio::task::spawn_blocking(move || verify_or_burn(&password, &hash))
+            .await
+            .context("the verification task panicked")?;
+        Ok(exists && matched)
+    }
+}
+
+/// Verifies a password against a PHC string; a malformed stored hash counts as a mismatch.
+pub fn verify_or_burn(password: &str, hash: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_hash_verifies_its_password_only() {
+        let hasher = PasswordHasher::new().unwrap();
+        let hash = hasher
+            .hash(Password::parse("hunter2hunter2".into()).unwrap())
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(
+            hasher
+                .verify("hunter2hunter2".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("hunter3hunter3".into(), Some(hash))
+                .await
+                .unwrap()
+        );
+        assert!(!hasher.verify("hunter2hunter2".into(), None).await.unwrap());
+    }
+}

@@ -1,0 +1,27 @@
+//! Domain newtypes. Each one can only be built through `parse`, so an invalid value cannot
+//! exist past the HTTP edge ("parse, don't validate").
+
+mod password;
+mod user_id;
+mod username;
+
+pub use password::Password;
+pub use user_id::UserId;
+pub use username::Username;
+
+/// Why a value was rejected; the HTTP layer turns it into a 422 with this code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DomainError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl DomainError {
+    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The HTTP edge: one module per resource, named like its path, plus the OpenAPI document,
+//! request logging, and the glue that turns every framework-level failure into the API's
+//! JSON error shape.
+
+pub mod auth;
+pub mod health;
+pub mod openapi;
+pub mod request_log;
+pub mod users;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::ServiceResponse;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::header;
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+use crate::error::ApiError;
+
+/// Registers every API route. Each handler here is also listed in [`openapi::ApiDoc`].
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
+        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+        .service(web::resource("/auth/register").route(web::post().to(auth::register)))
+        .service(web::resource("/auth/login").route(web::post().to(auth::login)))
+        .service(web::resource("/auth/logout").route(web::post().to(auth::logout)))
+        .service(web::resource("/users/me").route(web::get().to(users::me)))
+        .service(web::resource("/users/online").route(web::get().to(users::online)))
+        .service(web::resource("/users/{username}").route(web::get().to(users::by_username)));
+}
+
+/// JSON bodies: size limit, and a clear 4xx for each way a body can be wrong.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _req| json_error(&err).into())
+}
+
+fn json_error(err: &JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body must be at most {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the request body must be JSON with `Content-Type: application/json`",
+        ),
+        JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::unprocessable(
+            "invalid_body",
+            format!("the request body is not valid: {e}"),
+        ),
+        JsonPayloadError::Deserialize(e) => ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        ),
+        _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
+    }
+}
+
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
+        ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
+    })
+}
+
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err: PathError, _req| {
+        ApiError::bad_request("invalid_path", format!("invalid path: {err}")).into()
+    })
+}
+
+/// The default service: a JSON 404 for any path the API does not have.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::not_found(
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .error_response()
+}
+
+/// Gives error responses produced outside our handlers (a 405 from the router, a 404 from
+/// Swagger UI's file server) the same JSON shape as ours.
+pub fn jsonify_error<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.starts_with("application/json") || v.starts_with("application/problem+json")
+        });
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let code = match status.as_u16() {
+        404 => "not_found",
+        405 => "method_not_allowed",
+        413 => "payload_too_large",
+        415 => "unsupported_media_type",
+        s if s >= 500 => "internal_error",
+        _ => "bad_request",
+    };
+    let message = status.canonical_reason().unwrap_or("error").to_lowercase();
+    let body = ApiError::new(status, code, message).error_response();
+    let (req, _) = res.into_parts();
+    let res = ServiceResponse::new(req, body.map_into_boxed_body()).map_into_right_body::<B>();
+    Ok(ErrorHandlerResponse::Response(res))
+}

@@ -1,0 +1,44 @@
+//! Fixed-window rate limits counted in Redis, so the limit holds across instances.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::Live;
+
+/// KEYS: counter. ARGV: window_ms. Returns [count, ms until the window resets].
+static HIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local count = redis.call('INCR', KEYS[1])
+        if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+        local ttl = redis.call('PTTL', KEYS[1])
+        if ttl < 0 then
+            redis.call('PEXPIRE', KEYS[1], ARGV[1])
+            ttl = tonumber(ARGV[1])
+        end
+        return {count, ttl}
+        ",
+    )
+});
+
+impl Live {
+    /// Counts one attempt of `subject` in `scope`. Returns `Some(seconds to wait)` when the
+    /// attempt is over `limit` for the current window.
+    pub async fn rate_limit(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: u32,
+        window: Duration,
+    ) -> redis::RedisResult<Option<u64>> {
+        let mut conn = self.redis.clone();
+        let (count, ttl_ms): (u64, u64) = HIT
+            .key(self.keys.rate_limit(scope, subject))
+            .arg(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((count > u64::from(limit)).then(|| ttl_ms.div_ceil(1000)))
+    }
+}

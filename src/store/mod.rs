@@ -1,0 +1,85 @@
+//! All MongoDB access: connection, indexes, and one function per query. Handlers never build
+//! queries; everything that reaches a filter here is a parsed domain value.
+
+mod users;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::{Client, Database};
+
+pub use users::{InsertUserError, NewUser, UserRecord};
+
+use crate::config::Settings;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Builds the client. No network traffic happens until the first operation, so the
+    /// service can start while MongoDB is still coming up.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Self> {
+        let mut options = ClientOptions::parse(&settings.mongodb_uri)
+            .await
+            .context("MONGODB_URI is not a valid MongoDB connection string")?;
+        options
+            .app_name
+            .get_or_insert_with(|| "chat-server".to_owned());
+        options.server_selection_timeout = Some(settings.mongodb_timeout);
+        options.connect_timeout = Some(settings.mongodb_timeout);
+        // On a replica set an acknowledged write must survive a primary failover.
+        options.retry_writes.get_or_insert(true);
+        options.retry_reads.get_or_insert(true);
+        options
+            .write_concern
+            .get_or_insert_with(WriteConcern::majority);
+        let client = Client::with_options(options).context("cannot create the MongoDB client")?;
+        Ok(Self {
+            db: client.database(&settings.mongodb_database),
+        })
+    }
+
+    /// Creates the indexes the queries rely on; idempotent.
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        users::ensure_indexes(&self.db).await
+    }
+
+    /// Retries [`Store::ensure_indexes`] until it succeeds or `deadline` passes, so that the
+    /// service can be started before its database (as `docker compose up` does).
+    pub async fn ensure_indexes_within(&self, deadline: Duration) -> anyhow::Result<()> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.ensure_indexes().await {
+                Ok(()) => return Ok(()),
+                Err(err) if started.elapsed() < deadline => {
+                    tracing::warn!(error = %err, "MongoDB is not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(err) => return Err(err).context("cannot create the MongoDB indexes"),
+            }
+        }
+    }
+
+    pub async fn ping(&self) -> mongodb::error::Result<()> {
+        self.db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// True when a write failed on a unique index.
+pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    const DUPLICATE_KEY: i32 = 11000;
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}

@@ -1,0 +1,60 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ScratchMongo, free_port, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn healthz_and_readyz_are_ok_when_everything_is_up() {
+    let app = spawn_app().await;
+    let res = app.get("/healthz").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+    let res = app.get("/readyz").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"mongodb": "ok", "redis": "ok"}})
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_redis_when_it_is_down() {
+    let app = spawn_app_with(&[("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))]).await;
+    let res = app.get("/readyz").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "not_ready");
+    assert_eq!(
+        body["checks"],
+        json!({"mongodb": "ok", "redis": "unreachable"})
+    );
+    assert_eq!(body["message"], "unreachable: redis");
+    // Liveness does not depend on the dependencies.
+    assert_eq!(
+        app.get("/healthz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_mongodb_when_it_is_down() {
+    let mut mongo = ScratchMongo::start().await;
+    let app = spawn_app_with(&[
+        ("MONGODB_URI", mongo.uri.clone()),
+        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+    ])
+    .await;
+    assert_eq!(
+        app.get("/readyz").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    mongo.kill();
+    let res = app.get("/readyz").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["checks"],
+        json!({"mongodb": "unreachable", "redis": "ok"})
+    );
+}

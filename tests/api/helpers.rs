@@ -1,0 +1,278 @@
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chat_server::config::Settings;
+use chat_server::startup::Application;
+use reqwest::{RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+pub fn test_mongodb_uri() -> String {
+    env_or(
+        "TEST_MONGODB_URI",
+        "mongodb://127.0.0.1:37018/?directConnection=true",
+    )
+}
+
+pub fn test_redis_url() -> String {
+    env_or("TEST_REDIS_URL", "redis://127.0.0.1:16380")
+}
+
+/// A name no other test uses, valid as a username (and as a database name).
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+}
+
+pub struct TestUser {
+    pub id: String,
+    pub username: String,
+    pub token: String,
+}
+
+/// Variables every test app gets; `overrides` wins.
+fn test_vars(overrides: &[(&str, String)]) -> HashMap<String, String> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut vars: HashMap<String, String> = [
+        ("LISTEN_ADDR", "127.0.0.1:0".to_owned()),
+        ("MONGODB_URI", test_mongodb_uri()),
+        ("MONGODB_DATABASE", format!("test_{id}")),
+        ("MONGODB_TIMEOUT_MS", "2000".to_owned()),
+        ("REDIS_URL", test_redis_url()),
+        ("REDIS_KEY_PREFIX", format!("test:{id}:")),
+        ("JWT_SECRET", format!("{id}{id}")),
+        ("HTTP_WORKERS", "2".to_owned()),
+        ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
+        ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert((*k).to_owned(), v.clone());
+    }
+    vars
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Starts an instance with its own database and key prefix, and `overrides` applied.
+pub async fn spawn_app_with(overrides: &[(&str, String)]) -> TestApp {
+    let vars = test_vars(overrides);
+    let settings = Settings::from_lookup(|name| vars.get(name).cloned()).expect("test settings");
+    start(settings).await
+}
+
+async fn start(settings: Settings) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        chat_server::telemetry::init(settings.log_format);
+    }
+    let app = Application::build(&settings).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        settings,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+    }
+}
+
+impl TestApp {
+    /// Another instance of the service sharing this one's MongoDB database, Redis prefix and
+    /// JWT secret: what a second replica behind a load balancer is.
+    pub async fn spawn_sibling(&self) -> TestApp {
+        start(self.settings.clone()).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.client.get(self.url(path))
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Response {
+        self.post("/auth/register")
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> Response {
+        self.post("/auth/login")
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Logs an existing user in and returns the token.
+    pub async fn token_for(&self, username: &str) -> String {
+        let res = self.login(username, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a fresh user and logs them in.
+    pub async fn signup(&self, prefix: &str) -> TestUser {
+        let username = unique(prefix);
+        let res = self.register(&username, PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+        let body: Value = res.json().await.unwrap();
+        let token = self.token_for(&username).await;
+        TestUser {
+            id: body["id"].as_str().unwrap().to_owned(),
+            username,
+            token,
+        }
+    }
+
+    pub async fn get_authed(&self, path: &str, token: &str) -> Response {
+        self.get(path).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn logout(&self, token: &str) -> Response {
+        self.post("/auth/logout")
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Usernames in `GET /users/online`, as seen by `token`'s owner (which refreshes them).
+    pub async fn online_names(&self, token: &str) -> Vec<String> {
+        let res = self.get_authed("/users/online", token).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// Asserts the API's error shape and returns the code.
+pub async fn error_code(res: Response, status: StatusCode) -> String {
+    assert_eq!(res.status(), status);
+    let content_type = res.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert!(body["message"].is_string(), "{body}");
+    body["error"].as_str().unwrap().to_owned()
+}
+
+/// Polls `check` until it is true, for at most `bound`. No fixed sleeps: the wait ends as soon
+/// as the condition holds.
+pub async fn eventually<F, Fut>(bound: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A MongoDB-protocol server of the test's own (nx-27017, from `TEST_NX_27017`), for tests
+/// that take the database down. Killed on drop.
+pub struct ScratchMongo {
+    pub uri: String,
+    child: Child,
+}
+
+impl ScratchMongo {
+    pub async fn start() -> ScratchMongo {
+        let bin = env_or("TEST_NX_27017", ".work/venv/bin/nx-27017");
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("scratch-mongo-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "--db",
+                "memory",
+                "--host",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .arg("--log-file")
+            .arg(dir.join("log"))
+            .arg("--pid-file")
+            .arg(dir.join("pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nx-27017 starts (run the tests through scripts/test.sh)");
+        let up = eventually(Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "nx-27017 did not come up on port {port}");
+        ScratchMongo {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            child,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ScratchMongo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,11 @@
+//! API tests: each one drives real instances of the service (bound to port 0) against the
+//! real Redis and MongoDB-protocol servers that `scripts/test.sh` starts, with a database name
+//! and Redis key prefix of its own so that tests run in parallel.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod errors;
+mod health;
+mod helpers;
+mod openapi;
+mod users;
