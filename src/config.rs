@@ -31,6 +31,16 @@ pub struct Settings {
     pub jwt_ttl: Duration,
     /// `PRESENCE_TTL_SECS`: a user with no request or open stream for this long is offline.
     pub presence_ttl: Duration,
+    /// `EVENT_LOG_MAX_LEN`: events kept in the Redis log for replay; a client that was away
+    /// for longer gets a `resync` event.
+    pub event_log_max_len: usize,
+    /// `SSE_HEARTBEAT_SECS`: interval of the comment lines that keep idle streams open.
+    pub sse_heartbeat: Duration,
+    /// `SSE_RETRY_MS`: reconnection delay suggested to clients (`retry:`).
+    pub sse_retry_ms: u64,
+    /// `SSE_BUFFER_EVENTS`: how far a slow stream may fall behind before it is closed (the
+    /// client then resumes from the log).
+    pub sse_buffer_events: usize,
     /// `AUTH_RATE_LIMIT_PER_MINUTE`: login or register attempts allowed per client address and
     /// username per minute.
     pub auth_rate_limit_per_minute: u32,
@@ -121,18 +131,10 @@ impl Settings {
             Some(other) => bail!("LOG_FORMAT must be `text` or `json`, not `{other}`"),
         };
 
-        let presence_ttl = Duration::from_secs(number(&get, "PRESENCE_TTL_SECS", 60)?);
-        if presence_ttl.is_zero() {
-            bail!("PRESENCE_TTL_SECS must be at least 1");
-        }
-        let jwt_ttl = Duration::from_secs(number(&get, "JWT_TTL_SECS", 3600)?);
-        if jwt_ttl.is_zero() {
-            bail!("JWT_TTL_SECS must be at least 1");
-        }
-        let max_body_bytes = number(&get, "MAX_BODY_BYTES", 64 * 1024)?;
-        if max_body_bytes < 1024 {
-            bail!("MAX_BODY_BYTES must be at least 1024");
-        }
+        const DAY: u64 = 24 * 3600;
+        let presence_ttl = Duration::from_secs(bounded(&get, "PRESENCE_TTL_SECS", 60, 1, DAY)?);
+        let jwt_ttl = Duration::from_secs(bounded(&get, "JWT_TTL_SECS", 3600, 1, 365 * DAY)?);
+        let max_body_bytes = bounded(&get, "MAX_BODY_BYTES", 64 * 1024, 1024, 64 * 1024 * 1024)?;
 
         Ok(Self {
             listen_addr: string("LISTEN_ADDR", "127.0.0.1:8080"),
@@ -141,17 +143,33 @@ impl Settings {
                 "mongodb://127.0.0.1:27017/?directConnection=true",
             ),
             mongodb_database: string("MONGODB_DATABASE", "chat"),
-            mongodb_timeout: Duration::from_millis(number(&get, "MONGODB_TIMEOUT_MS", 5000)?),
+            mongodb_timeout: Duration::from_millis(bounded(
+                &get,
+                "MONGODB_TIMEOUT_MS",
+                5000,
+                100,
+                600_000,
+            )?),
             redis_url: string("REDIS_URL", "redis://127.0.0.1:6379"),
             redis_key_prefix: string("REDIS_KEY_PREFIX", "chat:"),
             jwt_secret,
             jwt_ttl,
             presence_ttl,
+            event_log_max_len: bounded(&get, "EVENT_LOG_MAX_LEN", 100_000, 10, 100_000_000)?,
+            sse_heartbeat: Duration::from_secs(bounded(&get, "SSE_HEARTBEAT_SECS", 15, 1, 3600)?),
+            sse_retry_ms: bounded(&get, "SSE_RETRY_MS", 2000, 0, 600_000)?,
+            sse_buffer_events: bounded(&get, "SSE_BUFFER_EVENTS", 4096, 16, 1_000_000)?,
             auth_rate_limit_per_minute: number(&get, "AUTH_RATE_LIMIT_PER_MINUTE", 20)?,
             trust_forwarded_for: boolean(&get, "TRUST_FORWARDED_FOR", false)?,
             max_body_bytes,
             http_workers: number(&get, "HTTP_WORKERS", 0)?,
-            shutdown_timeout: Duration::from_secs(number(&get, "SHUTDOWN_TIMEOUT_SECS", 10)?),
+            shutdown_timeout: Duration::from_secs(bounded(
+                &get,
+                "SHUTDOWN_TIMEOUT_SECS",
+                10,
+                0,
+                3600,
+            )?),
             cookie_secure: boolean(&get, "COOKIE_SECURE", !dev_mode)?,
             dev_mode,
             log_format,
@@ -172,6 +190,25 @@ where
             .parse()
             .with_context(|| format!("{name} must be a non-negative whole number, not `{raw}`")),
     }
+}
+
+/// A whole number within `min..=max`, so that no setting can overflow later arithmetic.
+fn bounded<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    default: T,
+    min: T,
+    max: T,
+) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let value = number(get, name, default)?;
+    if value < min || value > max {
+        bail!("{name} must be between {min} and {max}, not {value}");
+    }
+    Ok(value)
 }
 
 fn boolean(

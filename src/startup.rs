@@ -1,31 +1,46 @@
 //! Wiring: builds the shared state, binds the listener and runs the HTTP server.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use tokio::sync::watch;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{JwtKeys, PasswordHasher};
 use crate::config::Settings;
 use crate::http::{self, openapi::ApiDoc};
-use crate::live::Live;
-use crate::store::Store;
+use crate::live::{Hub, Live, Outbox};
+use crate::store::{RoomRecord, Store};
 
 /// How long start-up waits for MongoDB to accept the index creation.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Everything a handler may need, shared by all workers of one instance. It holds only
-/// handles to MongoDB and Redis: no state another instance would need.
+/// SSE settings handed to every stream.
+#[derive(Clone, Debug)]
+pub struct SseSettings {
+    pub heartbeat: Duration,
+    pub retry_ms: u64,
+}
+
+/// Everything a handler may need, shared by all workers of one instance. Besides handles to
+/// MongoDB and Redis it holds only the fan-out of the event log to this instance's streams:
+/// no state another instance would need.
 pub struct AppState {
     pub store: Store,
     pub live: Live,
+    pub hub: Arc<Hub>,
+    pub outbox: Outbox,
     pub jwt: JwtKeys,
     pub hasher: PasswordHasher,
+    pub default_room: RoomRecord,
+    pub sse: SseSettings,
+    pub shutdown: watch::Receiver<bool>,
     pub cookie_secure: bool,
     pub trust_forwarded_for: bool,
     pub auth_rate_limit_per_minute: u32,
@@ -34,23 +49,56 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    shutdown: Shutdown,
+}
+
+/// Stops an instance the way SIGTERM does: open event streams end, in-flight requests
+/// finish, then the server exits.
+#[derive(Clone)]
+pub struct Shutdown {
+    signal: Arc<watch::Sender<bool>>,
+    server: ServerHandle,
+}
+
+impl Shutdown {
+    pub async fn trigger(&self) {
+        let _ = self.signal.send(true);
+        self.server.stop(true).await;
+    }
 }
 
 impl Application {
-    /// Connects to MongoDB (creating indexes) and Redis, binds `LISTEN_ADDR` and prepares
-    /// the server. Nothing is served until [`Application::run_until_stopped`].
+    /// Connects to MongoDB (creating indexes and the default room) and Redis, starts the
+    /// event log tailer, binds `LISTEN_ADDR` and prepares the server. Nothing is served until
+    /// [`Application::run_until_stopped`].
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let store = Store::connect(settings).await?;
         store.ensure_indexes_within(STARTUP_DEADLINE).await?;
+        let default_room = store
+            .ensure_default_room()
+            .await
+            .context("cannot create the default room")?;
         let live = Live::connect(settings)?;
         if let Err(err) = live.ping().await {
             tracing::warn!(error = %err, "Redis is unreachable at start-up; authenticated requests will get 503 until it is back");
         }
+        let (signal, shutdown) = watch::channel(false);
+        let hub = Hub::start(live.clone(), settings.sse_buffer_events, shutdown.clone());
+        live.spawn_presence_sweeper(shutdown.clone());
+        let outbox = Outbox::start(live.clone(), shutdown.clone());
         let state = web::Data::new(AppState {
             store,
             live,
+            hub,
+            outbox,
             jwt: JwtKeys::new(&settings.jwt_secret, settings.jwt_ttl),
             hasher: PasswordHasher::new()?,
+            default_room,
+            sse: SseSettings {
+                heartbeat: settings.sse_heartbeat,
+                retry_ms: settings.sse_retry_ms,
+            },
+            shutdown,
             cookie_secure: settings.cookie_secure,
             trust_forwarded_for: settings.trust_forwarded_for,
             auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
@@ -82,14 +130,20 @@ impl Application {
                 .default_service(web::to(http::not_found))
         })
         .listen(listener)?
+        .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs());
         if settings.http_workers > 0 {
             server = server.workers(settings.http_workers);
         }
+        let server = server.run();
         tracing::info!(addr = %settings.listen_addr, port, "listening");
         Ok(Self {
             port,
-            server: server.run(),
+            shutdown: Shutdown {
+                signal: Arc::new(signal),
+                server: server.handle(),
+            },
+            server,
         })
     }
 
@@ -97,14 +151,41 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGINT/SIGTERM (or the server handle stops it), then drains in-flight
-    /// requests for up to `SHUTDOWN_TIMEOUT_SECS`.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
-    /// A handle that can stop the server (used by tests that take an instance down).
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
-        self.server.handle()
+    /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams and
+    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.trigger().await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

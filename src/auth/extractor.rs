@@ -44,12 +44,12 @@ impl FromRequest for AuthUser {
             let user_id = UserId::parse(&claims.sub).map_err(|_| {
                 ApiError::unauthorized("invalid_token", "the access token is invalid or expired")
             })?;
-            match state.live.touch(&claims.jti, user_id).await? {
+            match state.live.touch(&claims.jti, user_id, &claims.name).await? {
                 TouchOutcome::Revoked => Err(ApiError::unauthorized(
                     "token_revoked",
                     "the access token has been revoked; log in again",
                 )),
-                TouchOutcome::Active { .. } => Ok(AuthUser {
+                TouchOutcome::Active => Ok(AuthUser {
                     user_id,
                     username: claims.name,
                     jti: claims.jti,

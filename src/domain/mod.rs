@@ -1,12 +1,16 @@
 //! Domain newtypes. Each one can only be built through `parse`, so an invalid value cannot
 //! exist past the HTTP edge ("parse, don't validate").
 
+mod message_body;
+mod object_ids;
 mod password;
-mod user_id;
+mod room_name;
 mod username;
 
+pub use message_body::MessageBody;
+pub use object_ids::{MessageId, RoomId, UserId};
 pub use password::Password;
-pub use user_id::UserId;
+pub use room_name::RoomName;
 pub use username::Username;
 
 /// Why a value was rejected; the HTTP layer turns it into a 422 with this code and message.

@@ -131,7 +131,7 @@ pub async fn login(
         .map_err(ApiError::internal)?;
     state
         .live
-        .touch(&issued.claims.jti, record.user_id())
+        .touch(&issued.claims.jti, record.user_id(), &record.username)
         .await?;
     let expires_in = state.jwt.ttl().as_secs();
     let cookie = Cookie::build(ACCESS_TOKEN_COOKIE, issued.token.clone())

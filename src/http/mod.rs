@@ -3,9 +3,12 @@
 //! JSON error shape.
 
 pub mod auth;
+pub mod events;
 pub mod health;
+pub mod messages;
 pub mod openapi;
 pub mod request_log;
+pub mod rooms;
 pub mod users;
 
 use actix_web::body::MessageBody;
@@ -26,7 +29,23 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/auth/logout").route(web::post().to(auth::logout)))
         .service(web::resource("/users/me").route(web::get().to(users::me)))
         .service(web::resource("/users/online").route(web::get().to(users::online)))
-        .service(web::resource("/users/{username}").route(web::get().to(users::by_username)));
+        .service(web::resource("/users/{username}").route(web::get().to(users::by_username)))
+        .service(
+            web::resource("/rooms")
+                .route(web::get().to(rooms::list_rooms))
+                .route(web::post().to(rooms::create_room)),
+        )
+        .service(web::resource("/rooms/{room_id}/join").route(web::post().to(rooms::join_room)))
+        .service(web::resource("/rooms/{room_id}/leave").route(web::post().to(rooms::leave_room)))
+        .service(
+            web::resource("/rooms/{room_id}/messages").route(web::get().to(rooms::room_messages)),
+        )
+        .service(web::resource("/messages").route(web::post().to(messages::create_message)))
+        .service(
+            web::resource("/conversations/{username}/messages")
+                .route(web::get().to(messages::conversation_messages)),
+        )
+        .service(web::resource("/events").route(web::get().to(events::events)));
 }
 
 /// JSON bodies: size limit, and a clear 4xx for each way a body can be wrong.

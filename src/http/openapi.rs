@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::http::{auth, health, users};
+use crate::http::{auth, events, health, messages, rooms, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,14 +23,32 @@ use crate::http::{auth, health, users};
         users::me,
         users::online,
         users::by_username,
+        rooms::list_rooms,
+        rooms::create_room,
+        rooms::join_room,
+        rooms::leave_room,
+        rooms::room_messages,
+        messages::create_message,
+        messages::conversation_messages,
+        events::events,
         health::healthz,
         health::readyz,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(
+        ErrorBody,
+        events::ReadyEvent,
+        events::ResyncEvent,
+        events::PresenceEvent,
+        events::LogoutEvent,
+        rooms::RoomMemberEvent,
+    )),
     modifiers(&SecurityAddon),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "users", description = "Profiles and presence"),
+        (name = "rooms", description = "Rooms: create, list, join, leave"),
+        (name = "messages", description = "Sending messages and reading history"),
+        (name = "events", description = "The live Server-Sent Events stream"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

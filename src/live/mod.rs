@@ -1,23 +1,34 @@
 //! What is live lives in Redis, shared by every API instance: who is online, which tokens are
-//! revoked, and rate-limit counters. Nothing here is kept in process memory.
+//! revoked, rate-limit counters, and the event log that feeds every SSE stream. The only
+//! in-process state is each instance's fan-out of that log to its own open streams.
 
+mod events;
+mod hub;
+mod outbox;
 mod presence;
 mod rate_limit;
+mod subscription;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub use events::{Audience, EventId, EventKind, LogEvent, MemberChange, sse_frame};
+pub use hub::{Hub, HubItem};
+pub use outbox::Outbox;
 pub use presence::{OnlineEntry, TouchOutcome};
+pub use subscription::{Admission, Subscription};
 
 use crate::config::Settings;
 
 #[derive(Clone)]
 pub struct Live {
+    client: redis::Client,
     redis: ConnectionManager,
     keys: Keys,
     presence_ttl: Duration,
+    event_log_max_len: usize,
 }
 
 /// Builds every Redis key from the configured prefix, so deployments and tests can share a
@@ -40,9 +51,29 @@ impl Keys {
         format!("{}online", self.prefix)
     }
 
+    fn names(&self) -> String {
+        format!("{}names", self.prefix)
+    }
+
+    fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+
+    fn epoch(&self) -> String {
+        format!("{}events:epoch", self.prefix)
+    }
+
     fn rate_limit(&self, scope: &str, subject: &str) -> String {
         format!("{}ratelimit:{scope}:{subject}", self.prefix)
     }
+}
+
+fn connection_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 impl Live {
@@ -51,20 +82,31 @@ impl Live {
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())
             .context("REDIS_URL is not a valid Redis URL")?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let redis = ConnectionManager::new_lazy_with_config(client, config)
-            .context("cannot create the Redis connection manager")?;
+        let redis = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            connection_config(Duration::from_secs(2)),
+        )
+        .context("cannot create the Redis connection manager")?;
         Ok(Self {
+            client,
             redis,
             keys: Keys {
                 prefix: settings.redis_key_prefix.clone(),
             },
             presence_ttl: settings.presence_ttl,
+            event_log_max_len: settings.event_log_max_len,
         })
+    }
+
+    /// A connection of its own, for blocking reads that must not hold up other commands.
+    pub(crate) fn dedicated_connection(
+        &self,
+        response_timeout: Duration,
+    ) -> redis::RedisResult<ConnectionManager> {
+        ConnectionManager::new_lazy_with_config(
+            self.client.clone(),
+            connection_config(response_timeout),
+        )
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
@@ -73,5 +115,9 @@ impl Live {
             .query_async::<String>(&mut conn)
             .await
             .map(|_| ())
+    }
+
+    pub fn presence_ttl(&self) -> Duration {
+        self.presence_ttl
     }
 }

@@ -3,8 +3,10 @@
 //! `online` is a sorted set of user ids scored by when each was last seen (milliseconds, from
 //! Redis' own clock so instances with skewed clocks agree). `sessions:{user}` scores each of a
 //! user's tokens by when it was last used, so logging out one session keeps the user online
-//! while another session of theirs is live. Everything is filtered by age on read, so a user
-//! whose instance crashed goes offline after the TTL without anyone cleaning up.
+//! while another session of theirs is live. Reads filter by age, so a user whose instance
+//! crashed goes offline after the TTL without anyone cleaning up; the sweeper turns that
+//! expiry into an `offline` event. Every change of presence is appended to the event log in
+//! the same script that makes it, so no change is announced twice or lost between the two.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -13,66 +15,100 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::Live;
+use super::events::{APPEND_LUA, new_epoch};
 use crate::domain::UserId;
 
-/// KEYS: revoked:{jti}, sessions:{user}, online. ARGV: jti, user, ttl_ms.
+const NOW_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
+
+/// KEYS: revoked, sessions, online, names, events, epoch.
+/// ARGV: jti, user, ttl_ms, username, candidate epoch, maxlen, trim mode.
 /// Returns -1 when the token is revoked, 1 when the user just came online, 0 otherwise.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
+    Script::new(&format!(
+        r"{APPEND_LUA}
         if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        {NOW_LUA}
         local ttl = tonumber(ARGV[3])
         local previous = redis.call('ZSCORE', KEYS[3], ARGV[2])
         redis.call('ZADD', KEYS[2], now, ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
         redis.call('PEXPIRE', KEYS[2], ttl)
         redis.call('ZADD', KEYS[3], 'GT', now, ARGV[2])
-        if (not previous) or tonumber(previous) <= now - ttl then return 1 end
+        if (not previous) or tonumber(previous) <= now - ttl then
+            redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
+            append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
+                cjson.encode({{user_id = ARGV[2], username = ARGV[4], online = true, at = now}}))
+            return 1
+        end
         return 0
-        ",
-    )
+        "
+    ))
 });
 
-/// KEYS: revoked:{jti}, sessions:{user}, online. ARGV: jti, user, ttl_ms, revoke_for_ms.
+/// KEYS: revoked, sessions, online, names, events, epoch.
+/// ARGV: jti, user, ttl_ms, revoke_for_ms, candidate epoch, maxlen, trim mode.
 /// Returns 1 when that was the user's last live session (they are now offline), else 0.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r"{APPEND_LUA}
+        {NOW_LUA}
         redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
+        append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'session_revoked', 'u:' .. ARGV[2],
+            cjson.encode({{jti = ARGV[1]}}))
         redis.call('ZREM', KEYS[2], ARGV[1])
         redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
         local rest = redis.call('ZREVRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-        if #rest == 0 then
-            redis.call('ZREM', KEYS[3], ARGV[2])
-            return 1
+        if #rest > 0 then
+            redis.call('ZADD', KEYS[3], rest[2], ARGV[2])
+            return 0
         end
-        redis.call('ZADD', KEYS[3], rest[2], ARGV[2])
-        return 0
-        ",
-    )
+        if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then
+            local name = redis.call('HGET', KEYS[4], ARGV[2]) or ''
+            append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
+                cjson.encode({{user_id = ARGV[2], username = name, online = false, at = now}}))
+        end
+        return 1
+        "
+    ))
 });
 
-/// KEYS: online. ARGV: ttl_ms, limit. Drops expired entries, then returns the live ones,
-/// most recently seen first, as [user, score, user, score, ...].
+/// KEYS: online, names, events, epoch. ARGV: ttl_ms, candidate epoch, maxlen, trim mode.
+/// Takes users silent for the TTL off the online set and announces each one as offline.
+/// ZREM decides which instance announces, so each expiry is announced once.
+static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{APPEND_LUA}
+        {NOW_LUA}
+        local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, 500)
+        for _, user in ipairs(expired) do
+            redis.call('ZREM', KEYS[1], user)
+            local name = redis.call('HGET', KEYS[2], user) or ''
+            append(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], 'presence', '*',
+                cjson.encode({{user_id = user, username = name, online = false, at = now}}))
+        end
+        return #expired
+        "
+    ))
+});
+
+/// KEYS: online. ARGV: ttl_ms, limit. The live entries, most recently seen first, as
+/// [user, score, user, score, ...].
 static ONLINE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    Script::new(&format!(
+        r"{NOW_LUA}
         local oldest = now - tonumber(ARGV[1])
-        redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', oldest)
         return redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(' .. oldest, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
-        ",
-    )
+        "
+    ))
 });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TouchOutcome {
     Revoked,
-    Active { came_online: bool },
+    Active,
 }
 
 #[derive(Debug, Clone)]
@@ -87,29 +123,41 @@ impl Live {
     }
 
     /// One round trip per authenticated request: refuses a revoked token, otherwise marks the
-    /// session and its user as seen now.
-    pub async fn touch(&self, jti: &str, user: UserId) -> redis::RedisResult<TouchOutcome> {
+    /// session and its user as seen now (announcing the user when they come online).
+    pub async fn touch(
+        &self,
+        jti: &str,
+        user: UserId,
+        username: &str,
+    ) -> redis::RedisResult<TouchOutcome> {
         let user = user.to_string();
         let mut conn = self.redis.clone();
         let outcome: i64 = TOUCH
             .key(self.keys.revoked(jti))
             .key(self.keys.sessions(&user))
             .key(self.keys.online())
+            .key(self.keys.names())
+            .key(self.keys.events())
+            .key(self.keys.epoch())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
+            .arg(username)
+            .arg(new_epoch())
+            .arg(self.event_log_max_len)
+            .arg(self.trim_mode())
             .invoke_async(&mut conn)
             .await?;
-        Ok(match outcome {
-            -1 => TouchOutcome::Revoked,
-            n => TouchOutcome::Active {
-                came_online: n == 1,
-            },
+        Ok(if outcome == -1 {
+            TouchOutcome::Revoked
+        } else {
+            TouchOutcome::Active
         })
     }
 
-    /// Revokes a token until `valid_for` has passed (after that it is expired anyway) and
-    /// returns whether its user went offline because it was their last live session.
+    /// Revokes a token until `valid_for` has passed (after that it is expired anyway), ends
+    /// its event streams on every instance, and returns whether its user went offline
+    /// because it was their last live session.
     pub async fn revoke(
         &self,
         jti: &str,
@@ -125,13 +173,54 @@ impl Live {
             .key(self.keys.revoked(jti))
             .key(self.keys.sessions(&user))
             .key(self.keys.online())
+            .key(self.keys.names())
+            .key(self.keys.events())
+            .key(self.keys.epoch())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
             .arg(revoke_for_ms)
+            .arg(new_epoch())
+            .arg(self.event_log_max_len)
+            .arg(self.trim_mode())
             .invoke_async(&mut conn)
             .await?;
         Ok(went_offline == 1)
+    }
+
+    /// Announces users silent for the TTL as offline; returns how many.
+    pub async fn sweep_presence(&self) -> redis::RedisResult<usize> {
+        let mut conn = self.redis.clone();
+        SWEEP
+            .key(self.keys.online())
+            .key(self.keys.names())
+            .key(self.keys.events())
+            .key(self.keys.epoch())
+            .arg(self.ttl_ms())
+            .arg(new_epoch())
+            .arg(self.event_log_max_len)
+            .arg(self.trim_mode())
+            .invoke_async(&mut conn)
+            .await
+    }
+
+    /// Runs [`Live::sweep_presence`] a few times per TTL until shutdown. Every instance runs
+    /// one; the script makes sure each expiry is announced once.
+    pub fn spawn_presence_sweeper(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let live = self.clone();
+        let every = (self.presence_ttl / 4).max(Duration::from_millis(250));
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = shutdown.changed() => return,
+                }
+                if let Err(err) = live.sweep_presence().await {
+                    tracing::debug!(error = %err, "presence sweep failed");
+                }
+            }
+        });
     }
 
     /// The users seen within the presence TTL, most recent first, at most `limit`.
@@ -152,9 +241,5 @@ impl Live {
                 Some(OnlineEntry { user_id, last_seen })
             })
             .collect())
-    }
-
-    pub fn presence_ttl(&self) -> Duration {
-        self.presence_ttl
     }
 }

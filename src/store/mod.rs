@@ -1,6 +1,8 @@
 //! All MongoDB access: connection, indexes, and one function per query. Handlers never build
 //! queries; everything that reaches a filter here is a parsed domain value.
 
+mod messages;
+mod rooms;
 mod users;
 
 use std::time::Duration;
@@ -10,6 +12,11 @@ use mongodb::bson::doc;
 use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::{Client, Database};
 
+pub use messages::{
+    InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
+    room_conversation,
+};
+pub use rooms::{CreateRoomError, DEFAULT_ROOM, RoomRecord};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
@@ -45,7 +52,9 @@ impl Store {
 
     /// Creates the indexes the queries rely on; idempotent.
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        users::ensure_indexes(&self.db).await
+        users::ensure_indexes(&self.db).await?;
+        rooms::ensure_indexes(&self.db).await?;
+        messages::ensure_indexes(&self.db).await
     }
 
     /// Retries [`Store::ensure_indexes`] until it succeeds or `deadline` passes, so that the

@@ -38,6 +38,7 @@ pub struct TestApp {
     pub address: String,
     pub settings: Settings,
     pub client: reqwest::Client,
+    pub shutdown: chat_server::startup::Shutdown,
 }
 
 pub struct TestUser {
@@ -87,6 +88,7 @@ async fn start(settings: Settings) -> TestApp {
     }
     let app = Application::build(&settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_handle();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -96,6 +98,7 @@ async fn start(settings: Settings) -> TestApp {
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
+        shutdown,
     }
 }
 
@@ -272,6 +275,128 @@ impl ScratchMongo {
 }
 
 impl Drop for ScratchMongo {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestApp {
+    /// Creates a room as `token`'s owner (who joins it) and returns its id.
+    pub async fn create_room(&self, token: &str, name: &str) -> String {
+        let res = self
+            .post("/rooms")
+            .bearer_auth(token)
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+        let body: Value = res.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn join_room(&self, token: &str, room: &str) -> Response {
+        self.post(&format!("/rooms/{room}/join"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn leave_room(&self, token: &str, room: &str) -> Response {
+        self.post(&format!("/rooms/{room}/leave"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The id of the default room, everyone's.
+    pub async fn general(&self, token: &str) -> String {
+        let body: Value = self.get_authed("/rooms", token).await.json().await.unwrap();
+        let rooms = body["rooms"].as_array().unwrap();
+        let general = rooms.iter().find(|r| r["is_default"] == true).unwrap();
+        general["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn send_message(&self, token: &str, message: &Value) -> Response {
+        self.post("/messages")
+            .bearer_auth(token)
+            .json(message)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Posts to a room; asserts 201 and returns the stored message.
+    pub async fn post_to_room(&self, token: &str, room: &str, body: &str) -> Value {
+        let res = self
+            .send_message(token, &json!({ "room_id": room, "body": body }))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+        res.json().await.unwrap()
+    }
+
+    /// Sends a direct message; asserts 201 and returns the stored message.
+    pub async fn post_to_user(&self, token: &str, to: &str, body: &str) -> Value {
+        let res = self
+            .send_message(token, &json!({ "to": to, "body": body }))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{:?}", res.text().await);
+        res.json().await.unwrap()
+    }
+}
+
+/// A `redis-server` of the test's own, for tests that restart Redis. Killed on drop.
+pub struct ScratchRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl ScratchRedis {
+    pub async fn start() -> ScratchRedis {
+        let mut redis = ScratchRedis {
+            port: free_port(),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again, empty (no persistence): what a crash of a cache-only Redis looks like.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts (run the tests through scripts/test.sh)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(up, "redis-server did not come up on port {port}");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ScratchRedis {
     fn drop(&mut self) {
         self.kill();
     }

@@ -5,7 +5,11 @@
 
 mod auth;
 mod errors;
+mod events;
 mod health;
 mod helpers;
+mod messages;
 mod openapi;
+mod rooms;
+mod sse;
 mod users;

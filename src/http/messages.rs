@@ -1,0 +1,284 @@
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::AuthUser;
+use crate::domain::{MessageBody, MessageId, RoomId, Username};
+use crate::error::{ApiError, ErrorBody};
+use crate::live::{Audience, EventKind};
+use crate::startup::AppState;
+use crate::store::{
+    InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
+};
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 200;
+const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"room_id": "665f1c2e9b1e8a00123456aa", "body": "hello, room"}))]
+pub struct CreateMessageRequest {
+    /// Send to this room (the sender must be a member). Exactly one of `room_id` and `to`.
+    pub room_id: Option<String>,
+    /// Send to this user (by name), in the one-to-one conversation with them.
+    #[schema(example = "bob")]
+    pub to: Option<String>,
+    /// 1 to 4000 characters once surrounding whitespace is trimmed.
+    #[schema(example = "hello")]
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UserRef {
+    #[schema(example = "665f1c2e9b1e8a0012345678")]
+    pub id: String,
+    #[schema(example = "alice")]
+    pub username: String,
+}
+
+/// A stored message. Also the data of the `message` event.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageResponse {
+    #[schema(example = "665f1d009b1e8a00123456ff")]
+    pub id: String,
+    pub sender: UserRef,
+    /// Set for a room message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    /// Set for a direct message: the recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserRef>,
+    pub body: String,
+    /// Server time of storage.
+    pub created_at: DateTime<Utc>,
+    /// Id of the `message` event on the SSE stream, when known (the response to the request
+    /// that stored it), so the sender can recognise its own message there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+}
+
+impl From<&MessageRecord> for MessageResponse {
+    fn from(m: &MessageRecord) -> Self {
+        Self {
+            id: m.message_id().to_string(),
+            sender: UserRef {
+                id: m.sender_id.clone(),
+                username: m.sender_name.clone(),
+            },
+            room_id: m.room_id.clone(),
+            to: m.recipient_id.as_ref().map(|id| UserRef {
+                id: id.clone(),
+                username: m.recipient_name.clone().unwrap_or_default(),
+            }),
+            body: m.body.clone(),
+            created_at: m.created_at(),
+            event_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    /// Newest first.
+    pub messages: Vec<MessageResponse>,
+    /// Pass as `before` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// Only messages older than this message id (the `next_before` of the previous page).
+    pub before: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    pub limit: Option<i64>,
+}
+
+/// One page of a conversation, fetching one extra message to know whether there is more.
+pub(crate) async fn history_page(
+    state: &AppState,
+    conversation: &str,
+    query: &HistoryQuery,
+) -> Result<MessagePage, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let before = query
+        .before
+        .as_deref()
+        .map(MessageId::parse)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("invalid_cursor", "`before` must be a message id"))?;
+    let mut records = state.store.history(conversation, before, limit + 1).await?;
+    let more = records.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+    records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let messages: Vec<MessageResponse> = records.iter().map(MessageResponse::from).collect();
+    let next_before = more
+        .then(|| messages.last().map(|m| m.id.clone()))
+        .flatten();
+    Ok(MessagePage {
+        messages,
+        next_before,
+    })
+}
+
+/// Send a message to a room or to a user. Honors an `Idempotency-Key` header: the same key
+/// from the same user within a day returns the message stored the first time (200).
+#[utoipa::path(post, path = "/messages", tag = "messages",
+    security(("bearer_auth" = [])),
+    request_body = CreateMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Up to 128 printable characters; retries with the same key store one message")),
+    responses(
+        (status = 201, description = "Stored and delivered live", body = MessageResponse),
+        (status = 200, description = "A retry: the message stored the first time with this key", body = MessageResponse),
+        (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Not a member of the room", body = ErrorBody),
+        (status = 404, description = "No such room or user", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Empty or too long body, both or neither of room_id and to, message to self, key reused for another message", body = ErrorBody,
+            example = json!({"error": "message_too_long", "message": "the message body must be at most 4000 characters"})),
+        (status = 503, description = "Storage unavailable: nothing was stored", body = ErrorBody),
+    ))]
+pub async fn create_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    req: HttpRequest,
+    body: web::Json<CreateMessageRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let CreateMessageRequest { room_id, to, body } = body.into_inner();
+    let idempotency_key = idempotency_key(&req)?;
+    let body = MessageBody::parse(&body)?;
+    let (target, audience) = match (room_id, to) {
+        (Some(room_id), None) => {
+            let id = RoomId::parse(&room_id)?;
+            let room = state
+                .store
+                .find_room(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))?;
+            if !state.store.is_member(&room, user.user_id).await? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "not_a_member",
+                    "join the room to post in it",
+                ));
+            }
+            (Target::Room(id), Audience::Room(id))
+        }
+        (None, Some(to)) => {
+            let recipient = find_user(&state, &to).await?;
+            if recipient.user_id() == user.user_id {
+                return Err(ApiError::unprocessable(
+                    "cannot_message_self",
+                    "pick someone else to talk to",
+                ));
+            }
+            let audience = Audience::Users(vec![user.user_id, recipient.user_id()]);
+            let target = Target::Direct {
+                user: recipient.user_id(),
+                username: recipient.username,
+            };
+            (target, audience)
+        }
+        _ => {
+            return Err(ApiError::unprocessable(
+                "invalid_target",
+                "give exactly one of `room_id` and `to`",
+            ));
+        }
+    };
+    let inserted = state
+        .store
+        .insert_message(NewMessage {
+            sender: user.user_id,
+            sender_name: user.username.clone(),
+            target,
+            body,
+            idempotency_key,
+        })
+        .await
+        .map_err(|err| match err {
+            InsertMessageError::KeyReused => ApiError::unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different message",
+            ),
+            InsertMessageError::Database(err) => err.into(),
+        })?;
+    match inserted {
+        Inserted::Created(record) => {
+            let mut response = MessageResponse::from(&record);
+            let data = serde_json::to_string(&response).map_err(ApiError::internal)?;
+            let event_id = state
+                .outbox
+                .publish(EventKind::Message, audience, data)
+                .await;
+            response.event_id = event_id.map(|id| id.to_string());
+            Ok(HttpResponse::Created().json(response))
+        }
+        Inserted::Replayed(record) => Ok(HttpResponse::Ok().json(MessageResponse::from(&record))),
+    }
+}
+
+/// The conversation between the caller and another user, newest first.
+#[utoipa::path(get, path = "/conversations/{username}/messages", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(("username" = String, Path, description = "The other user"), HistoryQuery),
+    responses(
+        (status = 200, description = "A page of messages, newest first", body = MessagePage),
+        (status = 400, description = "Malformed cursor", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "Limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn conversation_messages(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let other = find_user(&state, &path).await?;
+    let conversation = direct_conversation(user.user_id, other.user_id());
+    let page = history_page(&state, &conversation, &query).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+async fn find_user(state: &AppState, raw: &str) -> Result<crate::store::UserRecord, ApiError> {
+    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
+    let username = Username::parse(raw).map_err(|_| not_found())?;
+    state
+        .store
+        .find_user_by_username(&username)
+        .await?
+        .ok_or_else(not_found)
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_IDEMPOTENCY_KEY
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_owned()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+            ),
+        )),
+    }
+}

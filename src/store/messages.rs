@@ -1,0 +1,260 @@
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc, oid::ObjectId};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, is_duplicate_key};
+use crate::domain::{MessageBody, MessageId, RoomId, UserId};
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// A message as stored. `conversation` groups the messages of one room (`r:<room id>`) or of
+/// one pair of users (`d:<smaller id>:<larger id>`); history pages walk the
+/// `(conversation, seq)` index backwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRecord {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// The history order and cursor: `_id` in hex (hex of equal length sorts like the id).
+    /// A field of its own because the local MongoDB stand-in can neither put `_id` in a
+    /// compound index nor match ObjectId values outside `_id`; ids of other documents are
+    /// hex strings here for the same reason, which real MongoDB indexes and compares alike.
+    pub seq: String,
+    pub conversation: String,
+    pub sender_id: String,
+    pub sender_name: String,
+    pub room_id: Option<String>,
+    pub recipient_id: Option<String>,
+    pub recipient_name: Option<String>,
+    pub body: String,
+    pub created_at: bson::DateTime,
+}
+
+impl MessageRecord {
+    pub fn message_id(&self) -> MessageId {
+        MessageId::from(self.id)
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.created_at.timestamp_millis()).unwrap_or_default()
+    }
+
+    fn same_request(&self, other: &MessageRecord) -> bool {
+        self.conversation == other.conversation
+            && self.sender_id == other.sender_id
+            && self.body == other.body
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Room(RoomId),
+    Direct { user: UserId, username: String },
+}
+
+pub fn room_conversation(room: RoomId) -> String {
+    format!("r:{room}")
+}
+
+pub fn direct_conversation(a: UserId, b: UserId) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("d:{lo}:{hi}")
+}
+
+pub struct NewMessage {
+    pub sender: UserId,
+    pub sender_name: String,
+    pub target: Target,
+    pub body: MessageBody,
+    /// Client-chosen key: the same key from the same sender within a day gives back the
+    /// message stored the first time.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    /// `<sender id>:<key>`
+    #[serde(rename = "_id")]
+    id: String,
+    message_id: ObjectId,
+    created_at: bson::DateTime,
+}
+
+pub enum Inserted {
+    /// Stored now.
+    Created(MessageRecord),
+    /// The idempotency key was used before for this very message: here it is.
+    Replayed(MessageRecord),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InsertMessageError {
+    #[error("the idempotency key was used for a different message")]
+    KeyReused,
+    #[error(transparent)]
+    Database(#[from] mongodb::error::Error),
+}
+
+fn messages(db: &Database) -> Collection<MessageRecord> {
+    db.collection("messages")
+}
+
+fn idempotency_keys(db: &Database) -> Collection<IdempotencyRecord> {
+    db.collection("idempotency_keys")
+}
+
+pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    messages(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "conversation": 1, "seq": -1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("conversation_history".to_owned())
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    idempotency_keys(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "created_at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("expire_after_a_day".to_owned())
+                        .expire_after(IDEMPOTENCY_WINDOW)
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Stores a message, honouring its idempotency key. Without a key this is one insert.
+    /// With one, the key is claimed first and points at the message id; a retry that finds
+    /// the key claimed writes the message under that same id, so an attempt that died between
+    /// the two writes is completed by its retry and concurrent retries converge on one message.
+    pub async fn insert_message(&self, new: NewMessage) -> Result<Inserted, InsertMessageError> {
+        let id = ObjectId::new();
+        let mut record = MessageRecord {
+            id,
+            seq: id.to_hex(),
+            conversation: match &new.target {
+                Target::Room(room) => room_conversation(*room),
+                Target::Direct { user, .. } => direct_conversation(new.sender, *user),
+            },
+            sender_id: new.sender.to_string(),
+            sender_name: new.sender_name,
+            room_id: match &new.target {
+                Target::Room(room) => Some(room.to_string()),
+                Target::Direct { .. } => None,
+            },
+            recipient_id: match &new.target {
+                Target::Direct { user, .. } => Some(user.to_string()),
+                Target::Room(_) => None,
+            },
+            recipient_name: match new.target {
+                Target::Direct { username, .. } => Some(username),
+                Target::Room(_) => None,
+            },
+            body: new.body.into_inner(),
+            created_at: bson::DateTime::now(),
+        };
+        let Some(key) = new.idempotency_key else {
+            messages(&self.db).insert_one(&record).await?;
+            return Ok(Inserted::Created(record));
+        };
+
+        let key_id = format!("{}:{key}", new.sender);
+        let claim = IdempotencyRecord {
+            id: key_id.clone(),
+            message_id: record.id,
+            created_at: record.created_at,
+        };
+        match idempotency_keys(&self.db).insert_one(&claim).await {
+            Ok(_) => {}
+            Err(err) if is_duplicate_key(&err) => {
+                let existing = idempotency_keys(&self.db)
+                    .find_one(doc! { "_id": &key_id })
+                    .await?;
+                match existing {
+                    Some(existing) if !expired(&existing) => {
+                        record.id = existing.message_id;
+                        record.seq = existing.message_id.to_hex();
+                    }
+                    // Older than the window but not yet swept by the TTL monitor: reuse the key.
+                    _ => {
+                        idempotency_keys(&self.db)
+                            .replace_one(doc! { "_id": &key_id }, &claim)
+                            .upsert(true)
+                            .await?;
+                    }
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+        match messages(&self.db).insert_one(&record).await {
+            Ok(_) => Ok(Inserted::Created(record)),
+            Err(err) if is_duplicate_key(&err) => {
+                let original = messages(&self.db)
+                    .find_one(doc! { "_id": record.id })
+                    .await?
+                    .ok_or_else(|| mongodb::error::Error::custom("idempotent message vanished"))?;
+                if original.same_request(&record) {
+                    Ok(Inserted::Replayed(original))
+                } else {
+                    Err(InsertMessageError::KeyReused)
+                }
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A page of a conversation, newest first, strictly older than `before` when given.
+    pub async fn history(
+        &self,
+        conversation: &str,
+        before: Option<MessageId>,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<MessageRecord>> {
+        let filter = match before {
+            Some(before) => {
+                doc! { "conversation": conversation, "seq": { "$lt": before.to_string() } }
+            }
+            None => doc! { "conversation": conversation },
+        };
+        messages(&self.db)
+            .find(filter)
+            .sort(doc! { "seq": -1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+}
+
+fn expired(record: &IdempotencyRecord) -> bool {
+    let age_ms = bson::DateTime::now().timestamp_millis() - record.created_at.timestamp_millis();
+    age_ms > i64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_direct_conversation_has_one_key_whoever_writes() {
+        let (a, b) = (UserId::new(), UserId::new());
+        assert_eq!(direct_conversation(a, b), direct_conversation(b, a));
+        assert_ne!(direct_conversation(a, b), direct_conversation(a, a));
+    }
+}

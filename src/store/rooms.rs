@@ -1,0 +1,214 @@
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use mongodb::bson::{self, doc, oid::ObjectId};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{Store, is_duplicate_key};
+use crate::domain::{RoomId, RoomName, UserId};
+
+/// The room everyone is in, created at start-up.
+pub const DEFAULT_ROOM: &str = "general";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomRecord {
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    pub name: String,
+    pub name_lower: String,
+    /// Hex id of the creator. References to other documents are stored as hex strings: the
+    /// local MongoDB stand-in cannot match ObjectId values outside `_id`, and strings index
+    /// and compare the same way on real MongoDB.
+    pub created_by: Option<String>,
+    pub created_at: bson::DateTime,
+    /// The default room: every user is a member, nobody can leave it.
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+impl RoomRecord {
+    pub fn room_id(&self) -> RoomId {
+        RoomId::from(self.id)
+    }
+
+    pub fn created_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(self.created_at.timestamp_millis()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MembershipRecord {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    room_id: String,
+    user_id: String,
+    joined_at: bson::DateTime,
+}
+
+fn rooms(db: &Database) -> Collection<RoomRecord> {
+    db.collection("rooms")
+}
+
+fn memberships(db: &Database) -> Collection<MembershipRecord> {
+    db.collection("memberships")
+}
+
+pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    let unique = |name: &str| {
+        IndexOptions::builder()
+            .unique(true)
+            .name(name.to_owned())
+            .build()
+    };
+    rooms(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "name_lower": 1 })
+                .options(unique("name_lower_unique"))
+                .build(),
+        )
+        .await?;
+    memberships(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "room_id": 1, "user_id": 1 })
+                .options(unique("room_user_unique"))
+                .build(),
+        )
+        .await?;
+    memberships(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "user_id": 1, "room_id": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("user_rooms".to_owned())
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateRoomError {
+    #[error("the room name is taken")]
+    NameTaken,
+    #[error(transparent)]
+    Database(#[from] mongodb::error::Error),
+}
+
+impl Store {
+    /// Finds or creates the default room; safe when several instances start at once (the
+    /// unique name index lets exactly one insert win).
+    pub async fn ensure_default_room(&self) -> mongodb::error::Result<RoomRecord> {
+        let filter = doc! { "name_lower": DEFAULT_ROOM };
+        if let Some(room) = rooms(&self.db).find_one(filter.clone()).await? {
+            return Ok(room);
+        }
+        let room = RoomRecord {
+            id: ObjectId::new(),
+            name: DEFAULT_ROOM.to_owned(),
+            name_lower: DEFAULT_ROOM.to_owned(),
+            created_by: None,
+            created_at: bson::DateTime::now(),
+            is_default: true,
+        };
+        match rooms(&self.db).insert_one(&room).await {
+            Ok(_) => Ok(room),
+            Err(err) if is_duplicate_key(&err) => rooms(&self.db)
+                .find_one(filter)
+                .await?
+                .ok_or_else(|| mongodb::error::Error::custom("the default room vanished")),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Creates a room and makes its creator a member.
+    pub async fn create_room(
+        &self,
+        name: &RoomName,
+        creator: UserId,
+    ) -> Result<RoomRecord, CreateRoomError> {
+        let room = RoomRecord {
+            id: ObjectId::new(),
+            name: name.as_str().to_owned(),
+            name_lower: name.normalized(),
+            created_by: Some(creator.to_string()),
+            created_at: bson::DateTime::now(),
+            is_default: false,
+        };
+        match rooms(&self.db).insert_one(&room).await {
+            Ok(_) => {}
+            Err(err) if is_duplicate_key(&err) => return Err(CreateRoomError::NameTaken),
+            Err(err) => return Err(err.into()),
+        }
+        self.join_room(room.room_id(), creator).await?;
+        Ok(room)
+    }
+
+    /// All rooms, by name, at most `limit`.
+    pub async fn list_rooms(&self, limit: i64) -> mongodb::error::Result<Vec<RoomRecord>> {
+        rooms(&self.db)
+            .find(doc! {})
+            .sort(doc! { "name_lower": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    pub async fn find_room(&self, id: RoomId) -> mongodb::error::Result<Option<RoomRecord>> {
+        rooms(&self.db)
+            .find_one(doc! { "_id": id.object_id() })
+            .await
+    }
+
+    /// The rooms `user` explicitly joined (the default room is implicit and not included).
+    pub async fn rooms_of_user(&self, user: UserId) -> mongodb::error::Result<Vec<RoomId>> {
+        let records: Vec<MembershipRecord> = memberships(&self.db)
+            .find(doc! { "user_id": user.to_string() })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(records
+            .iter()
+            .filter_map(|m| RoomId::parse(&m.room_id).ok())
+            .collect())
+    }
+
+    pub async fn is_member(&self, room: &RoomRecord, user: UserId) -> mongodb::error::Result<bool> {
+        if room.is_default {
+            return Ok(true);
+        }
+        let found = memberships(&self.db)
+            .find_one(doc! { "room_id": room.room_id().to_string(), "user_id": user.to_string() })
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Returns whether `user` was not a member before (a repeated join changes nothing).
+    pub async fn join_room(&self, room: RoomId, user: UserId) -> mongodb::error::Result<bool> {
+        let record = MembershipRecord {
+            id: ObjectId::new(),
+            room_id: room.to_string(),
+            user_id: user.to_string(),
+            joined_at: bson::DateTime::now(),
+        };
+        match memberships(&self.db).insert_one(record).await {
+            Ok(_) => Ok(true),
+            Err(err) if is_duplicate_key(&err) => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Returns whether `user` was a member.
+    pub async fn leave_room(&self, room: RoomId, user: UserId) -> mongodb::error::Result<bool> {
+        let result = memberships(&self.db)
+            .delete_one(doc! { "room_id": room.to_string(), "user_id": user.to_string() })
+            .await?;
+        Ok(result.deleted_count > 0)
+    }
+}

@@ -1,0 +1,490 @@
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+
+use crate::helpers::{ScratchRedis, TestUser, error_code, spawn_app, spawn_app_with, unique};
+use crate::sse::SseEvent;
+
+/// `(ms, seq)` of an event id `<epoch>-<ms>-<seq>`, for order checks.
+fn position(event: &SseEvent) -> (u64, u64) {
+    let id = event.id.as_deref().expect("every event has an id");
+    let mut parts = id.splitn(3, '-').skip(1).map(|p| p.parse::<u64>().unwrap());
+    (parts.next().unwrap(), parts.next().unwrap())
+}
+
+#[tokio::test]
+async fn a_message_arrives_live_on_the_stream_of_another_user() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+
+    let mut stream = app.events(&alice.token, None).await;
+    assert_eq!(stream.headers["content-type"], "text/event-stream");
+    assert_eq!(stream.headers["x-accel-buffering"], "no");
+    assert!(
+        stream.headers["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("no-cache")
+    );
+    let ready = stream.expect("ready").await;
+    assert_eq!(ready.json()["username"], alice.username.as_str());
+
+    let sent = app.post_to_room(&bob.token, &general, "hello alice").await;
+    let received = stream.messages(1).await.remove(0);
+    let message = received.json();
+    assert_eq!(message["id"], sent["id"]);
+    assert_eq!(message["body"], "hello alice");
+    assert_eq!(message["sender"]["username"], bob.username.as_str());
+    assert_eq!(received.id.as_deref(), sent["event_id"].as_str());
+}
+
+#[tokio::test]
+async fn a_browser_event_source_can_authenticate_with_the_query_or_the_cookie() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    for request in [
+        app.get(&format!("/events?access_token={}", alice.token)),
+        app.get("/events")
+            .header("cookie", format!("access_token={}", alice.token)),
+    ] {
+        let res = request.send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+    }
+    let res = app.get("/events").send().await.unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::UNAUTHORIZED).await,
+        "missing_token"
+    );
+}
+
+#[tokio::test]
+async fn nothing_leaks_across_rooms_or_conversations_and_membership_is_followed_live() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let eve = app.signup("eve").await;
+    let room = app.create_room(&alice.token, &unique("club-")).await;
+    let mut eve_stream = app.ready_events(&eve.token).await;
+
+    app.post_to_room(&alice.token, &room, "members only").await;
+    app.post_to_user(&alice.token, &bob.username, "just for bob")
+        .await;
+    eve_stream
+        .assert_no_message_within(Duration::from_millis(300))
+        .await;
+
+    // Eve joins: her own stream tells her, and from then on she gets the room.
+    app.join_room(&eve.token, &room).await;
+    let joined = eve_stream.expect("room_member").await.json();
+    assert_eq!(
+        (joined["action"].as_str(), joined["room_id"].as_str()),
+        (Some("joined"), Some(room.as_str()))
+    );
+    app.post_to_room(&alice.token, &room, "welcome eve").await;
+    assert_eq!(
+        eve_stream.messages(1).await[0].json()["body"],
+        "welcome eve"
+    );
+
+    app.leave_room(&eve.token, &room).await;
+    assert_eq!(
+        eve_stream.expect("room_member").await.json()["action"],
+        "left"
+    );
+    app.post_to_room(&alice.token, &room, "eve is gone").await;
+    eve_stream
+        .assert_no_message_within(Duration::from_millis(300))
+        .await;
+}
+
+/// Three instances, six users each streaming from one instance and sending through another,
+/// all at once: every subscriber gets exactly what it may see, once each, in log order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_instances_deliver_every_message_exactly_once_in_order() {
+    const USERS: usize = 6;
+    const PER_USER: usize = 20;
+    let a = spawn_app().await;
+    let instances = [a.spawn_sibling().await, a.spawn_sibling().await, a];
+    let mut users: Vec<TestUser> = Vec::new();
+    for i in 0..USERS {
+        users.push(instances[i % 3].signup(&format!("u{i}-")).await);
+    }
+    // Users 0-3 are in the room; 4 and 5 are not.
+    let room = instances[0]
+        .create_room(&users[0].token, &unique("busy-"))
+        .await;
+    for user in &users[1..4] {
+        instances[1].join_room(&user.token, &room).await;
+    }
+    let member = |i: usize| i < 4;
+
+    // Who should receive what: (sender, k) -> recipients.
+    let mut expected: Vec<HashSet<String>> = vec![HashSet::new(); USERS];
+    let mut plan = Vec::new();
+    for i in 0..USERS {
+        for k in 0..PER_USER {
+            let body = format!("{i}:{k}");
+            if member(i) && k % 2 == 0 {
+                for (j, set) in expected.iter_mut().enumerate() {
+                    if member(j) {
+                        set.insert(body.clone());
+                    }
+                }
+                plan.push((i, body, None));
+            } else {
+                let to = (i + 1) % USERS;
+                expected[i].insert(body.clone());
+                expected[to].insert(body.clone());
+                plan.push((i, body, Some(to)));
+            }
+        }
+    }
+
+    let mut readers = Vec::new();
+    for (j, user) in users.iter().enumerate() {
+        let mut stream = instances[j % 3].ready_events(&user.token).await;
+        let want = expected[j].len();
+        readers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while got.len() < want {
+                match stream.next_within(Duration::from_secs(20)).await {
+                    Some(e) if e.event == "message" => got.push((e, Utc::now())),
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            // Anything extra that should not be there shows up now.
+            while let Some(e) = stream.next_within(Duration::from_millis(300)).await {
+                if e.event == "message" {
+                    got.push((e, Utc::now()));
+                }
+            }
+            got
+        }));
+    }
+
+    let names: Vec<String> = users.iter().map(|u| u.username.clone()).collect();
+    let mut senders = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let app_index = (i + 1) % 3;
+        let client = instances[app_index].client.clone();
+        let base = instances[app_index].address.clone();
+        let token = user.token.clone();
+        let mine: Vec<(String, Option<String>)> = plan
+            .iter()
+            .filter(|(sender, _, _)| *sender == i)
+            .map(|(_, body, to)| (body.clone(), to.map(|t| names[t].clone())))
+            .collect();
+        let room = room.clone();
+        senders.push(tokio::spawn(async move {
+            for (body, to) in mine {
+                let message = match to {
+                    Some(to) => serde_json::json!({"to": to, "body": body}),
+                    None => serde_json::json!({"room_id": room, "body": body}),
+                };
+                let res = client
+                    .post(format!("{base}/messages"))
+                    .bearer_auth(&token)
+                    .json(&message)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::CREATED);
+            }
+        }));
+    }
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let mut latencies = Vec::new();
+    let mut deliveries = 0;
+    for (j, reader) in readers.into_iter().enumerate() {
+        let got = reader.await.unwrap();
+        let bodies: Vec<String> = got
+            .iter()
+            .map(|(e, _)| e.json()["body"].as_str().unwrap().to_owned())
+            .collect();
+        let unique_bodies: HashSet<String> = bodies.iter().cloned().collect();
+        assert_eq!(bodies.len(), unique_bodies.len(), "user {j} got duplicates");
+        assert_eq!(unique_bodies, expected[j], "user {j} got the wrong set");
+        let positions: Vec<(u64, u64)> = got.iter().map(|(e, _)| position(e)).collect();
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "user {j}: ids out of order"
+        );
+        // Each sender's messages arrive in the order they were sent.
+        let mut last_k: HashMap<String, usize> = HashMap::new();
+        for body in &bodies {
+            let (sender, k) = body.split_once(':').unwrap();
+            let k: usize = k.parse().unwrap();
+            if let Some(previous) = last_k.insert(sender.to_owned(), k) {
+                assert!(previous < k, "user {j}: {sender}'s messages out of order");
+            }
+        }
+        for (event, at) in &got {
+            let created: DateTime<Utc> = event.json()["created_at"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            latencies.push((*at - created).num_microseconds().unwrap_or(0));
+        }
+        deliveries += got.len();
+    }
+    latencies.sort_unstable();
+    let pct =
+        |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)] as f64 / 1000.0;
+    eprintln!(
+        "multi-instance delivery: {} messages, {deliveries} deliveries, latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        plan.len(),
+        pct(50),
+        pct(99),
+        pct(100)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_with_last_event_id_mid_burst_on_another_instance_misses_nothing() {
+    const TOTAL: usize = 60;
+    let a = spawn_app().await;
+    let b = a.spawn_sibling().await;
+    let alice = a.signup("alice").await;
+    let bob = a.signup("bob").await;
+    let general = a.general(&alice.token).await;
+    let mut first = a.ready_events(&alice.token).await;
+
+    let (client, base, token, room) = (
+        b.client.clone(),
+        b.address.clone(),
+        bob.token.clone(),
+        general.clone(),
+    );
+    let burst = tokio::spawn(async move {
+        for k in 0..TOTAL {
+            let res = client
+                .post(format!("{base}/messages"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"room_id": room, "body": format!("{k}")}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }
+    });
+    let mut bodies: Vec<usize> = first
+        .messages(10)
+        .await
+        .iter()
+        .map(|e| e.json()["body"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let last_id = first.last_id.clone().unwrap();
+    drop(first);
+
+    let mut second = b.events(&alice.token, Some(&last_id)).await;
+    while bodies.len() < TOTAL {
+        match second.next().await {
+            Some(e) if e.event == "message" => {
+                bodies.push(e.json()["body"].as_str().unwrap().parse().unwrap())
+            }
+            Some(e) if e.event == "ready" => assert_eq!(e.json()["resumed"], true),
+            Some(e) => assert_ne!(e.event, "resync", "no resync is needed here"),
+            None => break,
+        }
+    }
+    burst.await.unwrap();
+    assert_eq!(
+        bodies,
+        (0..TOTAL).collect::<Vec<_>>(),
+        "every message once, in order"
+    );
+    second
+        .assert_no_message_within(Duration::from_millis(300))
+        .await;
+}
+
+#[tokio::test]
+async fn a_client_away_longer_than_the_log_keeps_is_told_to_resync() {
+    let app = spawn_app_with(&[("EVENT_LOG_MAX_LEN", "10".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+    let stream = app.ready_events(&alice.token).await;
+    let last_id = stream.last_id.clone().unwrap();
+    drop(stream);
+    for k in 0..25 {
+        app.post_to_room(&bob.token, &general, &format!("{k}"))
+            .await;
+    }
+    let mut back = app.events(&alice.token, Some(&last_id)).await;
+    let first = back.next().await.unwrap();
+    assert_eq!(first.event, "resync");
+    assert!(first.json()["reason"].is_string());
+    back.expect("ready").await;
+    app.post_to_room(&bob.token, &general, "after the resync")
+        .await;
+    assert_eq!(back.messages(1).await[0].json()["body"], "after the resync");
+}
+
+#[tokio::test]
+async fn last_event_ids_are_validated() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    for bad in ["garbage", "12-x-0", "--", "abc-1-2-3"] {
+        let res = app
+            .get("/events")
+            .bearer_auth(&alice.token)
+            .header("last-event-id", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            error_code(res, StatusCode::BAD_REQUEST).await,
+            "invalid_last_event_id",
+            "{bad}"
+        );
+    }
+    let res = app
+        .get("/events?last_event_id=nope")
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::BAD_REQUEST).await,
+        "invalid_last_event_id"
+    );
+    // Well formed but from another epoch of the log: resync.
+    let mut stream = app.events(&alice.token, Some("0000000f-1-0")).await;
+    assert_eq!(stream.next().await.unwrap().event, "resync");
+}
+
+#[tokio::test]
+async fn logout_ends_the_stream_of_that_token_on_every_instance() {
+    let a = spawn_app().await;
+    let b = a.spawn_sibling().await;
+    let alice = a.signup("alice").await;
+    let other_session = a.token_for(&alice.username).await;
+    let mut doomed = b.ready_events(&alice.token).await;
+    let mut survivor = b.ready_events(&other_session).await;
+    assert_eq!(
+        a.logout(&alice.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        doomed.expect("logout").await.json()["reason"],
+        "token revoked"
+    );
+    assert!(
+        doomed.next().await.is_none() && doomed.ended,
+        "the stream ended"
+    );
+    let general = a.general(&other_session).await;
+    a.post_to_room(&other_session, &general, "still here").await;
+    assert_eq!(survivor.messages(1).await[0].json()["body"], "still here");
+}
+
+#[tokio::test]
+async fn presence_changes_are_pushed() {
+    let app = spawn_app_with(&[("PRESENCE_TTL_SECS", "1".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let mut stream = app.ready_events(&alice.token).await;
+
+    let bob = app.signup("bob").await;
+    let online = stream.expect("presence").await.json();
+    assert_eq!(
+        (online["username"].as_str(), online["online"].as_bool()),
+        (Some(bob.username.as_str()), Some(true))
+    );
+    app.logout(&bob.token).await;
+    let offline = stream.expect("presence").await.json();
+    assert_eq!(
+        (offline["username"].as_str(), offline["online"].as_bool()),
+        (Some(bob.username.as_str()), Some(false))
+    );
+
+    // Carol logs in and goes silent: the TTL takes her offline, and that is announced too.
+    let carol = app.signup("carol").await;
+    let mut states = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) && states.last() != Some(&false) {
+        let event = stream.expect("presence").await.json();
+        if event["username"] == carol.username.as_str() {
+            states.push(event["online"].as_bool().unwrap());
+        }
+    }
+    assert_eq!(states, [true, false]);
+    // Alice's open stream kept her online all along.
+    let names = app.online_names(&alice.token).await;
+    assert!(names.contains(&alice.username) && !names.contains(&carol.username));
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_stream_alive() {
+    let app = spawn_app_with(&[("SSE_HEARTBEAT_SECS", "1".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let mut stream = app.ready_events(&alice.token).await;
+    stream
+        .assert_no_message_within(Duration::from_millis(2500))
+        .await;
+    assert!(stream.comments >= 1, "no heartbeat in 2.5 s");
+    assert!(!stream.ended);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let mut stream = app.ready_events(&alice.token).await;
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move { shutdown.trigger().await });
+    assert!(stream.next_within(Duration::from_secs(5)).await.is_none());
+    assert!(stream.ended, "the stream ended instead of hanging");
+}
+
+#[tokio::test]
+async fn a_redis_restart_that_loses_the_log_makes_streams_resync_and_recover() {
+    let mut redis = ScratchRedis::start().await;
+    let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    let before_restart = stream.last_id.clone().unwrap();
+
+    redis.restart().await;
+    let posted = crate::helpers::eventually(Duration::from_secs(10), || async {
+        app.send_message(
+            &bob.token,
+            &serde_json::json!({"room_id": general, "body": "after restart"}),
+        )
+        .await
+        .status()
+            == StatusCode::CREATED
+    })
+    .await;
+    assert!(posted, "posting works again once Redis is back");
+    let mut saw_resync = false;
+    loop {
+        let event = stream
+            .next_within(Duration::from_secs(10))
+            .await
+            .expect("the stream stayed open");
+        match event.event.as_str() {
+            "resync" => saw_resync = true,
+            "message" => {
+                assert!(saw_resync, "resync comes before events of the new log");
+                assert_eq!(event.json()["body"], "after restart");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let mut resumed = app.events(&alice.token, Some(&before_restart)).await;
+    assert_eq!(resumed.next().await.unwrap().event, "resync");
+}

@@ -1,0 +1,302 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ScratchMongo, error_code, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn a_room_message_is_stored_and_returned_with_its_sender_and_time() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let body = "  <img src=x onerror=alert(1)> héllo 🙂\nsecond line  ";
+    let message = app.post_to_room(&alice.token, &general, body).await;
+    assert_eq!(
+        message["body"],
+        "<img src=x onerror=alert(1)> héllo 🙂\nsecond line"
+    );
+    assert_eq!(message["sender"]["id"], alice.id.as_str());
+    assert_eq!(message["sender"]["username"], alice.username.as_str());
+    assert_eq!(message["room_id"], general.as_str());
+    assert!(message["created_at"].is_string());
+    assert!(message["event_id"].is_string());
+    assert_eq!(message["id"].as_str().unwrap().len(), 24);
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_pages_with_a_cursor() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    for i in 0..7 {
+        app.post_to_room(&alice.token, &general, &format!("m{i}"))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut before: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let cursor = before
+            .as_ref()
+            .map(|b| format!("&before={b}"))
+            .unwrap_or_default();
+        let res = app
+            .get_authed(
+                &format!("/rooms/{general}/messages?limit=3{cursor}"),
+                &alice.token,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let page: Value = res.json().await.unwrap();
+        pages += 1;
+        for m in page["messages"].as_array().unwrap() {
+            seen.push(m["body"].as_str().unwrap().to_owned());
+        }
+        match page["next_before"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, ["m6", "m5", "m4", "m3", "m2", "m1", "m0"]);
+}
+
+#[tokio::test]
+async fn history_parameters_are_checked() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    for (query, status, code) in [
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_limit"),
+        (
+            "limit=201",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+        ),
+        ("limit=many", StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            "before=yesterday",
+            StatusCode::BAD_REQUEST,
+            "invalid_cursor",
+        ),
+    ] {
+        let res = app
+            .get_authed(&format!("/rooms/{general}/messages?{query}"), &alice.token)
+            .await;
+        assert_eq!(error_code(res, status).await, code, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn a_direct_conversation_is_visible_to_its_two_users_only() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let eve = app.signup("eve").await;
+    let sent = app
+        .post_to_user(&alice.token, &bob.username.to_uppercase(), "psst")
+        .await;
+    assert_eq!(sent["to"]["username"], bob.username.as_str());
+    assert!(sent.get("room_id").is_none());
+    app.post_to_user(&bob.token, &alice.username, "hi back")
+        .await;
+
+    for (me, other) in [(&alice, &bob), (&bob, &alice)] {
+        let page: Value = app
+            .get_authed(
+                &format!("/conversations/{}/messages", other.username),
+                &me.token,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let bodies: Vec<&str> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["body"].as_str().unwrap())
+            .collect();
+        assert_eq!(bodies, ["hi back", "psst"]);
+    }
+    // Eve can only ever read her own conversations.
+    for other in [&alice, &bob] {
+        let page: Value = app
+            .get_authed(
+                &format!("/conversations/{}/messages", other.username),
+                &eve.token,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["messages"], json!([]));
+    }
+    let res = app
+        .get_authed("/conversations/nobody-at-all/messages", &alice.token)
+        .await;
+    assert_eq!(
+        error_code(res, StatusCode::NOT_FOUND).await,
+        "user_not_found"
+    );
+}
+
+#[tokio::test]
+async fn invalid_messages_are_rejected_with_clear_codes() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let cases = [
+        (
+            json!({"room_id": general, "body": "   \n\t "}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_message",
+        ),
+        (
+            json!({"room_id": general, "body": "x".repeat(4001)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "message_too_long",
+        ),
+        (
+            json!({"body": "to nobody"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_target",
+        ),
+        (
+            json!({"room_id": general, "to": "bob", "body": "both"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_target",
+        ),
+        (
+            json!({"to": alice.username, "body": "me"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot_message_self",
+        ),
+        (
+            json!({"to": "no-such-user", "body": "x"}),
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+        ),
+        (
+            json!({"room_id": "bogus", "body": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_room_id",
+        ),
+        (
+            json!({"room_id": {"$ne": null}, "body": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({"room_id": general, "body": "x", "sender": "bob"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ];
+    for (message, status, code) in cases {
+        let res = app.send_message(&alice.token, &message).await;
+        assert_eq!(error_code(res, status).await, code, "{message}");
+    }
+    let ok = app
+        .post_to_room(&alice.token, &general, &"🙂".repeat(4000))
+        .await;
+    assert_eq!(ok["body"].as_str().unwrap().chars().count(), 4000);
+    let page: Value = app
+        .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        1,
+        "nothing else was stored"
+    );
+}
+
+#[tokio::test]
+async fn an_idempotency_key_stores_a_retried_message_once() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let send = |key: &'static str, body: &'static str| {
+        app.post("/messages")
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", key)
+            .json(&json!({"room_id": general, "body": body}))
+            .send()
+    };
+    let first = send("k-1", "once").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+
+    let retries = futures_util::future::join_all((0..5).map(|_| send("k-1", "once"))).await;
+    for retry in retries {
+        let retry = retry.unwrap();
+        assert_eq!(retry.status(), StatusCode::OK);
+        assert_eq!(retry.json::<Value>().await.unwrap()["id"], first["id"]);
+    }
+    let res = send("k-1", "something else").await.unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "idempotency_key_reused"
+    );
+
+    // Concurrent first attempts with a new key also converge on one message.
+    let racing = futures_util::future::join_all((0..6).map(|_| send("k-2", "racing"))).await;
+    let mut ids = Vec::new();
+    for res in racing {
+        let res = res.unwrap();
+        assert!(res.status() == StatusCode::CREATED || res.status() == StatusCode::OK);
+        ids.push(res.json::<Value>().await.unwrap()["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    let page: Value = app
+        .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+
+    let res = app
+        .post("/messages")
+        .bearer_auth(&alice.token)
+        .header("idempotency-key", "x".repeat(129))
+        .json(&json!({"room_id": general, "body": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::BAD_REQUEST).await,
+        "invalid_idempotency_key"
+    );
+}
+
+#[tokio::test]
+async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
+    let mut mongo = ScratchMongo::start().await;
+    let app = spawn_app_with(&[
+        ("MONGODB_URI", mongo.uri.clone()),
+        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    mongo.kill();
+    let res = app
+        .send_message(&alice.token, &json!({"room_id": general, "body": "lost?"}))
+        .await;
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(
+        error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
+    // Nothing was announced, and the stream stays open.
+    stream
+        .assert_no_message_within(std::time::Duration::from_millis(500))
+        .await;
+    assert!(!stream.ended);
+}

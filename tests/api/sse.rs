@@ -1,0 +1,160 @@
+//! A small, strict SSE client for the tests: parses frames as EventSource does.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::TestApp;
+
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {}", self.data))
+    }
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<actix_web::web::Bytes>> + Send>>;
+
+pub struct EventStream {
+    stream: ByteStream,
+    buffer: String,
+    pub headers: reqwest::header::HeaderMap,
+    /// The last `id:` seen, as EventSource keeps it for `Last-Event-ID`.
+    pub last_id: Option<String>,
+    pub comments: usize,
+    pub ended: bool,
+}
+
+impl TestApp {
+    /// Opens `GET /events`, resuming after `last_event_id` when given (as a header).
+    pub async fn events(&self, token: &str, last_event_id: Option<&str>) -> EventStream {
+        let mut request = self
+            .get("/events")
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(120));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        EventStream {
+            headers: response.headers().clone(),
+            stream: Box::pin(response.bytes_stream()),
+            buffer: String::new(),
+            last_id: last_event_id.map(str::to_owned),
+            comments: 0,
+            ended: false,
+        }
+    }
+
+    /// Opens the stream and waits for `ready`, so that everything posted afterwards is seen.
+    pub async fn ready_events(&self, token: &str) -> EventStream {
+        let mut stream = self.events(token, None).await;
+        stream.expect("ready").await;
+        stream
+    }
+}
+
+impl EventStream {
+    /// The next event, or `None` when the stream ends or nothing comes within `bound`.
+    pub async fn next_within(&mut self, bound: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = self.parse_block(&block) {
+                    return Some(event);
+                }
+                continue;
+            }
+            if self.ended {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Err(_)) | None) => self.ended = true,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<SseEvent> {
+        self.next_within(Duration::from_secs(10)).await
+    }
+
+    /// The next event of kind `event`, skipping others; panics if none comes.
+    pub async fn expect(&mut self, event: &str) -> SseEvent {
+        loop {
+            match self.next().await {
+                Some(e) if e.event == event => return e,
+                Some(_) => {}
+                None => panic!("no `{event}` event arrived"),
+            }
+        }
+    }
+
+    /// `n` message events, in arrival order (others skipped).
+    pub async fn messages(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut found = Vec::new();
+        while found.len() < n {
+            match self.next().await {
+                Some(e) if e.event == "message" => found.push(e),
+                Some(_) => {}
+                None => panic!("only {} of {n} messages arrived: {found:?}", found.len()),
+            }
+        }
+        found
+    }
+
+    /// Asserts that no message arrives within `bound`.
+    pub async fn assert_no_message_within(&mut self, bound: Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while let Some(event) = self
+            .next_within(deadline - tokio::time::Instant::now())
+            .await
+        {
+            assert_ne!(event.event, "message", "unexpected message: {event:?}");
+        }
+    }
+
+    fn parse_block(&mut self, block: &str) -> Option<SseEvent> {
+        let mut id = None;
+        let mut event = "message".to_owned();
+        let mut data = Vec::new();
+        for line in block.lines().filter(|l| !l.is_empty()) {
+            if line.starts_with(':') {
+                self.comments += 1;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.to_owned()),
+                "event" => event = value.to_owned(),
+                "data" => data.push(value.to_owned()),
+                "retry" => assert!(value.parse::<u64>().is_ok(), "bad retry: {value}"),
+                other => panic!("unknown SSE field {other:?} in {block:?}"),
+            }
+        }
+        if let Some(id) = &id {
+            self.last_id = Some(id.clone());
+        }
+        if data.is_empty() {
+            return None;
+        }
+        Some(SseEvent {
+            id,
+            event,
+            data: data.join("\n"),
+        })
+    }
+}
