@@ -7,6 +7,7 @@ pub mod events;
 pub mod health;
 pub mod messages;
 pub mod openapi;
+pub mod page;
 pub mod request_log;
 pub mod rooms;
 pub mod users;
@@ -45,7 +46,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/conversations/{username}/messages")
                 .route(web::get().to(messages::conversation_messages)),
         )
-        .service(web::resource("/events").route(web::get().to(events::events)));
+        .service(web::resource("/events").route(web::get().to(events::events)))
+        .configure(page::routes);
 }
 
 /// JSON bodies: size limit, and a clear 4xx for each way a body can be wrong.
