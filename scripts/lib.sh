@@ -30,6 +30,10 @@ ensure_nx() {
     fi
     [ "$installed" = "$NX_VERSION" ] && return
     log "installing nx-27017==$NX_VERSION into .work/venv"
+    if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    fi
     python3 -m venv "$WORK/venv"
     "$WORK/venv/bin/pip" install -q --disable-pip-version-check "nx-27017==$NX_VERSION" "PyYAML==6.0.2"
 }

@@ -155,23 +155,40 @@ impl From<DomainError> for ApiError {
 impl From<mongodb::error::Error> for ApiError {
     fn from(err: mongodb::error::Error) -> Self {
         use mongodb::error::ErrorKind;
-        match err.kind.as_ref() {
-            ErrorKind::ServerSelection { .. }
-            | ErrorKind::Io(_)
-            | ErrorKind::ConnectionPoolCleared { .. }
-            | ErrorKind::Shutdown => Self::unavailable("database_unavailable", err),
-            _ => Self::internal(err),
+        // A failover in progress (no primary, stepped down, write concern not met in time)
+        // is as temporary as an unreachable server: the client may retry.
+        let transient = err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+            || matches!(
+                err.kind.as_ref(),
+                ErrorKind::ServerSelection { .. }
+                    | ErrorKind::Io(_)
+                    | ErrorKind::ConnectionPoolCleared { .. }
+                    | ErrorKind::Shutdown
+                    | ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(_))
+            );
+        if transient {
+            Self::unavailable("database_unavailable", err)
+        } else {
+            Self::internal(err)
         }
     }
 }
 
 impl From<redis::RedisError> for ApiError {
     fn from(err: redis::RedisError) -> Self {
+        use redis::RetryMethod;
+        // Unreachable, or answering LOADING / MASTERDOWN / TRYAGAIN while it recovers.
         if err.is_io_error()
             || err.is_timeout()
             || err.is_connection_dropped()
             || err.is_connection_refusal()
             || err.is_unrecoverable_error()
+            || matches!(
+                err.retry_method(),
+                RetryMethod::WaitAndRetry
+                    | RetryMethod::RefreshSlotsAndRetry
+                    | RetryMethod::Reconnect
+            )
         {
             Self::unavailable("cache_unavailable", err)
         } else {

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use actix_web::dev::Payload;
-use actix_web::http::header;
+use actix_web::http::{Method, header};
 use actix_web::{FromRequest, HttpRequest, web};
 
 use crate::domain::UserId;
@@ -60,8 +60,8 @@ impl FromRequest for AuthUser {
     }
 }
 
-/// The token from, in this order: `Authorization: Bearer`, the `access_token` cookie, the
-/// `access_token` query parameter.
+/// The token from, in this order: `Authorization: Bearer`, then (GET only) the
+/// `access_token` cookie or the `access_token` query parameter.
 fn bearer_token(req: &HttpRequest) -> Result<String, ApiError> {
     if let Some(value) = req.headers().get(header::AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default();
@@ -77,15 +77,19 @@ fn bearer_token(req: &HttpRequest) -> Result<String, ApiError> {
             )),
         };
     }
-    if let Some(cookie) = req.cookie(ACCESS_TOKEN_COOKIE)
-        && !cookie.value().is_empty()
-    {
-        return Ok(cookie.value().to_owned());
-    }
-    if let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string())
-        && let Some(token) = query.into_inner().access_token.filter(|t| !t.is_empty())
-    {
-        return Ok(token);
+    // Cookie and query tokens only for reads: a request that changes something must carry
+    // the Authorization header, which another site cannot make a browser send (no CSRF).
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        if let Some(cookie) = req.cookie(ACCESS_TOKEN_COOKIE)
+            && !cookie.value().is_empty()
+        {
+            return Ok(cookie.value().to_owned());
+        }
+        if let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string())
+            && let Some(token) = query.into_inner().access_token.filter(|t| !t.is_empty())
+        {
+            return Ok(token);
+        }
     }
     Err(ApiError::unauthorized(
         "missing_token",

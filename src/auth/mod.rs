@@ -6,4 +6,4 @@ mod password;
 
 pub use extractor::{ACCESS_TOKEN_COOKIE, AuthUser};
 pub use jwt::{Claims, IssuedToken, JwtKeys};
-pub use password::{PasswordHasher, verify_or_burn};
+pub use password::PasswordHasher;

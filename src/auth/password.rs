@@ -2,6 +2,8 @@ use anyhow::Context;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
 use rand::rngs::OsRng;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 use crate::domain::Password;
 
@@ -11,6 +13,9 @@ pub struct PasswordHasher {
     /// A real hash of a random password, verified when the user does not exist so that an
     /// unknown username costs the same time as a wrong password.
     dummy_hash: String,
+    /// Each hash takes ~19 MiB and a core for tens of milliseconds: a burst of logins queues
+    /// here instead of exhausting memory on the blocking pool.
+    permits: Arc<Semaphore>,
 }
 
 impl PasswordHasher {
@@ -21,10 +26,19 @@ impl PasswordHasher {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("cannot compute the dummy password hash")?
             .to_string();
-        Ok(Self { dummy_hash })
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Ok(Self {
+            dummy_hash,
+            permits: Arc::new(Semaphore::new(cores * 2)),
+        })
     }
 
     pub async fn hash(&self, password: Password) -> anyhow::Result<String> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .context("the hasher is closed")?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::generate(&mut OsRng);
             Argon2::default()
@@ -43,6 +57,11 @@ impl PasswordHasher {
         password: String,
         stored_hash: Option<String>,
     ) -> anyhow::Result<bool> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .context("the hasher is closed")?;
         let exists = stored_hash.is_some();
         let hash = stored_hash.unwrap_or_else(|| self.dummy_hash.clone());
         let matched = tokio::task::spawn_blocking(move || verify_or_burn(&password, &hash))
@@ -53,7 +72,7 @@ impl PasswordHasher {
 }
 
 /// Verifies a password against a PHC string; a malformed stored hash counts as a mismatch.
-pub fn verify_or_burn(password: &str, hash: &str) -> bool {
+fn verify_or_burn(password: &str, hash: &str) -> bool {
     match PasswordHash::new(hash) {
         Ok(parsed) => Argon2::default()
             .verify_password(password.as_bytes(), &parsed)

@@ -4,6 +4,8 @@ use super::DomainError;
 
 pub const MIN_LEN: usize = 3;
 pub const MAX_LEN: usize = 32;
+/// Names that are words of the API's paths (`/users/online`, `/users/me`).
+const RESERVED: &[&str] = &["me", "online"];
 
 /// A user name: 3 to 32 ASCII letters, digits, `_`, `-` or `.`. Unique case-insensitively,
 /// through [`Username::normalized`].
@@ -26,6 +28,12 @@ impl Username {
             return Err(DomainError::new(
                 "invalid_username",
                 "username may only contain letters, digits, `_`, `-` and `.`",
+            ));
+        }
+        if RESERVED.contains(&raw.to_ascii_lowercase().as_str()) {
+            return Err(DomainError::new(
+                "invalid_username",
+                format!("`{raw}` is reserved; pick another name"),
             ));
         }
         Ok(Self(raw.to_owned()))

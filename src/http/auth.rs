@@ -114,6 +114,8 @@ pub async fn login(
         return Err(wrong());
     };
     limit_attempts(&state, &req, "login", &username.normalized()).await?;
+    // And per address across usernames, against password spraying.
+    limit_attempts(&state, &req, "login-any", "").await?;
     let record = state.store.find_user_by_username(&username).await?;
     let stored_hash = record.as_ref().map(|r| r.password_hash.clone());
     let matched = state
@@ -144,13 +146,16 @@ pub async fn login(
         ))
         .finish();
     tracing::info!(user = %record.user_id(), "logged in");
-    Ok(HttpResponse::Ok().cookie(cookie).json(TokenResponse {
-        access_token: issued.token.clone(),
-        token_type: "Bearer".to_owned(),
-        expires_in,
-        expires_at: issued.expires_at(),
-        user: UserResponse::from(&record),
-    }))
+    Ok(HttpResponse::Ok()
+        .cookie(cookie)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(TokenResponse {
+            access_token: issued.token.clone(),
+            token_type: "Bearer".to_owned(),
+            expires_in,
+            expires_at: issued.expires_at(),
+            user: UserResponse::from(&record),
+        }))
 }
 
 /// Revoke the token used for this request, at once and on every instance.
@@ -162,10 +167,11 @@ pub async fn login(
         (status = 503, description = "Redis unavailable", body = ErrorBody),
     ))]
 pub async fn logout(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
+    // Kept a minute past expiry, so an instance whose clock runs late still refuses it.
     let remaining = u64::try_from(user.expires_at - Utc::now().timestamp()).unwrap_or(0);
     let went_offline = state
         .live
-        .revoke(&user.jti, user.user_id, Duration::from_secs(remaining + 1))
+        .revoke(&user.jti, user.user_id, Duration::from_secs(remaining + 60))
         .await?;
     tracing::info!(user = %user.user_id, went_offline, "logged out");
     let mut expired = Cookie::build(ACCESS_TOKEN_COOKIE, "")
@@ -202,9 +208,19 @@ async fn limit_attempts(
     }
 }
 
+/// The peer address, or behind a trusted proxy the last `X-Forwarded-For` entry: the one the
+/// proxy itself appended (earlier entries come from the client and prove nothing).
 fn client_address(req: &HttpRequest, trust_forwarded_for: bool) -> String {
-    if trust_forwarded_for && let Some(ip) = req.connection_info().realip_remote_addr() {
-        return ip.to_owned();
+    if trust_forwarded_for
+        && let Some(last) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    {
+        return last.to_owned();
     }
     req.peer_addr()
         .map(|addr| addr.ip().to_string())

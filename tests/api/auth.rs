@@ -180,6 +180,27 @@ async fn a_token_is_accepted_from_the_header_the_cookie_or_the_query() {
     assert_eq!(by_query.status(), StatusCode::OK);
     let me: Value = by_query.json().await.unwrap();
     assert_eq!(me["username"], user.username.as_str());
+
+    // Changes need the header: a cookie or query token alone is not enough (no CSRF).
+    let res = app
+        .post("/auth/logout")
+        .header("cookie", format!("access_token={}", user.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::UNAUTHORIZED).await,
+        "missing_token"
+    );
+    let res = app
+        .post(&format!("/auth/logout?access_token={}", user.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::UNAUTHORIZED).await,
+        "missing_token"
+    );
 }
 
 #[tokio::test]
