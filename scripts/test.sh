@@ -29,3 +29,4 @@ export TEST_NX_27017="$WORK/venv/bin/nx-27017"
 
 log "cargo test"
 cargo test "$@"
+"$ROOT/scripts/browser-test.sh"

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod page;
 pub mod request_log;
 pub mod rooms;
+pub mod stats;
 pub mod users;
 
 use actix_web::body::MessageBody;
@@ -47,6 +48,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(messages::conversation_messages)),
         )
         .service(web::resource("/events").route(web::get().to(events::events)))
+        .service(web::resource("/stats/most-active").route(web::get().to(stats::most_active)))
+        .service(web::resource("/stats/most-solicited").route(web::get().to(stats::most_solicited)))
+        .service(web::resource("/stats/rooms").route(web::get().to(stats::rooms)))
+        .service(web::resource("/stats/activity").route(web::get().to(stats::activity)))
+        .service(web::resource("/stats/summary").route(web::get().to(stats::summary)))
+        .service(web::resource("/stats/users/{username}").route(web::get().to(stats::user_stats)))
         .configure(page::routes);
 }
 

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::http::{auth, events, health, messages, rooms, users};
+use crate::http::{auth, events, health, messages, rooms, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,12 @@ use crate::http::{auth, events, health, messages, rooms, users};
         messages::create_message,
         messages::conversation_messages,
         events::events,
+        stats::most_active,
+        stats::most_solicited,
+        stats::rooms,
+        stats::activity,
+        stats::summary,
+        stats::user_stats,
         health::healthz,
         health::readyz,
     ),
@@ -49,6 +55,7 @@ use crate::http::{auth, events, health, messages, rooms, users};
         (name = "rooms", description = "Rooms: create, list, join, leave"),
         (name = "messages", description = "Sending messages and reading history"),
         (name = "events", description = "The live Server-Sent Events stream"),
+        (name = "stats", description = "Statistics over the message history, each over an optional window"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

@@ -105,6 +105,15 @@ static ONLINE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+/// KEYS: online. ARGV: ttl_ms. The number of live entries.
+static ONLINE_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        r"{NOW_LUA}
+        return redis.call('ZCOUNT', KEYS[1], '(' .. (now - tonumber(ARGV[1])), '+inf')
+        "
+    ))
+});
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TouchOutcome {
     Revoked,
@@ -221,6 +230,16 @@ impl Live {
                 }
             }
         });
+    }
+
+    /// How many users are online now.
+    pub async fn online_count(&self) -> redis::RedisResult<usize> {
+        let mut conn = self.redis.clone();
+        ONLINE_COUNT
+            .key(self.keys.online())
+            .arg(self.ttl_ms())
+            .invoke_async(&mut conn)
+            .await
     }
 
     /// The users seen within the presence TTL, most recent first, at most `limit`.

@@ -3,6 +3,7 @@
 
 mod messages;
 mod rooms;
+pub mod stats;
 mod users;
 
 use std::time::Duration;
@@ -24,6 +25,8 @@ use crate::config::Settings;
 #[derive(Clone)]
 pub struct Store {
     db: Database,
+    /// `wtimeout` of majority writes issued as raw commands.
+    write_timeout_ms: i64,
 }
 
 impl Store {
@@ -47,6 +50,8 @@ impl Store {
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
         Ok(Self {
             db: client.database(&settings.mongodb_database),
+            write_timeout_ms: i64::try_from(settings.mongodb_timeout.as_millis())
+                .unwrap_or(i64::MAX),
         })
     }
 
@@ -54,6 +59,7 @@ impl Store {
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         users::ensure_indexes(&self.db).await?;
         rooms::ensure_indexes(&self.db).await?;
+        stats::ensure_indexes(&self.db).await?;
         messages::ensure_indexes(&self.db).await
     }
 

@@ -12,4 +12,5 @@ mod messages;
 mod openapi;
 mod rooms;
 mod sse;
+mod stats;
 mod users;

@@ -1,0 +1,453 @@
+//! Statistics endpoints. All are exact for any window and answered from counters maintained
+//! on write (see `store::stats`), so they stay fast as history grows.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::AuthUser;
+use crate::domain::{RoomId, Username};
+use crate::error::{ApiError, ErrorBody};
+use crate::startup::AppState;
+use crate::store::stats::{Kind, Level, Subjects, Tally, Window};
+
+const DEFAULT_LIMIT: usize = 10;
+const MAX_LIMIT: usize = 100;
+const MAX_BUCKETS: i64 = 2000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StatsQuery {
+    /// Start of the window (RFC 3339, inclusive). Open when absent.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the window (RFC 3339, exclusive). Open (now) when absent.
+    pub to: Option<DateTime<Utc>>,
+    /// Entries to return, 1 to 100 (default 10).
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Bucket {
+    Hour,
+    Day,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ActivityQuery {
+    /// `hour` or `day` (UTC).
+    pub bucket: Bucket,
+    /// Start of the window (RFC 3339). Default: 24 buckets before `to` for hours, 30 for days.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the window (RFC 3339, exclusive). Default: now.
+    pub to: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserCount {
+    #[schema(example = "665f1c2e9b1e8a0012345678")]
+    pub user_id: String,
+    #[schema(example = "alice")]
+    pub username: String,
+    #[schema(example = 42)]
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserRanking {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Most first; ties by name.
+    pub users: Vec<UserCount>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomCount {
+    pub room_id: String,
+    #[schema(example = "general")]
+    pub name: String,
+    #[schema(example = 1234)]
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RoomRanking {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Most first; ties by name.
+    pub rooms: Vec<RoomCount>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActivityPoint {
+    /// Start of the bucket (UTC).
+    pub start: DateTime<Utc>,
+    /// Messages in the bucket (within the window).
+    pub count: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActivityResponse {
+    pub bucket: Bucket,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Every bucket of the window, empty ones as zeros, oldest first.
+    pub points: Vec<ActivityPoint>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SummaryResponse {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Registered users (all time).
+    pub users: i64,
+    /// Rooms (all time).
+    pub rooms: i64,
+    /// Messages in the window.
+    pub messages: i64,
+    /// Direct messages in the window.
+    pub direct_messages: i64,
+    /// Users online now.
+    pub online_now: usize,
+    /// Messages in the 24 hours before now.
+    pub messages_last_24h: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UserStatsResponse {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub user_id: String,
+    pub username: String,
+    /// Messages sent (rooms and direct).
+    pub sent: i64,
+    /// Direct messages received.
+    pub received: i64,
+    /// First message sent or received in the window.
+    pub first_activity: Option<DateTime<Utc>>,
+    /// Last message sent or received in the window.
+    pub last_activity: Option<DateTime<Utc>>,
+    /// Direct-message partners by messages exchanged (both ways), most first.
+    pub top_partners: Vec<UserCount>,
+}
+
+fn window(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<Window, ApiError> {
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        return Err(ApiError::unprocessable(
+            "invalid_window",
+            "`from` must be before `to`",
+        ));
+    }
+    Ok(Window { from, to })
+}
+
+fn limit(raw: Option<usize>) -> Result<usize, ApiError> {
+    let limit = raw.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// Most first, then by name (case-insensitively), then by id: deterministic.
+fn ranked(tallies: HashMap<String, Tally>, limit: usize) -> Vec<(String, Tally)> {
+    let mut entries: Vec<(String, Tally)> = tallies.into_iter().filter(|(_, t)| t.n > 0).collect();
+    entries.sort_by(|(a_id, a), (b_id, b)| {
+        b.n.cmp(&a.n)
+            .then_with(|| a.name.to_lowercase().cmp(&b.name.to_lowercase()))
+            .then_with(|| a_id.cmp(b_id))
+    });
+    entries.truncate(limit);
+    entries
+}
+
+async fn user_ranking(
+    state: &AppState,
+    kind: Kind,
+    query: &StatsQuery,
+) -> Result<HttpResponse, ApiError> {
+    let window = window(query.from, query.to)?;
+    let limit = limit(query.limit)?;
+    let tallies = state.store.tally(kind, &Subjects::All, window).await?;
+    let users = ranked(tallies, limit)
+        .into_iter()
+        .map(|(user_id, t)| UserCount {
+            user_id,
+            username: t.name,
+            count: t.n,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(UserRanking {
+        from: query.from,
+        to: query.to,
+        users,
+    }))
+}
+
+/// Users ranked by messages sent (rooms and direct messages).
+#[utoipa::path(get, path = "/stats/most-active", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The ranking", body = UserRanking),
+        (status = 400, description = "Malformed date or number", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn most_active(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    user_ranking(&state, Kind::Sent, &query).await
+}
+
+/// Users ranked by direct messages received: who is written to most.
+#[utoipa::path(get, path = "/stats/most-solicited", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The ranking", body = UserRanking),
+        (status = 400, description = "Malformed date or number", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn most_solicited(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    user_ranking(&state, Kind::Received, &query).await
+}
+
+/// Rooms ranked by messages.
+#[utoipa::path(get, path = "/stats/rooms", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The ranking", body = RoomRanking),
+        (status = 400, description = "Malformed date or number", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn rooms(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let window = window(query.from, query.to)?;
+    let limit = limit(query.limit)?;
+    let (mut tallies, all_rooms) = tokio::try_join!(
+        state.store.tally(Kind::Room, &Subjects::All, window),
+        state.store.list_rooms(10_000),
+    )?;
+    let names: HashMap<String, String> = all_rooms
+        .iter()
+        .map(|r| (r.room_id().to_string(), r.name.clone()))
+        .collect();
+    for (id, tally) in &mut tallies {
+        if let Some(name) = names.get(id) {
+            tally.name.clone_from(name);
+        }
+    }
+    let rooms = ranked(tallies, limit)
+        .into_iter()
+        .filter(|(id, _)| RoomId::parse(id).is_ok())
+        .map(|(room_id, t)| RoomCount {
+            room_id,
+            name: t.name,
+            count: t.n,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(RoomRanking {
+        from: query.from,
+        to: query.to,
+        rooms,
+    }))
+}
+
+/// Messages per hour or day (UTC), every bucket of the window present, zeros included.
+#[utoipa::path(get, path = "/stats/activity", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(ActivityQuery),
+    responses(
+        (status = 200, description = "The series, oldest first", body = ActivityResponse),
+        (status = 400, description = "Unknown bucket, malformed date", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`, or more than 2000 buckets", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn activity(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<ActivityQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (level, step) = match query.bucket {
+        Bucket::Hour => (Level::Hour, Duration::hours(1)),
+        Bucket::Day => (Level::Day, Duration::days(1)),
+    };
+    let to = query.to.unwrap_or_else(Utc::now);
+    let from = query.from.unwrap_or_else(|| {
+        let default = if matches!(query.bucket, Bucket::Hour) {
+            24
+        } else {
+            30
+        };
+        to - step * default
+    });
+    let window = window(Some(from), Some(to))?;
+    let first_bucket = bucket_start(level, from);
+    if (to - first_bucket).num_milliseconds() / step.num_milliseconds() >= MAX_BUCKETS {
+        return Err(ApiError::unprocessable(
+            "too_many_buckets",
+            format!(
+                "the window holds more than {MAX_BUCKETS} buckets; narrow it or use a larger bucket"
+            ),
+        ));
+    }
+    let series = state.store.activity_series(level, window).await?;
+    let mut points = Vec::new();
+    let mut start = first_bucket;
+    while start < to {
+        points.push(ActivityPoint {
+            start,
+            count: series.get(&start.timestamp_millis()).copied().unwrap_or(0),
+        });
+        start += step;
+    }
+    Ok(HttpResponse::Ok().json(ActivityResponse {
+        bucket: query.bucket,
+        from,
+        to,
+        points,
+    }))
+}
+
+fn bucket_start(level: Level, t: DateTime<Utc>) -> DateTime<Utc> {
+    let ms = t.timestamp_millis();
+    let size = if level == Level::Hour {
+        3_600_000
+    } else {
+        86_400_000
+    };
+    DateTime::from_timestamp_millis(ms - ms.rem_euclid(size)).unwrap_or(t)
+}
+
+/// Totals: users, rooms, messages and direct messages (in the window), online now, last 24 h.
+#[utoipa::path(get, path = "/stats/summary", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(StatsQuery),
+    responses(
+        (status = 200, description = "The totals", body = SummaryResponse),
+        (status = 400, description = "Malformed date", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`", body = ErrorBody),
+        (status = 503, description = "Storage or Redis unavailable", body = ErrorBody),
+    ))]
+pub async fn summary(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let window = window(query.from, query.to)?;
+    let now = Utc::now();
+    let day = Window {
+        from: Some(now - Duration::hours(24)),
+        to: Some(now),
+    };
+    let all = Subjects::All;
+    let (users, rooms, messages, direct, last_day) = tokio::try_join!(
+        state.store.count_all("users"),
+        state.store.count_all("rooms"),
+        state.store.tally(Kind::Total, &all, window),
+        state.store.tally(Kind::Direct, &all, window),
+        state.store.tally(Kind::Total, &all, day),
+    )?;
+    let online_now = state.live.online_count().await?;
+    let total = |t: &HashMap<String, Tally>| t.values().map(|t| t.n).sum::<i64>();
+    Ok(HttpResponse::Ok().json(SummaryResponse {
+        from: query.from,
+        to: query.to,
+        users,
+        rooms,
+        messages: total(&messages),
+        direct_messages: total(&direct),
+        online_now,
+        messages_last_24h: total(&last_day),
+    }))
+}
+
+/// One user's activity: sent and received counts, first and last activity, top partners.
+#[utoipa::path(get, path = "/stats/users/{username}", tag = "stats",
+    security(("bearer_auth" = [])),
+    params(("username" = String, Path, description = "The user"), StatsQuery),
+    responses(
+        (status = 200, description = "The user's statistics", body = UserStatsResponse),
+        (status = 400, description = "Malformed date or number", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn user_stats(
+    state: web::Data<AppState>,
+    _user: AuthUser,
+    path: web::Path<String>,
+    query: web::Query<StatsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let window = window(query.from, query.to)?;
+    let limit = limit(query.limit)?;
+    let raw = path.into_inner();
+    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
+    let username = Username::parse(&raw).map_err(|_| not_found())?;
+    let user = state
+        .store
+        .find_user_by_username(&username)
+        .await?
+        .ok_or_else(not_found)?;
+    let id = user.user_id().to_string();
+    let exact = Subjects::Exact(id.clone());
+    let partners_of = Subjects::Prefix(format!("{id}|"));
+    let (sent, received, pairs) = tokio::try_join!(
+        state.store.tally(Kind::Sent, &exact, window),
+        state.store.tally(Kind::Received, &exact, window),
+        state.store.tally(Kind::Pair, &partners_of, window),
+    )?;
+    let sent = sent.get(&id).cloned().unwrap_or_default();
+    let received = received.get(&id).cloned().unwrap_or_default();
+    let first_activity = [sent.first, received.first].into_iter().flatten().min();
+    let last_activity = [sent.last, received.last].into_iter().flatten().max();
+    let partners: HashMap<String, Tally> = pairs
+        .into_iter()
+        .filter_map(|(subject, t)| Some((subject.split_once('|')?.1.to_owned(), t)))
+        .collect();
+    let top_partners = ranked(partners, limit)
+        .into_iter()
+        .map(|(user_id, t)| UserCount {
+            user_id,
+            username: t.name,
+            count: t.n,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(UserStatsResponse {
+        from: query.from,
+        to: query.to,
+        user_id: id,
+        username: user.username,
+        sent: sent.n,
+        received: received.n,
+        first_activity,
+        last_activity,
+        top_partners,
+    }))
+}

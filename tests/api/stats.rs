@@ -1,0 +1,349 @@
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{TestApp, TestUser, error_code, spawn_app, unique};
+
+struct Sent {
+    sender: String,
+    room: Option<String>,
+    to: Option<String>,
+    at: DateTime<Utc>,
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn query(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> String {
+    let mut q = vec!["limit=100".to_owned()];
+    if let Some(f) = from {
+        q.push(format!("from={}", rfc(f)));
+    }
+    if let Some(t) = to {
+        q.push(format!("to={}", rfc(t)));
+    }
+    q.join("&")
+}
+
+/// Expected ranking: most first, then name case-insensitively, then id.
+fn ranking(counts: HashMap<String, i64>, names: &HashMap<String, String>) -> Vec<(String, i64)> {
+    let mut v: Vec<(String, i64)> = counts.into_iter().filter(|(_, n)| *n > 0).collect();
+    v.sort_by(|(a, x), (b, y)| {
+        y.cmp(x)
+            .then_with(|| names[a].to_lowercase().cmp(&names[b].to_lowercase()))
+            .then_with(|| a.cmp(b))
+    });
+    v
+}
+
+fn listed(body: &Value, key: &str, id: &str) -> Vec<(String, i64)> {
+    body[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e[id].as_str().unwrap().to_owned(),
+                e["count"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn get(app: &TestApp, token: &str, path: &str) -> Value {
+    let res = app.get_authed(path, token).await;
+    assert_eq!(res.status(), StatusCode::OK, "{path}");
+    res.json().await.unwrap()
+}
+
+/// Random traffic through the API, then every endpoint against a brute-force count of what
+/// was sent, over windows that use every path: all-time counters, daily and hourly counters,
+/// and raw edges falling between two messages.
+#[tokio::test]
+async fn every_statistic_equals_a_brute_force_count_for_any_window() {
+    let app = spawn_app().await;
+    let mut users: Vec<TestUser> = Vec::new();
+    for i in 0..5 {
+        users.push(app.signup(&format!("s{i}-")).await);
+    }
+    let general = app.general(&users[0].token).await;
+    let side = app.create_room(&users[1].token, &unique("side-")).await;
+    app.join_room(&users[2].token, &side).await;
+    let mut names: HashMap<String, String> = users
+        .iter()
+        .map(|u| (u.id.clone(), u.username.clone()))
+        .collect();
+    names.insert(general.clone(), "general".to_owned());
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut sent: Vec<Sent> = Vec::new();
+    for _ in 0..60 {
+        // Skewed: user 0 talks most, as in real chats.
+        let s = [0, 0, 0, 1, 1, 2, 3, 4][rng.gen_range(0..8)];
+        let sender = &users[s];
+        let message = match rng.gen_range(0..10) {
+            0..=3 => app.post_to_room(&sender.token, &general, "hi").await,
+            4..=5 if s == 1 || s == 2 => app.post_to_room(&sender.token, &side, "side").await,
+            _ => {
+                let mut r = rng.gen_range(0..5);
+                if r == s {
+                    r = (r + 1) % 5;
+                }
+                app.post_to_user(&sender.token, &users[r].username, "dm")
+                    .await
+            }
+        };
+        sent.push(Sent {
+            sender: sender.id.clone(),
+            room: message["room_id"].as_str().map(str::to_owned),
+            to: message["to"]["id"].as_str().map(str::to_owned),
+            at: message["created_at"].as_str().unwrap().parse().unwrap(),
+        });
+    }
+    let side_name: Value = get(&app, &users[0].token, "/rooms").await;
+    for room in side_name["rooms"].as_array().unwrap() {
+        names.insert(
+            room["id"].as_str().unwrap().to_owned(),
+            room["name"].as_str().unwrap().to_owned(),
+        );
+    }
+
+    let now = Utc::now();
+    let today = now.duration_trunc(Duration::days(1)).unwrap();
+    let first = sent.iter().map(|m| m.at).min().unwrap();
+    let last = sent.iter().map(|m| m.at).max().unwrap();
+    let mid = sent[sent.len() / 2].at;
+    type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let windows: Vec<Bounds> = vec![
+        (None, None),
+        (Some(today), Some(today + Duration::days(1))),
+        (
+            Some(now - Duration::days(3) + Duration::minutes(17)),
+            Some(now + Duration::hours(5) + Duration::minutes(13)),
+        ),
+        (None, Some(now + Duration::hours(2))),
+        (Some(first), Some(mid)),
+        (Some(mid), None),
+        (Some(sent[5].at), Some(sent[40].at)),
+        (
+            Some(first - Duration::days(30)),
+            Some(first - Duration::days(29)),
+        ),
+        (Some(last + Duration::milliseconds(1)), None),
+    ];
+    let token = &users[0].token;
+    for (from, to) in windows {
+        let inside: Vec<&Sent> = sent
+            .iter()
+            .filter(|m| from.is_none_or(|f| m.at >= f) && to.is_none_or(|t| m.at < t))
+            .collect();
+        let q = query(from, to);
+        let label = format!("window {from:?}..{to:?}");
+
+        let mut active: HashMap<String, i64> = HashMap::new();
+        let mut solicited: HashMap<String, i64> = HashMap::new();
+        let mut rooms: HashMap<String, i64> = HashMap::new();
+        for m in &inside {
+            *active.entry(m.sender.clone()).or_default() += 1;
+            if let Some(to) = &m.to {
+                *solicited.entry(to.clone()).or_default() += 1;
+            }
+            if let Some(room) = &m.room {
+                *rooms.entry(room.clone()).or_default() += 1;
+            }
+        }
+        let body = get(&app, token, &format!("/stats/most-active?{q}")).await;
+        assert_eq!(
+            listed(&body, "users", "user_id"),
+            ranking(active, &names),
+            "most-active, {label}"
+        );
+        let body = get(&app, token, &format!("/stats/most-solicited?{q}")).await;
+        assert_eq!(
+            listed(&body, "users", "user_id"),
+            ranking(solicited, &names),
+            "most-solicited, {label}"
+        );
+        let body = get(&app, token, &format!("/stats/rooms?{q}")).await;
+        assert_eq!(
+            listed(&body, "rooms", "room_id"),
+            ranking(rooms, &names),
+            "rooms, {label}"
+        );
+
+        let body = get(&app, token, &format!("/stats/summary?{q}")).await;
+        assert_eq!(body["messages"], inside.len(), "summary, {label}");
+        assert_eq!(
+            body["direct_messages"],
+            inside.iter().filter(|m| m.to.is_some()).count(),
+            "summary, {label}"
+        );
+        assert_eq!(body["users"], 5);
+        assert_eq!(body["rooms"], 2);
+        assert_eq!(body["messages_last_24h"], sent.len());
+
+        for user in &users {
+            let mine: Vec<&&Sent> = inside
+                .iter()
+                .filter(|m| m.sender == user.id || m.to.as_deref() == Some(&user.id))
+                .collect();
+            let body = get(&app, token, &format!("/stats/users/{}?{q}", user.username)).await;
+            assert_eq!(
+                body["sent"],
+                inside.iter().filter(|m| m.sender == user.id).count(),
+                "sent, {label}"
+            );
+            assert_eq!(
+                body["received"],
+                inside
+                    .iter()
+                    .filter(|m| m.to.as_deref() == Some(&user.id))
+                    .count(),
+                "received, {label}"
+            );
+            let when = |v: &Value| v.as_str().map(|s| s.parse::<DateTime<Utc>>().unwrap());
+            assert_eq!(
+                when(&body["first_activity"]),
+                mine.iter().map(|m| m.at).min(),
+                "first, {label}"
+            );
+            assert_eq!(
+                when(&body["last_activity"]),
+                mine.iter().map(|m| m.at).max(),
+                "last, {label}"
+            );
+            let mut partners: HashMap<String, i64> = HashMap::new();
+            for m in &mine {
+                if let Some(to) = &m.to {
+                    let other = if m.sender == user.id { to } else { &m.sender };
+                    *partners.entry(other.clone()).or_default() += 1;
+                }
+            }
+            assert_eq!(
+                listed(&body, "top_partners", "user_id"),
+                ranking(partners, &names),
+                "partners, {label}"
+            );
+        }
+    }
+
+    // Activity: every hourly bucket present, zeros included, summing to the window.
+    let from = (first - Duration::hours(2))
+        .duration_trunc(Duration::hours(1))
+        .unwrap()
+        + Duration::minutes(7);
+    let to = last + Duration::hours(1);
+    let body = get(
+        &app,
+        token,
+        &format!(
+            "/stats/activity?bucket=hour&from={}&to={}",
+            rfc(from),
+            rfc(to)
+        ),
+    )
+    .await;
+    let points = body["points"].as_array().unwrap();
+    assert!(points.len() >= 3);
+    assert!(points.iter().any(|p| p["count"] == 0));
+    let total: i64 = points.iter().map(|p| p["count"].as_i64().unwrap()).sum();
+    assert_eq!(total, sent.len() as i64);
+    let body = get(&app, token, "/stats/activity?bucket=day").await;
+    assert_eq!(body["points"].as_array().unwrap().len(), 31);
+    let total: i64 = body["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["count"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, sent.len() as i64);
+}
+
+#[tokio::test]
+async fn ties_are_broken_by_name_and_empty_windows_are_empty() {
+    let app = spawn_app().await;
+    let zed = app.signup("zed").await;
+    let amy = app.signup("amy").await;
+    let general = app.general(&zed.token).await;
+    app.post_to_room(&zed.token, &general, "one").await;
+    app.post_to_room(&amy.token, &general, "one").await;
+    let body = get(&app, &zed.token, "/stats/most-active").await;
+    let names: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [amy.username.as_str(), zed.username.as_str()]);
+    let body = get(
+        &app,
+        &zed.token,
+        "/stats/most-active?from=2001-01-01T00:00:00Z&to=2001-01-02T00:00:00Z",
+    )
+    .await;
+    assert_eq!(body["users"], serde_json::json!([]));
+    let body = get(&app, &zed.token, "/stats/most-active?limit=1").await;
+    assert_eq!(body["users"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_statistics_parameters_are_rejected() {
+    let app = spawn_app().await;
+    let user = app.signup("stats").await;
+    for (path, status, code) in [
+        (
+            "/stats/most-active?from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_window",
+        ),
+        (
+            "/stats/rooms?limit=0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+        ),
+        (
+            "/stats/most-solicited?limit=100000",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+        ),
+        (
+            "/stats/most-active?from=yesterday",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        (
+            "/stats/activity?bucket=week",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+        ),
+        ("/stats/activity", StatusCode::BAD_REQUEST, "invalid_query"),
+        (
+            "/stats/activity?bucket=hour&from=2000-01-01T00:00:00Z",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_buckets",
+        ),
+        (
+            "/stats/summary?from=2026-01-01T00:00:00Z&to=2026-01-01T00:00:00Z",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_window",
+        ),
+        (
+            "/stats/users/nobody-here",
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+        ),
+    ] {
+        let res = app.get_authed(path, &user.token).await;
+        assert_eq!(error_code(res, status).await, code, "{path}");
+    }
+    let res = app.get("/stats/summary").send().await.unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::UNAUTHORIZED).await,
+        "missing_token"
+    );
+}
