@@ -1,0 +1,95 @@
+//! Latency of every statistics endpoint, all-time and over the last 7 days: N sequential
+//! requests each after a warm-up, p50/p95/max printed as a table. Run by
+//! `scripts/bench-stats.sh` against a server loaded by `generate-history`.
+//!
+//! Environment: `BASE_URL` (default http://127.0.0.1:18100), `BENCH_USER` (user00000),
+//! `BENCH_PASSWORD` (generated-password), `BENCH_REQUESTS` (50).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    let i = (sorted.len() * p)
+        .div_ceil(100)
+        .saturating_sub(1)
+        .min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let base = env("BASE_URL", "http://127.0.0.1:18100");
+    let requests: usize = env("BENCH_REQUESTS", "50").parse().unwrap();
+    let client = reqwest::Client::new();
+    let login: Value = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"username": env("BENCH_USER", "user00000"), "password": env("BENCH_PASSWORD", "generated-password")}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let week = format!(
+        "from={}",
+        (Utc::now() - chrono::Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let endpoints = [
+        "/stats/most-active",
+        "/stats/most-solicited",
+        "/stats/rooms",
+        "/stats/summary",
+        "/stats/users/user00000",
+        "/stats/activity?bucket=day",
+    ];
+    println!("| endpoint | window | p50 ms | p95 ms | max ms |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for endpoint in endpoints {
+        for (label, window) in [("all time", String::new()), ("7 days", week.clone())] {
+            let separator = if endpoint.contains('?') { '&' } else { '?' };
+            let mut url = format!("{base}{endpoint}");
+            if !window.is_empty() {
+                url = format!("{url}{separator}{window}");
+            } else if endpoint.contains("activity") {
+                // "All time" for the series: the 90 days the generator spans.
+                let from = (Utc::now() - chrono::Duration::days(91))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                url = format!("{url}&from={from}");
+            }
+            for _ in 0..3 {
+                client
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap()
+                    .error_for_status()
+                    .unwrap();
+            }
+            let mut times = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let started = Instant::now();
+                let res = client.get(&url).bearer_auth(&token).send().await.unwrap();
+                res.error_for_status().unwrap().bytes().await.unwrap();
+                times.push(started.elapsed());
+            }
+            times.sort();
+            println!(
+                "| `{endpoint}` | {label} | {:.1} | {:.1} | {:.1} |",
+                percentile(&times, 50),
+                percentile(&times, 95),
+                percentile(&times, 100)
+            );
+        }
+    }
+}
