@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use chat_server::config::Settings;
-use chat_server::store::stats::{LEVELS, counter_document, increments};
+use chat_server::store::stats::{LEVELS, counter_collection, counter_document, increments};
 use chat_server::store::{MessageRecord, Store, direct_conversation, room_conversation};
 
 const PASSWORD: &str = "generated-password";
@@ -247,7 +247,7 @@ async fn main() -> anyhow::Result<()> {
     // Messages, with the counters accumulated in memory and written once at the end.
     let sender_pick = Skewed::new(users.len());
     let span_ms = (now - start).num_milliseconds();
-    let mut counters: HashMap<String, Document> = HashMap::new();
+    let mut counters: HashMap<(&'static str, String), Document> = HashMap::new();
     let messages = db.collection::<MessageRecord>("messages");
     let started = Instant::now();
     let mut done = 0;
@@ -339,14 +339,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// Adds one message to the in-memory counters, exactly as the API's upserts would.
-fn count(counters: &mut HashMap<String, Document>, record: &MessageRecord, at: DateTime<Utc>) {
+fn count(
+    counters: &mut HashMap<(&'static str, String), Document>,
+    record: &MessageRecord,
+    at: DateTime<Utc>,
+) {
     for (kind, subject, name) in increments(record) {
         for level in LEVELS {
             let fresh = counter_document(level, at, kind, &subject, &name);
             let Ok(id) = fresh.get_str("_id").map(str::to_owned) else {
                 continue;
             };
-            let entry = counters.entry(id).or_insert(fresh);
+            let entry = counters
+                .entry((counter_collection(level, kind), id))
+                .or_insert(fresh);
             let ms = at.timestamp_millis();
             let n = entry.get_i64("n").unwrap_or(0) + 1;
             let first = entry.get_i64("first").unwrap_or(ms).min(ms);

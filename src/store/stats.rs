@@ -9,17 +9,15 @@
 //! for any window, and a 7-day window touches about 7 daily + 46 hourly counters per subject.
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use futures_util::TryStreamExt;
+use mongodb::Database;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
 use serde::Deserialize;
 
 use super::{MessageRecord, Store};
-
-const COLLECTION: &str = "activity";
 
 /// What a counter counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -105,9 +103,41 @@ pub fn increments(m: &MessageRecord) -> Vec<(Kind, String, String)> {
     out
 }
 
-/// The `_id` of a counter document.
-pub fn counter_id(level: Level, bucket: i64, kind: Kind, subject: &str) -> String {
-    format!("{}:{bucket}:{}:{subject}", level.as_str(), kind.as_str())
+/// The collection of a counter: one per level, pairs apart, so that every query reads one
+/// contiguous `_id` range of one small collection.
+pub fn counter_collection(level: Level, kind: Kind) -> &'static str {
+    match (kind, level) {
+        (Kind::Pair, Level::Hour) => "pairs_hourly",
+        (Kind::Pair, Level::Day) => "pairs_daily",
+        (Kind::Pair, Level::All) => "pairs_all_time",
+        (_, Level::Hour) => "activity_hourly",
+        (_, Level::Day) => "activity_daily",
+        (_, Level::All) => "activity_all_time",
+    }
+}
+
+/// The `_id` of a counter document, ordered so that a window is one `_id` range (the primary
+/// index, on real MongoDB and on the stand-in alike): `<kind>:<bucket>:<subject>`, or for a
+/// pair `<user>|<bucket>|<partner>` so that one user's partners are one range too. Buckets
+/// are zero-padded milliseconds, so text order is time order.
+pub fn counter_id(_level: Level, bucket: i64, kind: Kind, subject: &str) -> String {
+    match (kind, subject.split_once('|')) {
+        (Kind::Pair, Some((user, partner))) => format!("{user}|{bucket:013}|{partner}"),
+        _ => format!("{}:{bucket:013}:{subject}", kind.as_str()),
+    }
+}
+
+/// The `_id` range of the counters of `kind` for buckets in `[a, b)`.
+fn id_range(kind: Kind, subjects: &Subjects, a: i64, b: i64) -> (String, String) {
+    match (kind, subjects) {
+        (Kind::Pair, Subjects::Prefix(prefix)) => {
+            (format!("{prefix}{a:013}|"), format!("{prefix}{b:013}|"))
+        }
+        _ => (
+            format!("{}:{a:013}:", kind.as_str()),
+            format!("{}:{b:013}:", kind.as_str()),
+        ),
+    }
 }
 
 /// A counter document as the generator writes it in bulk (the API upserts the same shape).
@@ -134,28 +164,8 @@ pub fn counter_document(
 
 pub const LEVELS: [Level; 3] = [Level::Hour, Level::Day, Level::All];
 
-pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    db.collection::<Document>(COLLECTION)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "kind": 1, "level": 1, "bucket": 1, "subject": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("kind_level_bucket".to_owned())
-                        .build(),
-                )
-                .build(),
-        )
-        .await?;
-    // The local stand-in only uses single-field indexes; real MongoDB uses the one above.
-    db.collection::<Document>(COLLECTION)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "bucket": 1 })
-                .options(IndexOptions::builder().name("bucket".to_owned()).build())
-                .build(),
-        )
-        .await?;
+pub(super) async fn ensure_indexes(_db: &Database) -> mongodb::error::Result<()> {
+    // Counters are read by `_id` ranges only: the primary index is all they need.
     Ok(())
 }
 
@@ -211,16 +221,6 @@ pub enum Subjects {
 }
 
 impl Subjects {
-    fn filter(&self) -> Option<Bson> {
-        match self {
-            Subjects::All => None,
-            Subjects::Exact(s) => Some(Bson::String(s.clone())),
-            Subjects::Prefix(p) => Some(Bson::Document(
-                doc! { "$gte": p, "$lt": format!("{p}\u{10FFFF}") },
-            )),
-        }
-    }
-
     fn matches(&self, subject: &str) -> bool {
         match self {
             Subjects::All => true,
@@ -346,19 +346,16 @@ struct EdgeMessage {
 }
 
 impl Store {
-    fn activity(&self) -> Collection<Document> {
-        self.db.collection(COLLECTION)
-    }
-
-    /// Counts one stored message, in one round trip (one `update` command of upserts).
+    /// Counts one stored message: one `update` command of upserts per counter collection,
+    /// sent concurrently.
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
         let at = message.created_at();
         let when = message.at_ms;
-        let mut updates = Vec::new();
+        let mut updates: HashMap<&'static str, Vec<Document>> = HashMap::new();
         for (kind, subject, name) in increments(message) {
             for level in LEVELS {
                 let bucket = level.bucket(at);
-                updates.push(doc! {
+                updates.entry(counter_collection(level, kind)).or_default().push(doc! {
                     "q": { "_id": counter_id(level, bucket, kind, &subject) },
                     "u": {
                         "$inc": { "n": 1_i64 },
@@ -370,21 +367,25 @@ impl Store {
                 });
             }
         }
-        let reply = self
-            .db
-            .run_command(doc! {
-                "update": COLLECTION,
-                "updates": updates,
-                "ordered": false,
-                "writeConcern": { "w": "majority", "wtimeout": self.write_timeout_ms },
-            })
-            .await?;
-        if let Ok(errors) = reply.get_array("writeErrors")
-            && !errors.is_empty()
-        {
-            return Err(mongodb::error::Error::custom(format!(
-                "activity counters: {errors:?}"
-            )));
+        let commands = updates.into_iter().map(|(collection, updates)| {
+            self.db
+                .run_command(doc! {
+                    "update": collection,
+                    "updates": updates,
+                    "ordered": false,
+                    "writeConcern": { "w": "majority", "wtimeout": self.write_timeout_ms },
+                })
+                .into_future()
+        });
+        for reply in futures_util::future::join_all(commands).await {
+            let reply = reply?;
+            if let Ok(errors) = reply.get_array("writeErrors")
+                && !errors.is_empty()
+            {
+                return Err(mongodb::error::Error::custom(format!(
+                    "activity counters: {errors:?}"
+                )));
+            }
         }
         Ok(())
     }
@@ -398,12 +399,10 @@ impl Store {
     ) -> mongodb::error::Result<HashMap<String, Tally>> {
         let plan = plan(window, Utc::now(), Level::All);
         let mut tallies: HashMap<String, Tally> = HashMap::new();
-        for mut filter in counters_filters(kind, &plan.counters) {
-            if let Some(subject) = subjects.filter() {
-                filter.insert("subject", subject);
-            }
+        for (collection, filter) in counters_filters(kind, subjects, &plan.counters) {
             let grouped: Vec<Grouped> = self
-                .activity()
+                .db
+                .collection::<Document>(collection)
                 .aggregate(vec![
                     doc! { "$match": filter },
                     doc! { "$group": {
@@ -419,7 +418,9 @@ impl Store {
                 .try_collect()
                 .await?;
             for g in grouped {
-                if let Bson::String(subject) = g.key {
+                if let Bson::String(subject) = g.key
+                    && subjects.matches(&subject)
+                {
                     tallies.entry(subject).or_default().add(
                         g.n,
                         bson_time(g.first),
@@ -449,9 +450,10 @@ impl Store {
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
         let plan = plan(window, Utc::now(), level);
         let mut series: HashMap<i64, i64> = HashMap::new();
-        for filter in counters_filters(Kind::Total, &plan.counters) {
+        for (collection, filter) in counters_filters(Kind::Total, &Subjects::All, &plan.counters) {
             let grouped: Vec<Grouped> = self
-                .activity()
+                .db
+                .collection::<Document>(collection)
                 .aggregate(vec![
                     doc! { "$match": filter },
                     doc! { "$group": { "_id": "$bucket", "n": { "$sum": "$n" }, "first": { "$min": "$first" }, "last": { "$max": "$last" }, "name": { "$first": "$name" } } },
@@ -524,13 +526,21 @@ impl Store {
     }
 }
 
-/// One filter per counter range, each run as its own query (at most three): the local
-/// stand-in mishandles `$or` next to other fields, and separate range scans are what real
-/// MongoDB would do with `$or` anyway.
-fn counters_filters(kind: Kind, ranges: &[(Level, i64, i64)]) -> Vec<Document> {
+/// One `(collection, filter)` per counter range, each run as its own query (at most three).
+fn counters_filters(
+    kind: Kind,
+    subjects: &Subjects,
+    ranges: &[(Level, i64, i64)],
+) -> Vec<(&'static str, Document)> {
     ranges
         .iter()
-        .map(|(level, a, b)| doc! { "kind": kind.as_str(), "level": level.as_str(), "bucket": { "$gte": a, "$lt": b } })
+        .map(|(level, a, b)| {
+            let (low, high) = id_range(kind, subjects, *a, *b);
+            (
+                counter_collection(*level, kind),
+                doc! { "_id": { "$gte": low, "$lt": high } },
+            )
+        })
         .collect()
 }
 
