@@ -117,25 +117,28 @@ pub fn counter_collection(level: Level, kind: Kind) -> &'static str {
 }
 
 /// The `_id` of a counter document, ordered so that a window is one `_id` range (the primary
-/// index, on real MongoDB and on the stand-in alike): `<kind>:<bucket>:<subject>`, or for a
-/// pair `<user>|<bucket>|<partner>` so that one user's partners are one range too. Buckets
+/// index, on real MongoDB and on the stand-in alike): `<kind>:<level><bucket>:<subject>`, or
+/// for a pair `<user>|<level><bucket>|<partner>` so that one user's partners are one range too. Buckets
 /// are zero-padded milliseconds, so text order is time order.
-pub fn counter_id(_level: Level, bucket: i64, kind: Kind, subject: &str) -> String {
+pub fn counter_id(level: Level, bucket: i64, kind: Kind, subject: &str) -> String {
+    let l = level.as_str();
     match (kind, subject.split_once('|')) {
-        (Kind::Pair, Some((user, partner))) => format!("{user}|{bucket:013}|{partner}"),
-        _ => format!("{}:{bucket:013}:{subject}", kind.as_str()),
+        (Kind::Pair, Some((user, partner))) => format!("{user}|{l}{bucket:013}|{partner}"),
+        _ => format!("{}:{l}{bucket:013}:{subject}", kind.as_str()),
     }
 }
 
-/// The `_id` range of the counters of `kind` for buckets in `[a, b)`.
-fn id_range(kind: Kind, subjects: &Subjects, a: i64, b: i64) -> (String, String) {
+/// The `_id` range of the counters of `kind` at `level` for buckets in `[a, b)`.
+fn id_range(level: Level, kind: Kind, subjects: &Subjects, a: i64, b: i64) -> (String, String) {
+    let l = level.as_str();
     match (kind, subjects) {
-        (Kind::Pair, Subjects::Prefix(prefix)) => {
-            (format!("{prefix}{a:013}|"), format!("{prefix}{b:013}|"))
-        }
+        (Kind::Pair, Subjects::Prefix(prefix)) => (
+            format!("{prefix}{l}{a:013}|"),
+            format!("{prefix}{l}{b:013}|"),
+        ),
         _ => (
-            format!("{}:{a:013}:", kind.as_str()),
-            format!("{}:{b:013}:", kind.as_str()),
+            format!("{}:{l}{a:013}:", kind.as_str()),
+            format!("{}:{l}{b:013}:", kind.as_str()),
         ),
     }
 }
@@ -535,7 +538,7 @@ fn counters_filters(
     ranges
         .iter()
         .map(|(level, a, b)| {
-            let (low, high) = id_range(kind, subjects, *a, *b);
+            let (low, high) = id_range(*level, kind, subjects, *a, *b);
             (
                 counter_collection(*level, kind),
                 doc! { "_id": { "$gte": low, "$lt": high } },
@@ -566,6 +569,18 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn counter_ids_of_levels_never_collide() {
+        let midnight = t("2026-11-24T00:00:00Z").timestamp_millis();
+        for kind in [Kind::Sent, Kind::Pair] {
+            let hour = counter_id(Level::Hour, midnight, kind, "u|p");
+            assert_ne!(hour, counter_id(Level::Day, midnight, kind, "u|p"));
+        }
+        let (low, high) = id_range(Level::Day, Kind::Sent, &Subjects::All, 0, midnight + 1);
+        let id = counter_id(Level::Day, midnight, Kind::Sent, "u");
+        assert!(low <= id && id < high);
     }
 
     #[test]
