@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
-use crate::domain::{MessageBody, MessageId, RoomId, Username};
+use crate::domain::{MessageBody, MessageId, RoomId};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::users::find_by_name;
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
 use crate::store::{
@@ -175,7 +176,7 @@ pub async fn create_message(
             (Target::Room(id), Audience::Room(id))
         }
         (None, Some(to)) => {
-            let recipient = find_user(&state, &to).await?;
+            let recipient = find_by_name(&state, &to).await?;
             if recipient.user_id() == user.user_id {
                 return Err(ApiError::unprocessable(
                     "cannot_message_self",
@@ -251,20 +252,10 @@ pub async fn conversation_messages(
     path: web::Path<String>,
     query: web::Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let other = find_user(&state, &path).await?;
+    let other = find_by_name(&state, &path).await?;
     let conversation = direct_conversation(user.user_id, other.user_id());
     let page = history_page(&state, &conversation, &query).await?;
     Ok(HttpResponse::Ok().json(page))
-}
-
-async fn find_user(state: &AppState, raw: &str) -> Result<crate::store::UserRecord, ApiError> {
-    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
-    let username = Username::parse(raw).map_err(|_| not_found())?;
-    state
-        .store
-        .find_user_by_username(&username)
-        .await?
-        .ok_or_else(not_found)
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
-use crate::domain::{RoomId, Username};
+use crate::domain::RoomId;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::users::find_by_name;
 use crate::startup::AppState;
 use crate::store::stats::{Kind, Level, Subjects, Tally, Window};
 
@@ -407,14 +408,7 @@ pub async fn user_stats(
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;
-    let raw = path.into_inner();
-    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
-    let username = Username::parse(&raw).map_err(|_| not_found())?;
-    let user = state
-        .store
-        .find_user_by_username(&username)
-        .await?
-        .ok_or_else(not_found)?;
+    let user = find_by_name(&state, &path).await?;
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
     let partners_of = Subjects::Prefix(format!("{id}|"));

@@ -90,15 +90,20 @@ pub async fn by_username(
     _user: AuthUser,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = path.into_inner();
+    let record = find_by_name(&state, &path).await?;
+    Ok(HttpResponse::Ok().json(UserResponse::from(&record)))
+}
+
+/// The user named `raw` (any case), or 404 `user_not_found`: a name that breaks the rules
+/// cannot belong to anyone, so it is a 404 too. Used by every path that names a user.
+pub(crate) async fn find_by_name(state: &AppState, raw: &str) -> Result<UserRecord, ApiError> {
     let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
-    let username = Username::parse(&raw).map_err(|_| not_found())?;
-    let record = state
+    let username = Username::parse(raw).map_err(|_| not_found())?;
+    state
         .store
         .find_user_by_username(&username)
         .await?
-        .ok_or_else(not_found)?;
-    Ok(HttpResponse::Ok().json(UserResponse::from(&record)))
+        .ok_or_else(not_found)
 }
 
 /// Users online now: seen within the presence TTL (60 s by default) on any instance.

@@ -179,12 +179,6 @@ pub struct Window {
     pub to: Option<DateTime<Utc>>,
 }
 
-impl Window {
-    pub fn contains(&self, t: DateTime<Utc>) -> bool {
-        self.from.is_none_or(|from| t >= from) && self.to.is_none_or(|to| t < to)
-    }
-}
-
 /// How many messages, and when the first and last were, for one subject.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
