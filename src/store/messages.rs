@@ -130,12 +130,8 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
     messages(db)
         .create_index(
             IndexModel::builder()
-                .keys(doc! { "created_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("created_at".to_owned())
-                        .build(),
-                )
+                .keys(doc! { "at_ms": 1 })
+                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
                 .build(),
         )
         .await?;

@@ -3,9 +3,11 @@
 
 mod messages;
 mod rooms;
+mod settled;
 pub mod stats;
 mod users;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,6 +29,8 @@ pub struct Store {
     db: Database,
     /// `wtimeout` of majority writes issued as raw commands.
     write_timeout_ms: i64,
+    /// Counter sums over ranges that no longer change (see `settled`).
+    settled: Arc<settled::SettledRanges>,
 }
 
 impl Store {
@@ -52,6 +56,7 @@ impl Store {
             db: client.database(&settings.mongodb_database),
             write_timeout_ms: i64::try_from(settings.mongodb_timeout.as_millis())
                 .unwrap_or(i64::MAX),
+            settled: Arc::default(),
         })
     }
 

@@ -1,22 +1,28 @@
 //! Statistics over the message history, fast at millions of messages.
 //!
-//! Every stored message increments counters (`activity` collection) at three levels: per hour,
-//! per day and for all time, each keyed by what is counted (`kind`) and whom (`subject`), with
-//! the first and last message time. A window `[from, to)` is answered from the all-time
-//! counters when unbounded; otherwise it is cut into whole days, whole hours at the ragged
-//! ends, and the minutes left over at the edges, which are counted from the messages
-//! themselves (a `created_at` range scan of at most two partial hours). The answer is exact
-//! for any window, and a 7-day window touches about 7 daily + 46 hourly counters per subject.
+//! Every stored message increments counters at three levels: per hour, per day and for all
+//! time (one collection per level, pairs apart), each keyed by what is counted (`kind`) and
+//! whom (`subject`), with the first and last message time. A window `[from, to)` is answered
+//! from the all-time counters when unbounded; otherwise it is cut into whole days, whole hours
+//! at the ragged ends, and the minutes left over at the edges, which are counted from the
+//! messages themselves (an `at_ms` range of at most two partial hours). The answer is exact
+//! for any window. Sums over ranges that ended more than a few minutes ago never change and
+//! are remembered per instance (`settled`), so a sliding window reads only its newest hour
+//! and its raw edges from MongoDB.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use futures_util::TryStreamExt;
-use mongodb::Database;
 use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Database, IndexModel};
 use serde::Deserialize;
 
+use super::settled::{self, RangeKey, Tallies};
 use super::{MessageRecord, Store};
 
 /// What a counter counts.
@@ -49,7 +55,7 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     Hour,
     Day,
@@ -152,8 +158,10 @@ pub fn counter_document(
     name: &str,
 ) -> Document {
     let bucket = level.bucket(at);
+    let id = counter_id(level, bucket, kind, subject);
     doc! {
-        "_id": counter_id(level, bucket, kind, subject),
+        "_id": &id,
+        "key": id,
         "level": level.as_str(),
         "bucket": bucket,
         "kind": kind.as_str(),
@@ -167,8 +175,30 @@ pub fn counter_document(
 
 pub const LEVELS: [Level; 3] = [Level::Hour, Level::Day, Level::All];
 
-pub(super) async fn ensure_indexes(_db: &Database) -> mongodb::error::Result<()> {
-    // Counters are read by `_id` ranges only: the primary index is all they need.
+/// Every counter collection, for index creation.
+const COLLECTIONS: [&str; 6] = [
+    "activity_hourly",
+    "activity_daily",
+    "activity_all_time",
+    "pairs_hourly",
+    "pairs_daily",
+    "pairs_all_time",
+];
+
+/// Counters are read by ranges of `key`, a copy of `_id` with its own index. On MongoDB an
+/// `_id` range would do; the local stand-in evaluates `_id` ranges in Python over the whole
+/// collection (seconds at a million counters) but answers an indexed field range from SQLite.
+pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    for collection in COLLECTIONS {
+        db.collection::<Document>(collection)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "key": 1 })
+                    .options(IndexOptions::builder().name("key".to_owned()).build())
+                    .build(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -352,11 +382,12 @@ impl Store {
         for (kind, subject, name) in increments(message) {
             for level in LEVELS {
                 let bucket = level.bucket(at);
+                let id = counter_id(level, bucket, kind, &subject);
                 updates.entry(counter_collection(level, kind)).or_default().push(doc! {
-                    "q": { "_id": counter_id(level, bucket, kind, &subject) },
+                    "q": { "_id": &id },
                     "u": {
                         "$inc": { "n": 1_i64 },
-                        "$set": { "level": level.as_str(), "bucket": bucket, "kind": kind.as_str(), "subject": &subject, "name": &name },
+                        "$set": { "key": id, "level": level.as_str(), "bucket": bucket, "kind": kind.as_str(), "subject": &subject, "name": &name },
                         "$min": { "first": when },
                         "$max": { "last": when },
                     },
@@ -394,37 +425,29 @@ impl Store {
         subjects: &Subjects,
         window: Window,
     ) -> mongodb::error::Result<HashMap<String, Tally>> {
-        let plan = plan(window, Utc::now(), Level::All);
+        let now = Utc::now();
+        let plan = plan(window, now, Level::All);
+        let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
+        let pieces = settled::split(&plan.counters, |level| level.bucket(settled_at));
+        let sums = futures_util::future::try_join_all(pieces.into_iter().map(
+            |(level, from, to, settled)| {
+                let key = RangeKey {
+                    kind,
+                    level,
+                    from,
+                    to,
+                };
+                self.counter_sums(key, subjects, settled)
+            },
+        ))
+        .await?;
         let mut tallies: HashMap<String, Tally> = HashMap::new();
-        for (collection, filter) in counters_filters(kind, subjects, &plan.counters) {
-            let grouped: Vec<Grouped> = self
-                .db
-                .collection::<Document>(collection)
-                .aggregate(vec![
-                    doc! { "$match": filter },
-                    doc! { "$group": {
-                        "_id": "$subject",
-                        "n": { "$sum": "$n" },
-                        "first": { "$min": "$first" },
-                        "last": { "$max": "$last" },
-                        "name": { "$first": "$name" },
-                    }},
-                ])
-                .with_type::<Grouped>()
-                .await?
-                .try_collect()
-                .await?;
-            for g in grouped {
-                if let Bson::String(subject) = g.key
-                    && subjects.matches(&subject)
-                {
-                    tallies.entry(subject).or_default().add(
-                        g.n,
-                        bson_time(g.first),
-                        bson_time(g.last),
-                        g.name.as_deref().unwrap_or_default(),
-                    );
-                }
+        for sum in sums {
+            for (subject, t) in sum.iter() {
+                tallies
+                    .entry(subject.clone())
+                    .or_default()
+                    .add(t.n, t.first, t.last, &t.name);
             }
         }
         for message in self.edge_messages(&plan.raw).await? {
@@ -439,6 +462,56 @@ impl Store {
         Ok(tallies)
     }
 
+    /// Sums of one range of counters per subject. Sums over every subject of a settled range
+    /// are remembered and served from memory.
+    async fn counter_sums(
+        &self,
+        key: RangeKey,
+        subjects: &Subjects,
+        settled: bool,
+    ) -> mongodb::error::Result<Tallies> {
+        let remember = settled && matches!(subjects, Subjects::All);
+        if remember && let Some(hit) = self.settled.get(&key, Instant::now()) {
+            return Ok(hit);
+        }
+        let grouped: Vec<Grouped> = self
+            .db
+            .collection::<Document>(counter_collection(key.level, key.kind))
+            .aggregate(vec![
+                doc! { "$match": counter_filter(key, subjects) },
+                // `$max` for the name, not `$first`: the stand-in runs `$first` in Python.
+                doc! { "$group": {
+                    "_id": "$subject",
+                    "n": { "$sum": "$n" },
+                    "first": { "$min": "$first" },
+                    "last": { "$max": "$last" },
+                    "name": { "$max": "$name" },
+                }},
+            ])
+            .with_type::<Grouped>()
+            .await?
+            .try_collect()
+            .await?;
+        let mut sums: HashMap<String, Tally> = HashMap::with_capacity(grouped.len());
+        for g in grouped {
+            if let Bson::String(subject) = g.key
+                && subjects.matches(&subject)
+            {
+                sums.entry(subject).or_default().add(
+                    g.n,
+                    bson_time(g.first),
+                    bson_time(g.last),
+                    g.name.as_deref().unwrap_or_default(),
+                );
+            }
+        }
+        let sums = Arc::new(sums);
+        if remember {
+            self.settled.put(key, Arc::clone(&sums), Instant::now());
+        }
+        Ok(sums)
+    }
+
     /// Message counts per bucket start (ms) for `level` (hour or day) over `window`.
     pub async fn activity_series(
         &self,
@@ -447,13 +520,20 @@ impl Store {
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
         let plan = plan(window, Utc::now(), level);
         let mut series: HashMap<i64, i64> = HashMap::new();
-        for (collection, filter) in counters_filters(Kind::Total, &Subjects::All, &plan.counters) {
+        for &(level, from, to) in &plan.counters {
+            let key = RangeKey {
+                kind: Kind::Total,
+                level,
+                from,
+                to,
+            };
+            let filter = counter_filter(key, &Subjects::All);
             let grouped: Vec<Grouped> = self
                 .db
-                .collection::<Document>(collection)
+                .collection::<Document>(counter_collection(level, Kind::Total))
                 .aggregate(vec![
                     doc! { "$match": filter },
-                    doc! { "$group": { "_id": "$bucket", "n": { "$sum": "$n" }, "first": { "$min": "$first" }, "last": { "$max": "$last" }, "name": { "$first": "$name" } } },
+                    doc! { "$group": { "_id": "$bucket", "n": { "$sum": "$n" }, "first": { "$min": "$first" }, "last": { "$max": "$last" }, "name": { "$max": "$name" } } },
                 ])
                 .with_type::<Grouped>()
                 .await?
@@ -523,22 +603,39 @@ impl Store {
     }
 }
 
-/// One `(collection, filter)` per counter range, each run as its own query (at most three).
-fn counters_filters(
-    kind: Kind,
-    subjects: &Subjects,
-    ranges: &[(Level, i64, i64)],
-) -> Vec<(&'static str, Document)> {
-    ranges
-        .iter()
-        .map(|(level, a, b)| {
-            let (low, high) = id_range(*level, kind, subjects, *a, *b);
-            (
-                counter_collection(*level, kind),
-                doc! { "_id": { "$gte": low, "$lt": high } },
-            )
-        })
-        .collect()
+/// Buckets beyond which one subject's counters are read as a range rather than by id.
+const MAX_EXACT_IDS: i64 = 512;
+
+/// The filter selecting the counters of `key`: the ids themselves for one subject over a
+/// bounded number of buckets (unique index lookups), otherwise a range of `key`.
+fn counter_filter(key: RangeKey, subjects: &Subjects) -> Document {
+    let RangeKey {
+        kind,
+        level,
+        from,
+        to,
+    } = key;
+    if let Subjects::Exact(subject) = subjects {
+        let step = match level {
+            Level::Hour => Some(3_600_000),
+            Level::Day => Some(86_400_000),
+            Level::All => None,
+        };
+        let ids: Option<Vec<String>> = match step {
+            None => Some(vec![counter_id(Level::All, 0, kind, subject)]),
+            Some(step) if (to - from) / step <= MAX_EXACT_IDS => Some(
+                (0..(to - from) / step)
+                    .map(|i| counter_id(level, from + i * step, kind, subject))
+                    .collect(),
+            ),
+            Some(_) => None,
+        };
+        if let Some(ids) = ids {
+            return doc! { "_id": { "$in": ids } };
+        }
+    }
+    let (low, high) = id_range(level, kind, subjects, from, to);
+    doc! { "key": { "$gte": low, "$lt": high } }
 }
 
 fn edge_record(m: &EdgeMessage) -> MessageRecord {

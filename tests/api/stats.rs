@@ -6,6 +6,9 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 
+use chat_server::store::{MessageRecord, Store};
+use mongodb::bson::oid::ObjectId;
+
 use crate::helpers::{TestApp, TestUser, error_code, spawn_app, unique};
 
 struct Sent {
@@ -59,6 +62,113 @@ async fn get(app: &TestApp, token: &str, path: &str) -> Value {
     let res = app.get_authed(path, token).await;
     assert_eq!(res.status(), StatusCode::OK, "{path}");
     res.json().await.unwrap()
+}
+
+/// Every endpoint over `[from, to)` against a brute-force count of `sent`.
+async fn check_window(
+    app: &TestApp,
+    token: &str,
+    users: &[TestUser],
+    names: &HashMap<String, String>,
+    sent: &[Sent],
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) {
+    let inside: Vec<&Sent> = sent
+        .iter()
+        .filter(|m| from.is_none_or(|f| m.at >= f) && to.is_none_or(|t| m.at < t))
+        .collect();
+    let q = query(from, to);
+    let label = format!("window {from:?}..{to:?}");
+
+    let mut active: HashMap<String, i64> = HashMap::new();
+    let mut solicited: HashMap<String, i64> = HashMap::new();
+    let mut rooms: HashMap<String, i64> = HashMap::new();
+    for m in &inside {
+        *active.entry(m.sender.clone()).or_default() += 1;
+        if let Some(to) = &m.to {
+            *solicited.entry(to.clone()).or_default() += 1;
+        }
+        if let Some(room) = &m.room {
+            *rooms.entry(room.clone()).or_default() += 1;
+        }
+    }
+    let body = get(app, token, &format!("/stats/most-active?{q}")).await;
+    assert_eq!(
+        listed(&body, "users", "user_id"),
+        ranking(active, names),
+        "most-active, {label}"
+    );
+    let body = get(app, token, &format!("/stats/most-solicited?{q}")).await;
+    assert_eq!(
+        listed(&body, "users", "user_id"),
+        ranking(solicited, names),
+        "most-solicited, {label}"
+    );
+    let body = get(app, token, &format!("/stats/rooms?{q}")).await;
+    assert_eq!(
+        listed(&body, "rooms", "room_id"),
+        ranking(rooms, names),
+        "rooms, {label}"
+    );
+
+    let body = get(app, token, &format!("/stats/summary?{q}")).await;
+    assert_eq!(body["messages"], inside.len(), "summary, {label}");
+    assert_eq!(
+        body["direct_messages"],
+        inside.iter().filter(|m| m.to.is_some()).count(),
+        "summary, {label}"
+    );
+    let day_ago = Utc::now() - Duration::hours(24);
+    assert_eq!(
+        body["messages_last_24h"],
+        sent.iter().filter(|m| m.at >= day_ago).count(),
+        "summary, last 24 h"
+    );
+
+    for user in users {
+        let mine: Vec<&&Sent> = inside
+            .iter()
+            .filter(|m| m.sender == user.id || m.to.as_deref() == Some(&user.id))
+            .collect();
+        let body = get(app, token, &format!("/stats/users/{}?{q}", user.username)).await;
+        assert_eq!(
+            body["sent"],
+            inside.iter().filter(|m| m.sender == user.id).count(),
+            "sent, {label}"
+        );
+        assert_eq!(
+            body["received"],
+            inside
+                .iter()
+                .filter(|m| m.to.as_deref() == Some(&user.id))
+                .count(),
+            "received, {label}"
+        );
+        let when = |v: &Value| v.as_str().map(|s| s.parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            when(&body["first_activity"]),
+            mine.iter().map(|m| m.at).min(),
+            "first, {label}"
+        );
+        assert_eq!(
+            when(&body["last_activity"]),
+            mine.iter().map(|m| m.at).max(),
+            "last, {label}"
+        );
+        let mut partners: HashMap<String, i64> = HashMap::new();
+        for m in &mine {
+            if let Some(to) = &m.to {
+                let other = if m.sender == user.id { to } else { &m.sender };
+                *partners.entry(other.clone()).or_default() += 1;
+            }
+        }
+        assert_eq!(
+            listed(&body, "top_partners", "user_id"),
+            ranking(partners, names),
+            "partners, {label}"
+        );
+    }
 }
 
 /// Random traffic through the API, then every endpoint against a brute-force count of what
@@ -138,99 +248,11 @@ async fn every_statistic_equals_a_brute_force_count_for_any_window() {
     ];
     let token = &users[0].token;
     for (from, to) in windows {
-        let inside: Vec<&Sent> = sent
-            .iter()
-            .filter(|m| from.is_none_or(|f| m.at >= f) && to.is_none_or(|t| m.at < t))
-            .collect();
-        let q = query(from, to);
-        let label = format!("window {from:?}..{to:?}");
-
-        let mut active: HashMap<String, i64> = HashMap::new();
-        let mut solicited: HashMap<String, i64> = HashMap::new();
-        let mut rooms: HashMap<String, i64> = HashMap::new();
-        for m in &inside {
-            *active.entry(m.sender.clone()).or_default() += 1;
-            if let Some(to) = &m.to {
-                *solicited.entry(to.clone()).or_default() += 1;
-            }
-            if let Some(room) = &m.room {
-                *rooms.entry(room.clone()).or_default() += 1;
-            }
-        }
-        let body = get(&app, token, &format!("/stats/most-active?{q}")).await;
-        assert_eq!(
-            listed(&body, "users", "user_id"),
-            ranking(active, &names),
-            "most-active, {label}"
-        );
-        let body = get(&app, token, &format!("/stats/most-solicited?{q}")).await;
-        assert_eq!(
-            listed(&body, "users", "user_id"),
-            ranking(solicited, &names),
-            "most-solicited, {label}"
-        );
-        let body = get(&app, token, &format!("/stats/rooms?{q}")).await;
-        assert_eq!(
-            listed(&body, "rooms", "room_id"),
-            ranking(rooms, &names),
-            "rooms, {label}"
-        );
-
-        let body = get(&app, token, &format!("/stats/summary?{q}")).await;
-        assert_eq!(body["messages"], inside.len(), "summary, {label}");
-        assert_eq!(
-            body["direct_messages"],
-            inside.iter().filter(|m| m.to.is_some()).count(),
-            "summary, {label}"
-        );
-        assert_eq!(body["users"], 5);
-        assert_eq!(body["rooms"], 2);
-        assert_eq!(body["messages_last_24h"], sent.len());
-
-        for user in &users {
-            let mine: Vec<&&Sent> = inside
-                .iter()
-                .filter(|m| m.sender == user.id || m.to.as_deref() == Some(&user.id))
-                .collect();
-            let body = get(&app, token, &format!("/stats/users/{}?{q}", user.username)).await;
-            assert_eq!(
-                body["sent"],
-                inside.iter().filter(|m| m.sender == user.id).count(),
-                "sent, {label}"
-            );
-            assert_eq!(
-                body["received"],
-                inside
-                    .iter()
-                    .filter(|m| m.to.as_deref() == Some(&user.id))
-                    .count(),
-                "received, {label}"
-            );
-            let when = |v: &Value| v.as_str().map(|s| s.parse::<DateTime<Utc>>().unwrap());
-            assert_eq!(
-                when(&body["first_activity"]),
-                mine.iter().map(|m| m.at).min(),
-                "first, {label}"
-            );
-            assert_eq!(
-                when(&body["last_activity"]),
-                mine.iter().map(|m| m.at).max(),
-                "last, {label}"
-            );
-            let mut partners: HashMap<String, i64> = HashMap::new();
-            for m in &mine {
-                if let Some(to) = &m.to {
-                    let other = if m.sender == user.id { to } else { &m.sender };
-                    *partners.entry(other.clone()).or_default() += 1;
-                }
-            }
-            assert_eq!(
-                listed(&body, "top_partners", "user_id"),
-                ranking(partners, &names),
-                "partners, {label}"
-            );
-        }
+        check_window(&app, token, &users, &names, &sent, from, to).await;
     }
+    let body = get(&app, token, "/stats/summary").await;
+    assert_eq!(body["users"], 5);
+    assert_eq!(body["rooms"], 2);
 
     // Activity: every hourly bucket present, zeros included, summing to the window.
     let from = (first - Duration::hours(2))
@@ -346,4 +368,76 @@ async fn bad_statistics_parameters_are_rejected() {
         error_code(res, StatusCode::UNAUTHORIZED).await,
         "missing_token"
     );
+}
+
+/// History older than the settle delay is summed once per instance and then served from
+/// memory: every window over it, asked twice (computed, then remembered), equals a
+/// brute-force count. The messages are written as the generator writes them, backdated.
+#[tokio::test]
+async fn settled_history_is_counted_exactly_when_remembered() {
+    let app = spawn_app().await;
+    let mut users: Vec<TestUser> = Vec::new();
+    for i in 0..4 {
+        users.push(app.signup(&format!("h{i}-")).await);
+    }
+    let general = app.general(&users[0].token).await;
+    let mut names: HashMap<String, String> = users
+        .iter()
+        .map(|u| (u.id.clone(), u.username.clone()))
+        .collect();
+    names.insert(general.clone(), "general".to_owned());
+    let store = Store::connect(&app.settings).await.unwrap();
+    let messages = store.database().collection::<MessageRecord>("messages");
+
+    let now = Utc::now();
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut sent: Vec<Sent> = Vec::new();
+    for _ in 0..150 {
+        let at = now - Duration::milliseconds(rng.gen_range(20 * 60_000..9 * 86_400_000));
+        let s = [0, 0, 0, 1, 1, 2, 3][rng.gen_range(0..7)];
+        let r = (s + rng.gen_range(1..4)) % 4;
+        let direct = rng.gen_bool(0.5);
+        let id = ObjectId::new();
+        let record = MessageRecord {
+            id,
+            seq: id.to_hex(),
+            conversation: String::new(),
+            sender_id: users[s].id.clone(),
+            sender_name: users[s].username.clone(),
+            room_id: (!direct).then(|| general.clone()),
+            recipient_id: direct.then(|| users[r].id.clone()),
+            recipient_name: direct.then(|| users[r].username.clone()),
+            body: "backdated".to_owned(),
+            created_at: mongodb::bson::DateTime::from_millis(at.timestamp_millis()),
+            at_ms: at.timestamp_millis(),
+        };
+        messages.insert_one(&record).await.unwrap();
+        store.record_activity(&record).await.unwrap();
+        sent.push(Sent {
+            sender: record.sender_id.clone(),
+            room: record.room_id.clone(),
+            to: record.recipient_id.clone(),
+            at: DateTime::from_timestamp_millis(record.at_ms).unwrap(),
+        });
+    }
+
+    type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let windows: Vec<Bounds> = vec![
+        (None, None),
+        (Some(now - Duration::days(7)), None),
+        (
+            Some(now - Duration::days(7) + Duration::minutes(13)),
+            Some(now - Duration::hours(3) + Duration::minutes(7)),
+        ),
+        (Some(now - Duration::days(8)), Some(now - Duration::days(1))),
+        (
+            Some(now - Duration::days(2)),
+            Some(now - Duration::minutes(30)),
+        ),
+    ];
+    for _ in 0..2 {
+        for &(from, to) in &windows {
+            check_window(&app, &users[0].token, &users, &names, &sent, from, to).await;
+        }
+    }
 }

@@ -1,0 +1,198 @@
+//! Per-instance memory of counter sums over settled time ranges.
+//!
+//! A message is timestamped by Redis when it is posted and counted right after it is stored,
+//! so an hourly or daily bucket stops changing shortly after it ends. Sums over buckets that
+//! ended more than [`SETTLE`] ago are kept here and reused by every request whose window covers
+//! the same range: a sliding 7-day window then reads only the current hour from MongoDB.
+//!
+//! Entries expire after [`TTL`], so a counter written unusually late (a write that took longer
+//! than [`SETTLE`], or a history loaded under a running server) shows up within minutes, and
+//! the total number of subjects held is bounded by [`CAPACITY`], oldest entries evicted first.
+//! Every instance computes the same sums from the same counters, so instances never disagree
+//! for longer than that.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::stats::{Kind, Level, Tally};
+
+/// How long after its end a bucket is taken to be final.
+pub const SETTLE: Duration = Duration::from_secs(5 * 60);
+/// How long a remembered sum is served.
+pub const TTL: Duration = Duration::from_secs(10 * 60);
+/// Subjects (users, rooms) held across all entries.
+pub const CAPACITY: usize = 500_000;
+
+/// Sums of one kind of counter over buckets `[from, to)` (ms) of one level, every subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RangeKey {
+    pub kind: Kind,
+    pub level: Level,
+    pub from: i64,
+    pub to: i64,
+}
+
+pub type Tallies = Arc<HashMap<String, Tally>>;
+
+#[derive(Default)]
+pub struct SettledRanges {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<RangeKey, (Instant, Tallies)>,
+    /// Insertion order, for eviction; an entry replaced later appears twice and is only
+    /// removed by its latest occurrence.
+    order: VecDeque<(RangeKey, Instant)>,
+    weight: usize,
+}
+
+fn weight(tallies: &Tallies) -> usize {
+    tallies.len().max(1)
+}
+
+impl SettledRanges {
+    pub fn get(&self, key: &RangeKey, now: Instant) -> Option<Tallies> {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let (stored, tallies) = inner.entries.get(key)?;
+        (now.saturating_duration_since(*stored) < TTL).then(|| Arc::clone(tallies))
+    }
+
+    pub fn put(&self, key: RangeKey, tallies: Tallies, now: Instant) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.weight += weight(&tallies);
+        if let Some((_, old)) = inner.entries.insert(key, (now, tallies)) {
+            inner.weight -= weight(&old);
+        }
+        inner.order.push_back((key, now));
+        while inner.weight > CAPACITY {
+            let Some((oldest, stored)) = inner.order.pop_front() else {
+                break;
+            };
+            if inner
+                .entries
+                .get(&oldest)
+                .is_some_and(|(at, _)| *at == stored)
+                && let Some((_, old)) = inner.entries.remove(&oldest)
+            {
+                inner.weight -= weight(&old);
+            }
+        }
+        if inner.order.len() > 2 * inner.entries.len() + 16 {
+            let Inner { entries, order, .. } = &mut *inner;
+            order.retain(|(key, at)| entries.get(key).is_some_and(|(current, _)| current == at));
+        }
+    }
+
+    #[cfg(test)]
+    fn weight(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .weight
+    }
+}
+
+/// Splits counter ranges at the settled boundary: `(level, from, to, settled)`. All-time
+/// counters never settle.
+pub fn split(
+    ranges: &[(Level, i64, i64)],
+    settled_cut: impl Fn(Level) -> i64,
+) -> Vec<(Level, i64, i64, bool)> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(level, a, b) in ranges {
+        if level == Level::All {
+            out.push((level, a, b, false));
+            continue;
+        }
+        let cut = settled_cut(level);
+        if b <= cut {
+            out.push((level, a, b, true));
+        } else if a >= cut {
+            out.push((level, a, b, false));
+        } else {
+            out.push((level, a, cut, true));
+            out.push((level, cut, b, false));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(from: i64) -> RangeKey {
+        RangeKey {
+            kind: Kind::Sent,
+            level: Level::Hour,
+            from,
+            to: from + 1,
+        }
+    }
+
+    fn tallies(n: usize) -> Tallies {
+        Arc::new((0..n).map(|i| (i.to_string(), Tally::default())).collect())
+    }
+
+    #[test]
+    fn an_entry_is_served_until_it_expires() {
+        let cache = SettledRanges::default();
+        let t0 = Instant::now();
+        cache.put(key(1), tallies(3), t0);
+        assert_eq!(cache.get(&key(1), t0 + TTL / 2).map(|t| t.len()), Some(3));
+        assert!(cache.get(&key(1), t0 + TTL).is_none());
+        assert!(cache.get(&key(2), t0).is_none());
+    }
+
+    #[test]
+    fn the_oldest_entries_go_first_when_full() {
+        let cache = SettledRanges::default();
+        let t0 = Instant::now();
+        let half = CAPACITY / 2;
+        cache.put(key(1), tallies(half), t0);
+        cache.put(key(2), tallies(half), t0);
+        cache.put(key(3), tallies(10), t0);
+        assert!(cache.get(&key(1), t0).is_none());
+        assert!(cache.get(&key(2), t0).is_some());
+        assert!(cache.get(&key(3), t0).is_some());
+        assert_eq!(cache.weight(), half + 10);
+    }
+
+    #[test]
+    fn replacing_an_entry_keeps_the_weight_and_the_queue_bounded() {
+        let cache = SettledRanges::default();
+        let t0 = Instant::now();
+        for i in 0..1000 {
+            cache.put(key(1), tallies(5), t0 + Duration::from_millis(i));
+        }
+        assert_eq!(cache.weight(), 5);
+        let inner = cache.inner.lock().unwrap();
+        assert!(inner.order.len() <= 2 * inner.entries.len() + 16);
+    }
+
+    #[test]
+    fn ranges_are_split_at_the_settled_boundary() {
+        let cut = |level: Level| if level == Level::Hour { 50 } else { 10 };
+        let ranges = [
+            (Level::Hour, 0, 40),
+            (Level::Hour, 40, 60),
+            (Level::Day, 20, 30),
+            (Level::Day, 0, 10),
+            (Level::All, 0, 1),
+        ];
+        assert_eq!(
+            split(&ranges, cut),
+            vec![
+                (Level::Hour, 0, 40, true),
+                (Level::Hour, 40, 50, true),
+                (Level::Hour, 50, 60, false),
+                (Level::Day, 20, 30, false),
+                (Level::Day, 0, 10, true),
+                (Level::All, 0, 1, false),
+            ]
+        );
+    }
+}
