@@ -216,11 +216,6 @@ pub async fn create_message(
         })?;
     match inserted {
         Inserted::Created(record) => {
-            // The message is stored and acknowledged either way; a failed counter update is
-            // logged (statistics would then miss this one message).
-            if let Err(err) = state.store.record_activity(&record).await {
-                tracing::error!(error = %err, message = %record.message_id(), "statistics counters not updated");
-            }
             let mut response = MessageResponse::from(&record);
             let data = serde_json::to_string(&response).map_err(ApiError::internal)?;
             let event_id = state

@@ -152,8 +152,8 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
 }
 
 impl Store {
-    /// Stores a message, honouring its idempotency key. Without a key this is one insert.
-    /// With one, the key is claimed first and points at the message id; a retry that finds
+    /// Stores a message and counts it in the statistics, honouring its idempotency key.
+    /// Without a key the message joins the next group commit (`writer`). With one, the key is claimed first and points at the message id; a retry that finds
     /// the key claimed writes the message under that same id, so an attempt that died between
     /// the two writes is completed by its retry and concurrent retries converge on one message.
     pub async fn insert_message(&self, new: NewMessage) -> Result<Inserted, InsertMessageError> {
@@ -185,8 +185,8 @@ impl Store {
             at_ms: now.timestamp_millis(),
         };
         let Some(key) = new.idempotency_key else {
-            messages(&self.db).insert_one(&record).await?;
-            return Ok(Inserted::Created(record));
+            // Group commit with concurrent posts; counted before this returns.
+            return Ok(Inserted::Created(self.writer.write(record).await?));
         };
 
         let key_id = format!("{}:{key}", new.sender);
@@ -218,7 +218,13 @@ impl Store {
             Err(err) => return Err(err.into()),
         }
         match messages(&self.db).insert_one(&record).await {
-            Ok(_) => Ok(Inserted::Created(record)),
+            Ok(_) => {
+                if let Err(err) = self.record_activity(&record).await {
+                    // Stored and acknowledged either way; statistics miss this one message.
+                    tracing::error!(error = %err, message = %record.message_id(), "statistics counters not updated");
+                }
+                Ok(Inserted::Created(record))
+            }
             Err(err) if is_duplicate_key(&err) => {
                 let original = messages(&self.db)
                     .find_one(doc! { "_id": record.id })

@@ -6,8 +6,10 @@ mod rooms;
 mod settled;
 pub mod stats;
 mod users;
+mod writer;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -31,6 +33,10 @@ pub struct Store {
     write_timeout_ms: i64,
     /// Counter sums over ranges that no longer change (see `settled`).
     settled: Arc<settled::SettledRanges>,
+    /// Rooms by id: they never change once created.
+    known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
+    /// Group commit of new messages (see `writer`).
+    writer: writer::MessageWriter,
 }
 
 impl Store {
@@ -52,11 +58,15 @@ impl Store {
             .write_concern
             .get_or_insert_with(WriteConcern::majority);
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
+        let db = client.database(&settings.mongodb_database);
+        let write_timeout_ms =
+            i64::try_from(settings.mongodb_timeout.as_millis()).unwrap_or(i64::MAX);
         Ok(Self {
-            db: client.database(&settings.mongodb_database),
-            write_timeout_ms: i64::try_from(settings.mongodb_timeout.as_millis())
-                .unwrap_or(i64::MAX),
+            writer: writer::MessageWriter::spawn(db.clone(), write_timeout_ms),
+            db,
+            write_timeout_ms,
             settled: Arc::default(),
+            known_rooms: Arc::default(),
         })
     }
 

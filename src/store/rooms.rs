@@ -1,3 +1,5 @@
+use std::sync::PoisonError;
+
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId};
@@ -7,6 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Store, is_duplicate_key};
 use crate::domain::{RoomId, RoomName, UserId};
+
+/// Rooms remembered by id per instance (see [`Store::find_room`]).
+pub const KNOWN_ROOMS: usize = 10_000;
 
 /// The room everyone is in, created at start-up.
 pub const DEFAULT_ROOM: &str = "general";
@@ -160,10 +165,31 @@ impl Store {
             .await
     }
 
+    /// A room by id. Rooms are never renamed or deleted, so a found room is remembered and
+    /// posting to it costs no read (at most [`KNOWN_ROOMS`] are kept; then memory starts over).
     pub async fn find_room(&self, id: RoomId) -> mongodb::error::Result<Option<RoomRecord>> {
-        rooms(&self.db)
+        if let Some(room) = self
+            .known_rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(Some(room.clone()));
+        }
+        let found = rooms(&self.db)
             .find_one(doc! { "_id": id.object_id() })
-            .await
+            .await?;
+        if let Some(room) = &found {
+            let mut known = self
+                .known_rooms
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if known.len() >= KNOWN_ROOMS {
+                known.clear();
+            }
+            known.insert(id, room.clone());
+        }
+        Ok(found)
     }
 
     /// The rooms `user` explicitly joined (the default room is implicit and not included).

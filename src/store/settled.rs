@@ -1,7 +1,8 @@
 //! Per-instance memory of counter sums over settled time ranges.
 //!
-//! A message is timestamped by Redis when it is posted and counted right after it is stored,
-//! so an hourly or daily bucket stops changing shortly after it ends. Sums over buckets that
+//! A message is timestamped by the instance that stores it and counted in the same group
+//! commit, so an hourly or daily bucket stops changing shortly after it ends (instances are
+//! expected to keep their clocks within seconds of each other, as NTP does). Sums over buckets that
 //! ended more than [`SETTLE`] ago are kept here and reused by every request whose window covers
 //! the same range: a sliding 7-day window then reads only the current hour from MongoDB.
 //!

@@ -373,49 +373,9 @@ struct EdgeMessage {
 }
 
 impl Store {
-    /// Counts one stored message: one `update` command of upserts per counter collection,
-    /// sent concurrently.
+    /// Counts one stored message (see [`record_activity_batch`]).
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
-        let at = message.created_at();
-        let when = message.at_ms;
-        let mut updates: HashMap<&'static str, Vec<Document>> = HashMap::new();
-        for (kind, subject, name) in increments(message) {
-            for level in LEVELS {
-                let bucket = level.bucket(at);
-                let id = counter_id(level, bucket, kind, &subject);
-                updates.entry(counter_collection(level, kind)).or_default().push(doc! {
-                    "q": { "_id": &id },
-                    "u": {
-                        "$inc": { "n": 1_i64 },
-                        "$set": { "key": id, "level": level.as_str(), "bucket": bucket, "kind": kind.as_str(), "subject": &subject, "name": &name },
-                        "$min": { "first": when },
-                        "$max": { "last": when },
-                    },
-                    "upsert": true,
-                });
-            }
-        }
-        let commands = updates.into_iter().map(|(collection, updates)| {
-            self.db
-                .run_command(doc! {
-                    "update": collection,
-                    "updates": updates,
-                    "ordered": false,
-                    "writeConcern": { "w": "majority", "wtimeout": self.write_timeout_ms },
-                })
-                .into_future()
-        });
-        for reply in futures_util::future::join_all(commands).await {
-            let reply = reply?;
-            if let Ok(errors) = reply.get_array("writeErrors")
-                && !errors.is_empty()
-            {
-                return Err(mongodb::error::Error::custom(format!(
-                    "activity counters: {errors:?}"
-                )));
-            }
-        }
-        Ok(())
+        record_activity_batch(&self.db, self.write_timeout_ms, &[message]).await
     }
 
     /// Tallies of `kind` per subject over `window`, exact.
@@ -601,6 +561,84 @@ impl Store {
             })
             .unwrap_or(0))
     }
+}
+
+/// Counts stored messages: the increments of the batch merged per counter, then one `update`
+/// command of upserts per counter collection, sent concurrently.
+pub(super) async fn record_activity_batch(
+    db: &Database,
+    write_timeout_ms: i64,
+    batch: &[&MessageRecord],
+) -> mongodb::error::Result<()> {
+    struct Merged {
+        collection: &'static str,
+        level: Level,
+        bucket: i64,
+        kind: Kind,
+        subject: String,
+        name: String,
+        n: i64,
+        first: i64,
+        last: i64,
+    }
+    let mut merged: HashMap<String, Merged> = HashMap::new();
+    for message in batch {
+        let at = message.created_at();
+        let when = message.at_ms;
+        for (kind, subject, name) in increments(message) {
+            for level in LEVELS {
+                let bucket = level.bucket(at);
+                let id = counter_id(level, bucket, kind, &subject);
+                let m = merged.entry(id).or_insert_with(|| Merged {
+                    collection: counter_collection(level, kind),
+                    level,
+                    bucket,
+                    kind,
+                    subject: subject.clone(),
+                    name: name.clone(),
+                    n: 0,
+                    first: when,
+                    last: when,
+                });
+                m.n += 1;
+                m.first = m.first.min(when);
+                m.last = m.last.max(when);
+            }
+        }
+    }
+    let mut updates: HashMap<&'static str, Vec<Document>> = HashMap::new();
+    for (id, m) in merged {
+        updates.entry(m.collection).or_default().push(doc! {
+            "q": { "_id": &id },
+            "u": {
+                "$inc": { "n": m.n },
+                "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": m.subject, "name": m.name },
+                "$min": { "first": m.first },
+                "$max": { "last": m.last },
+            },
+            "upsert": true,
+        });
+    }
+    let commands = updates.into_iter().map(|(collection, updates)| {
+        db.run_command(doc! {
+            "update": collection,
+            "updates": updates,
+            "ordered": false,
+            "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
+        })
+        .into_future()
+    });
+    for reply in futures_util::future::join_all(commands).await {
+        let reply = reply?;
+        if let Ok(errors) = reply.get_array("writeErrors")
+            && !errors.is_empty()
+        {
+            return Err(mongodb::error::Error::custom(format!(
+                "activity counters: {errors:?}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Buckets beyond which one subject's counters are read as a range rather than by id.

@@ -285,6 +285,9 @@ async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
     let mut stream = app.ready_events(&alice.token).await;
+    // A first message, so the room is known and the next post reaches the (group) insert.
+    app.post_to_room(&alice.token, &general, "stored").await;
+    stream.expect("message").await;
     mongo.kill();
     let res = app
         .send_message(&alice.token, &json!({"room_id": general, "body": "lost?"}))
@@ -299,4 +302,76 @@ async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
         .assert_no_message_within(std::time::Duration::from_millis(500))
         .await;
     assert!(!stream.ended);
+}
+
+/// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
+/// history and counted exactly once.
+#[tokio::test]
+async fn concurrent_posts_are_each_stored_and_counted_once() {
+    let app = spawn_app().await;
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(app.signup(&format!("burst{i}-")).await);
+    }
+    let general = app.general(&users[0].token).await;
+    let app = &app;
+    let posts = (0..120).map(|i| {
+        let user = &users[i % 4];
+        let body = json!({"room_id": general, "body": format!("m{i}")});
+        async move { app.send_message(&user.token, &body).await }
+    });
+    let mut ids = std::collections::HashSet::new();
+    for res in futures_util::future::join_all(posts).await {
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let message: Value = res.json().await.unwrap();
+        ids.insert(message["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 120);
+
+    let mut stored = std::collections::HashSet::new();
+    let mut before: Option<String> = None;
+    loop {
+        let cursor = before.map(|b| format!("&before={b}")).unwrap_or_default();
+        let page: Value = app
+            .get_authed(
+                &format!("/rooms/{general}/messages?limit=50{cursor}"),
+                &users[0].token,
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        for m in page["messages"].as_array().unwrap() {
+            assert!(
+                stored.insert(m["id"].as_str().unwrap().to_owned()),
+                "listed twice"
+            );
+        }
+        match page["next_before"].as_str() {
+            Some(next) => before = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(stored, ids);
+
+    let stats: Value = app
+        .get_authed("/stats/most-active", &users[0].token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let counts: Vec<i64> = stats["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["count"].as_i64().unwrap())
+        .collect();
+    assert_eq!(counts, [30, 30, 30, 30]);
+    let summary: Value = app
+        .get_authed("/stats/summary", &users[0].token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["messages"], 120);
 }
