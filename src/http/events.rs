@@ -7,6 +7,7 @@
 //! shutdown; a client reconnecting with the last id it saw gets everything it missed, exactly
 //! once and in order, on any instance.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +18,13 @@ use chrono::{DateTime, Utc};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::live::{Admission, EventId, HubItem, Subscription, TouchOutcome, sse_frame};
 use crate::startup::AppState;
-
-/// Frames queued for one client before the writer waits for it.
-const CLIENT_QUEUE: usize = 256;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EventsQuery {
@@ -143,20 +141,24 @@ pub async fn events(
     });
     opening.push(sse_frame(Some(&ready_id), "ready", &ready.to_string()));
 
-    let (frames, body) = mpsc::channel::<Bytes>(CLIENT_QUEUE);
-    tokio::spawn(pump(
-        state.into_inner(),
+    let refresh_every = (state.live.presence_ttl() / 3).max(Duration::from_millis(100));
+    let pump = Pump {
+        shutdown: state.shutdown.clone(),
+        heartbeat: interval_after(state.sse.heartbeat),
+        refresh: interval_after(refresh_every),
+        state: state.into_inner(),
         user,
         subscription,
         receiver,
-        opening,
+        opening: opening.into(),
         floor,
-        frames,
-    ));
-    let body = stream::unfold(body, |mut body| async move {
-        body.recv()
-            .await
-            .map(|frame| (Ok::<_, std::convert::Infallible>(frame), body))
+        ended: false,
+    };
+    // The response body pulls frames straight from the fan-out: no task or queue per client,
+    // and every frame already waiting is written in one go.
+    let body = stream::unfold(pump, |mut pump| async move {
+        let frame = pump.next_frame().await?;
+        Some((Ok::<_, std::convert::Infallible>(frame), pump))
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
@@ -165,73 +167,77 @@ pub async fn events(
         .streaming(body))
 }
 
-/// Writes one client's stream: the opening frames, then live events it may see, heartbeats,
-/// and presence refreshes, until the client goes, its token is revoked, or shutdown.
-async fn pump(
+/// An interval whose first tick is one period from now.
+fn interval_after(period: Duration) -> tokio::time::Interval {
+    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+}
+
+/// One client's stream: the opening frames, then live events it may see, heartbeats, and
+/// presence refreshes, until the client goes (the body is dropped), its token is revoked, or
+/// shutdown.
+struct Pump {
     state: Arc<AppState>,
     user: AuthUser,
-    mut subscription: Subscription,
-    mut receiver: broadcast::Receiver<Arc<HubItem>>,
-    opening: Vec<Bytes>,
-    mut floor: Option<EventId>,
-    frames: mpsc::Sender<Bytes>,
-) {
-    for frame in opening {
-        if frames.send(frame).await.is_err() {
-            return;
+    subscription: Subscription,
+    receiver: broadcast::Receiver<Arc<HubItem>>,
+    opening: VecDeque<Bytes>,
+    floor: Option<EventId>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    heartbeat: tokio::time::Interval,
+    refresh: tokio::time::Interval,
+    ended: bool,
+}
+
+impl Pump {
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.opening.pop_front() {
+            return Some(frame);
         }
-    }
-    let mut shutdown = state.shutdown.clone();
-    let mut heartbeat = tokio::time::interval(state.sse.heartbeat);
-    heartbeat.tick().await;
-    let refresh_every = (state.live.presence_ttl() / 3).max(Duration::from_millis(100));
-    let mut refresh = tokio::time::interval(refresh_every);
-    refresh.tick().await;
-    loop {
-        let frame = tokio::select! {
-            item = receiver.recv() => match item {
-                Ok(item) => match item.as_ref() {
-                    HubItem::Event(event) => {
-                        if floor.as_ref().is_some_and(|floor| !event.id.is_after(floor)) {
-                            continue;
-                        }
-                        floor = None;
-                        match subscription.admit(event) {
-                            Admission::Send => event.frame.clone(),
-                            Admission::Skip => continue,
-                            Admission::Close => {
-                                let _ = frames.send(sse_frame(None, "logout", r#"{"reason":"token revoked"}"#)).await;
-                                return;
+        if self.ended {
+            return None;
+        }
+        loop {
+            tokio::select! {
+                item = self.receiver.recv() => match item {
+                    Ok(item) => match item.as_ref() {
+                        HubItem::Event(event) => {
+                            if self.floor.as_ref().is_some_and(|floor| !event.id.is_after(floor)) {
+                                continue;
+                            }
+                            self.floor = None;
+                            match self.subscription.admit(event) {
+                                Admission::Send => return Some(event.frame.clone()),
+                                Admission::Skip => continue,
+                                Admission::Close => {
+                                    self.ended = true;
+                                    return Some(sse_frame(None, "logout", r#"{"reason":"token revoked"}"#));
+                                }
                             }
                         }
+                        HubItem::Resync(position) => {
+                            self.floor = None;
+                            return Some(resync_frame(position, "the event log was reset"));
+                        }
+                    },
+                    // Too slow to keep up: end the stream; the client resumes from the log.
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
+                        return None;
                     }
-                    HubItem::Resync(position) => {
-                        floor = None;
-                        resync_frame(position, "the event log was reset")
-                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                // Too slow to keep up: end the stream; the client resumes from the log.
-                Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                    tracing::info!(user = %user.user_id, skipped, "slow event stream closed");
-                    return;
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
+                _ = self.refresh.tick() => {
+                    // An open stream keeps its user online; a revoked token ends it.
+                    let user = &self.user;
+                    match self.state.live.touch(&user.jti, user.user_id, &user.username).await {
+                        Ok(TouchOutcome::Revoked) => return None,
+                        Ok(TouchOutcome::Active) => {}
+                        Err(err) => tracing::debug!(error = %err, "presence refresh failed"),
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = heartbeat.tick() => Bytes::from_static(b": keep-alive\n\n"),
-            _ = refresh.tick() => {
-                // An open stream keeps its user online; a revoked token ends it.
-                match state.live.touch(&user.jti, user.user_id, &user.username).await {
-                    Ok(TouchOutcome::Revoked) => return,
-                    Ok(TouchOutcome::Active) => {}
-                    Err(err) => tracing::debug!(error = %err, "presence refresh failed"),
-                }
-                continue;
+                _ = self.shutdown.changed() => return None,
             }
-            _ = shutdown.changed() => return,
-            _ = frames.closed() => return,
-        };
-        if frames.send(frame).await.is_err() {
-            return;
         }
     }
 }
