@@ -1,0 +1,313 @@
+#!/usr/bin/env bash
+# Issue-6 benchmarks, each next to its ceiling and in the same run: the send path (POST /messages
+# vs a bare MongoDB insert vs GET /healthz), SSE fan-out (two API instances vs nginx + nchan)
+# and the memory of idle streams (API vs nchan). Installs what is missing (redis-server,
+# nx-27017, nginx + libnginx-mod-nchan), starts everything on loopback ports of its own, prints
+# one markdown table, and stops everything on exit. All state lives in .work/loadbench.
+#   ulimit -n 65536; ./scripts/bench.sh
+# Environment: SEND_CONCURRENCY (32), SEND_SECONDS (10), FANOUT_SUBSCRIBERS ("100 1000 5000"),
+# FANOUT_MESSAGES (per count: "100:2000 1000:300 5000:100"; others 100), FANOUT_PUBLISHERS (4),
+# IDLE_STREAMS (10000), IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout
+# idle": which to run), BENCH_STATS=1 (also run
+# scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
+# LOADBENCH_MONGO_PORT (37048), LOADBENCH_API_PORT (18110), LOADBENCH_API2_PORT (18111),
+# LOADBENCH_NCHAN_PORT (18120).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+REDIS_PORT="${LOADBENCH_REDIS_PORT:-16410}"
+MONGO_PORT="${LOADBENCH_MONGO_PORT:-37048}"
+API_PORT="${LOADBENCH_API_PORT:-18110}"
+API2_PORT="${LOADBENCH_API2_PORT:-18111}"
+NCHAN_PORT="${LOADBENCH_NCHAN_PORT:-18120}"
+SEND_CONCURRENCY="${SEND_CONCURRENCY:-32}"
+SEND_SECONDS="${SEND_SECONDS:-10}"
+FANOUT_SUBSCRIBERS="${FANOUT_SUBSCRIBERS:-100 1000 5000}"
+FANOUT_MESSAGES="${FANOUT_MESSAGES:-100:2000 1000:300 5000:100}"
+FANOUT_PUBLISHERS="${FANOUT_PUBLISHERS:-4}"
+IDLE_STREAMS="${IDLE_STREAMS:-10000}"
+IDLE_HOLD_SECS="${IDLE_HOLD_SECS:-10}"
+NGINX_WORKERS="${NGINX_WORKERS:-auto}"
+SCENARIOS="${SCENARIOS:-send fanout idle}"
+wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+DIR="$WORK/loadbench"
+LOADGEN="$ROOT/target/release/examples/loadgen"
+mkdir -p "$DIR"
+
+# 10,000 streams need as many descriptors in the load generator, the API and nginx. Take what
+# the hard limit allows when 65536 is not allowed.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+NOFILE=$(ulimit -n)
+[ "$NOFILE" = unlimited ] && NOFILE=65536
+[ "$NOFILE" -gt 65536 ] && NOFILE=65536
+[ "$NOFILE" -ge $((IDLE_STREAMS + 1000)) ] ||
+    die "open files limit $NOFILE is too low for IDLE_STREAMS=$IDLE_STREAMS (run: ulimit -n 65536)"
+
+stop_nginx() {
+    if [ -f "$DIR/nginx.pid" ]; then
+        nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" -s quit 2>/dev/null || true
+        for _ in $(seq 50); do [ -f "$DIR/nginx.pid" ] || break; sleep 0.1; done
+        stop_pidfile "$DIR/nginx.pid"
+    fi
+}
+
+cleanup() {
+    stop_nginx
+    stop_pidfile "$DIR/api1.pid"
+    stop_pidfile "$DIR/api2.pid"
+    stop_services loadbench
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ensure_nginx_nchan() {
+    if command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+        return
+    fi
+    # In Debian 12 `nginx` is the server itself (nginx-light only adds the echo module); the
+    # package may start a system-wide nginx on port 80 where systemd runs; we use our own.
+    log "installing nginx and libnginx-mod-nchan (Debian packages)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan \
+        >/dev/null
+}
+
+# rss_kib PID...: the summed resident set size of the processes, in KiB.
+rss_kib() {
+    local total=0 pid kib
+    for pid in "$@"; do
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+
+nginx_workers() {
+    local master
+    master=$(cat "$DIR/nginx.pid")
+    pgrep -P "$master" | tr '\n' ' '
+}
+
+# messages_for N: the message count of a fan-out run with N subscribers.
+messages_for() {
+    local pair
+    for pair in $FANOUT_MESSAGES; do
+        [ "${pair%%:*}" = "$1" ] && { echo "${pair#*:}"; return; }
+    done
+    echo 100
+}
+
+start_api() { # start_api NAME PORT
+    local name=$1 port=$2
+    port_is_free "$port" || die "port $port is taken; set LOADBENCH_API_PORT/LOADBENCH_API2_PORT"
+    LISTEN_ADDR="127.0.0.1:$port" target/release/chat-server >"$DIR/$name.log" 2>&1 &
+    echo $! >"$DIR/$name.pid"
+    wait_for_port "$port" 60 || die "the API did not start (see $DIR/$name.log)"
+    log "chat-server $name on 127.0.0.1:$port"
+}
+
+write_nginx_conf() {
+    local module
+    module=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -n1)
+    module=${module:-/usr/lib/nginx/modules/ngx_nchan_module.so}
+    mkdir -p "$DIR/nginx-tmp"
+    cat >"$DIR/nginx.conf" <<EOF
+# Written by scripts/bench.sh: nchan as the SSE fan-out ceiling, in memory, no auth.
+load_module $module;
+daemon on;
+pid $DIR/nginx.pid;
+error_log $DIR/nginx-error.log warn;
+worker_processes $NGINX_WORKERS;
+worker_rlimit_nofile $NOFILE;
+events {
+    worker_connections 20000;
+    multi_accept on;
+}
+http {
+    access_log off;
+    client_body_temp_path $DIR/nginx-tmp/body;
+    proxy_temp_path $DIR/nginx-tmp/proxy;
+    fastcgi_temp_path $DIR/nginx-tmp/fastcgi;
+    uwsgi_temp_path $DIR/nginx-tmp/uwsgi;
+    scgi_temp_path $DIR/nginx-tmp/scgi;
+    keepalive_requests 1000000;
+    nchan_max_reserved_memory 256M;
+    server {
+        listen 127.0.0.1:$NCHAN_PORT backlog=4096;
+        location ~ ^/pub/(\w+)$ {
+            nchan_publisher http;
+            nchan_channel_id \$1;
+            nchan_message_buffer_length 1000;
+            nchan_message_timeout 5m;
+        }
+        location ~ ^/sub/(\w+)$ {
+            nchan_subscriber eventsource;
+            nchan_channel_id \$1;
+            # Live messages only: a new subscriber gets nothing published before it came.
+            nchan_subscriber_first_message newest;
+        }
+    }
+}
+EOF
+}
+
+start_nginx() {
+    port_is_free "$NCHAN_PORT" || die "port $NCHAN_PORT is taken; set LOADBENCH_NCHAN_PORT"
+    nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log"
+    wait_for_port "$NCHAN_PORT" 10 || die "nginx did not start (see $DIR/nginx-error.log)"
+    for _ in $(seq 50); do [ -n "$(nginx_workers)" ] && break; sleep 0.1; done
+    log "nginx + nchan on 127.0.0.1:$NCHAN_PORT (worker_processes $NGINX_WORKERS: $(nginx_workers | wc -w) workers)"
+}
+
+# CPU accounting of the processes involved (see loadgen --cpu).
+pid_of() { cat "$DIR/$1.pid"; }
+nginx_cpu() { echo "nginx:$(nginx_workers | tr ' ' '+' | sed 's/+$//')"; }
+
+ensure_redis
+ensure_nx
+ensure_nginx_nchan
+log "release build"
+cargo build --quiet --release --bin chat-server --example loadgen
+
+start_redis loadbench "$REDIS_PORT"
+start_mongo loadbench "$MONGO_PORT"
+export MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
+export MONGODB_DATABASE=loadbench
+export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export REDIS_KEY_PREFIX="loadbench:"
+JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+export JWT_SECRET
+export APP_ENV=development RUST_LOG=warn AUTH_RATE_LIMIT_PER_MINUTE=100000
+# The in-process broadcast must hold a whole burst for the slowest stream.
+export SSE_BUFFER_EVENTS=65536
+start_api api1 "$API_PORT"
+start_api api2 "$API2_PORT"
+API1="http://127.0.0.1:$API_PORT"
+API2="http://127.0.0.1:$API2_PORT"
+
+stop_nginx
+write_nginx_conf
+nginx -p "$DIR" -c "$DIR/nginx.conf" -e "$DIR/nginx-error.log" -t 2>"$DIR/nginx-test.log" ||
+    die "nginx rejects $DIR/nginx.conf (see $DIR/nginx-test.log)"
+start_nginx
+NCHAN="http://127.0.0.1:$NCHAN_PORT"
+STORES="mongo:$(pid_of mongo),redis:$(pid_of redis)"
+
+began=$SECONDS
+ROWS="$DIR/rows.md"
+"$LOADGEN" header >"$ROWS"
+# row CMD...: runs the load generator; its row goes to the table, a failure is reported in it.
+row() {
+    local out
+    if ! out=$(timeout --kill-after=10 900 "$LOADGEN" "$@"); then
+        log "loadgen $1 exited with an error (its row says what)"
+    fi
+    if [ -n "$out" ]; then
+        echo "$out" >>"$ROWS"
+        echo "$out" >&2
+    else
+        echo "| $1 | - | - | - | - | - | - | - | FAILED: no result |" >>"$ROWS"
+    fi
+}
+
+if wants send; then
+log "1. send path: C=$SEND_CONCURRENCY for $SEND_SECONDS s each"
+row send --url "$API1" --users "$SEND_CONCURRENCY" --concurrency "$SEND_CONCURRENCY" \
+    --seconds "$SEND_SECONDS" --label "api POST /messages (1 instance)" \
+    --cpu "api:$(pid_of api1),$STORES"
+row mongo-insert --uri "$MONGODB_URI" --db "$MONGODB_DATABASE" \
+    --concurrency "$SEND_CONCURRENCY" --seconds "$SEND_SECONDS" \
+    --label "nx-27017 insert_one (same server)" --cpu "mongo:$(pid_of mongo)"
+row healthz --url "$API1" --concurrency "$SEND_CONCURRENCY" --seconds "$SEND_SECONDS" \
+    --label "api GET /healthz (same instance)" --cpu "api:$(pid_of api1)"
+rate_of() { grep "^| $1 " "$ROWS" | grep -F "$2" | head -n1 | awk -F'|' '{gsub(/ /, "", $5); print $5}'; }
+SEND_RATE=$(rate_of send "POST /messages")
+MONGO_RATE=$(rate_of "send ceiling" insert_one)
+HEALTH_RATE=$(rate_of "send ceiling" healthz)
+fi
+
+wants fanout || FANOUT_SUBSCRIBERS=""
+for n in $FANOUT_SUBSCRIBERS; do
+    m=$(messages_for "$n")
+    log "2. fan-out: $n subscribers, $m messages (api)"
+    row fanout --target api --sub-urls "$API1,$API2" --pub-url "$API1" --subscribers "$n" \
+        --messages "$m" --publishers "$FANOUT_PUBLISHERS" --timeout-secs 120 \
+        --label "api: streams on 2 instances, POST via 1" \
+        --cpu "api1:$(pid_of api1),api2:$(pid_of api2),$STORES"
+done
+for n in $FANOUT_SUBSCRIBERS; do
+    m=$(messages_for "$n")
+    log "2. fan-out: $n subscribers, $m messages (nchan)"
+    row fanout --target nchan --sub-urls "$NCHAN/sub/fan$n" --pub-url "$NCHAN/pub/fan$n" \
+        --subscribers "$n" --messages "$m" --publishers "$FANOUT_PUBLISHERS" --timeout-secs 120 \
+        --label "nchan (nginx, $NGINX_WORKERS workers)" --cpu "$(nginx_cpu)"
+done
+
+# idle_rss LABEL TARGET URL CPU PIDS...: opens IDLE_STREAMS streams and reads the RSS of PIDS
+# before and once they are all established (CPU: loadgen --cpu, measured while they are held).
+idle_rss() {
+    local label=$1 target=$2 url=$3 cpu=$4 before after ready delta lg
+    shift 4
+    rm -f "$DIR/idle.ready"
+    sleep 1
+    before=$(rss_kib "$@")
+    # API users log in on instance 1: password hashing (argon2, 19 MiB each) must not land in
+    # the measured process.
+    "$LOADGEN" idle --target "$target" --url "$url" --login-url "$API1" \
+        --streams "$IDLE_STREAMS" \
+        --hold-secs "$IDLE_HOLD_SECS" --ready-file "$DIR/idle.ready" --label "$label" \
+        --timeout-secs $((IDLE_HOLD_SECS + 240)) --cpu "$cpu" >"$DIR/idle.row" &
+    lg=$!
+    for _ in $(seq 2500); do
+        [ -s "$DIR/idle.ready" ] && break
+        alive "$lg" || break
+        sleep 0.1
+    done
+    if [ -s "$DIR/idle.ready" ]; then
+        sleep 2 # let the last streams' buffers settle
+        after=$(rss_kib "$@")
+        ready=$(cat "$DIR/idle.ready")
+    fi
+    wait "$lg" || log "loadgen idle ($target) exited with an error (its row says what)"
+    cat "$DIR/idle.row" >>"$ROWS"
+    cat "$DIR/idle.row" >&2
+    if [ -n "${after:-}" ] && [ "${ready:-0}" -gt 0 ]; then
+        delta=$((after - before))
+        echo "| idle memory | $label | $ready streams | - | - | - | - | - | RSS $((before / 1024)) → $((after / 1024)) MiB: +$((delta / 1024)) MiB, $(awk "BEGIN {printf \"%.1f\", $delta / $ready}") KiB/stream |" >>"$ROWS"
+    else
+        echo "| idle memory | $label | 0 streams | - | - | - | - | - | FAILED: streams not established |" >>"$ROWS"
+    fi
+}
+if wants idle; then
+log "3. idle: $IDLE_STREAMS streams on a fresh API instance, then on a fresh nginx"
+# Fresh processes, so that memory freed by the fan-out runs does not hide the streams' own.
+stop_pidfile "$DIR/api2.pid"
+start_api api2 "$API2_PORT"
+idle_rss "api (fresh instance 2, chat-server RSS)" api "$API2" \
+    "api2:$(pid_of api2),$STORES" "$(pid_of api2)"
+stop_nginx
+start_nginx
+# shellcheck disable=SC2046 # one PID per word
+idle_rss "nchan (fresh nginx, sum of workers' RSS)" nchan "$NCHAN/sub/idle" "$(nginx_cpu)" \
+    $(nginx_workers)
+fi
+
+elapsed=$((SECONDS - began))
+echo
+cat "$ROWS"
+echo
+if [ -n "${SEND_RATE:-}" ] && [ -n "${MONGO_RATE:-}" ] && [ -n "${HEALTH_RATE:-}" ]; then
+    awk -v s="$SEND_RATE" -v m="$MONGO_RATE" -v h="${HEALTH_RATE:-0}" 'BEGIN {
+        printf "Send path: api/mongo = %.2f, api/healthz = %.3f (requests/s ratios)\n", s / m, s / h }'
+fi
+echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~10 min) and measures them (or BENCH_STATS=1)."
+echo "nginx: worker_processes $NGINX_WORKERS ($(nginx_workers | wc -w) workers), worker_connections 20000, worker_rlimit_nofile $NOFILE; open files limit $NOFILE"
+echo "Scenarios took ${elapsed} s; $(date -u '+%F %T UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
+
+if [ "${BENCH_STATS:-0}" = 1 ]; then
+    cleanup
+    trap - EXIT
+    log "statistics: scripts/bench-stats.sh"
+    "$ROOT/scripts/bench-stats.sh"
+fi
