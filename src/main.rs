@@ -4,6 +4,7 @@ use chat_server::telemetry;
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
+    release_large_blocks();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(err) => {
@@ -25,4 +26,17 @@ async fn main() -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Makes glibc hand blocks of 128 KiB and more straight back to the system when freed. By
+/// default it raises that threshold after the first such free, and from then on keeps every
+/// password hash's 19 MiB (argon2) resident in the arena of the thread that computed it:
+/// measured at 956 MB after 60 logins, against 22 MB with this.
+fn release_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `mallopt` only changes allocator tuning, takes the allocator's own locks (so
+    // other threads may exist), and is given a documented parameter and value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
