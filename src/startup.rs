@@ -50,6 +50,8 @@ pub struct Application {
     port: u16,
     server: Server,
     shutdown: Shutdown,
+    /// Kept to write the pending statistics counters once the server has stopped.
+    store: Store,
 }
 
 /// Stops an instance the way SIGTERM does: open event streams end, in-flight requests
@@ -109,6 +111,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
         let openapi = ApiDoc::openapi();
+        let store = state.store.clone();
 
         let mut server = HttpServer::new(move || {
             App::new()
@@ -144,6 +147,7 @@ impl Application {
                 server: server.handle(),
             },
             server,
+            store,
         })
     }
 
@@ -164,7 +168,11 @@ impl Application {
             tracing::info!("shutting down");
             shutdown.trigger().await;
         });
-        self.server.await
+        let served = self.server.await;
+        if let Err(err) = self.store.flush_counters().await {
+            tracing::error!(error = %err, "statistics counters not written at shutdown");
+        }
+        served
     }
 }
 

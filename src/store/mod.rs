@@ -98,6 +98,12 @@ impl Store {
         self.db.run_command(doc! { "ping": 1 }).await.map(|_| ())
     }
 
+    /// Writes the statistics counters this instance still holds (see `writer`); called on
+    /// shutdown, after the last request.
+    pub async fn flush_counters(&self) -> mongodb::error::Result<()> {
+        self.writer.flush_counters().await
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }

@@ -373,9 +373,14 @@ struct EdgeMessage {
 }
 
 impl Store {
-    /// Counts one stored message (see [`record_activity_batch`]).
+    /// Counts one stored message at once (the idempotent path; the generator and tests).
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
-        record_activity_batch(&self.db, self.write_timeout_ms, &[message]).await
+        let mut increments = Increments::default();
+        increments.count(message);
+        increments
+            .write(&self.db, self.write_timeout_ms)
+            .await
+            .map_err(|(err, _)| err)
     }
 
     /// Tallies of `kind` per subject over `window`, exact.
@@ -385,6 +390,7 @@ impl Store {
         subjects: &Subjects,
         window: Window,
     ) -> mongodb::error::Result<HashMap<String, Tally>> {
+        self.writer.flush_counters().await?;
         let now = Utc::now();
         let plan = plan(window, now, Level::All);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
@@ -478,6 +484,7 @@ impl Store {
         level: Level,
         window: Window,
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
+        self.writer.flush_counters().await?;
         let plan = plan(window, Utc::now(), level);
         let mut series: HashMap<i64, i64> = HashMap::new();
         for &(level, from, to) in &plan.counters {
@@ -563,33 +570,38 @@ impl Store {
     }
 }
 
-/// Counts stored messages: the increments of the batch merged per counter, then one `update`
-/// command of upserts per counter collection, sent concurrently.
-pub(super) async fn record_activity_batch(
-    db: &Database,
-    write_timeout_ms: i64,
-    batch: &[&MessageRecord],
-) -> mongodb::error::Result<()> {
-    struct Merged {
-        collection: &'static str,
-        level: Level,
-        bucket: i64,
-        kind: Kind,
-        subject: String,
-        name: String,
-        n: i64,
-        first: i64,
-        last: i64,
+/// Counter increments of some messages, merged per counter.
+#[derive(Default)]
+pub(super) struct Increments {
+    counters: HashMap<String, Increment>,
+}
+
+struct Increment {
+    collection: &'static str,
+    level: Level,
+    bucket: i64,
+    kind: Kind,
+    subject: String,
+    name: String,
+    n: i64,
+    first: i64,
+    last: i64,
+}
+
+impl Increments {
+    pub(super) fn is_empty(&self) -> bool {
+        self.counters.is_empty()
     }
-    let mut merged: HashMap<String, Merged> = HashMap::new();
-    for message in batch {
+
+    /// Adds what `message` increments.
+    pub(super) fn count(&mut self, message: &MessageRecord) {
         let at = message.created_at();
         let when = message.at_ms;
         for (kind, subject, name) in increments(message) {
             for level in LEVELS {
                 let bucket = level.bucket(at);
                 let id = counter_id(level, bucket, kind, &subject);
-                let m = merged.entry(id).or_insert_with(|| Merged {
+                let increment = self.counters.entry(id).or_insert_with(|| Increment {
                     collection: counter_collection(level, kind),
                     level,
                     bucket,
@@ -600,45 +612,104 @@ pub(super) async fn record_activity_batch(
                     first: when,
                     last: when,
                 });
-                m.n += 1;
-                m.first = m.first.min(when);
-                m.last = m.last.max(when);
+                increment.n += 1;
+                increment.first = increment.first.min(when);
+                increment.last = increment.last.max(when);
             }
         }
     }
-    let mut updates: HashMap<&'static str, Vec<Document>> = HashMap::new();
-    for (id, m) in merged {
-        updates.entry(m.collection).or_default().push(doc! {
-            "q": { "_id": &id },
-            "u": {
-                "$inc": { "n": m.n },
-                "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": m.subject, "name": m.name },
-                "$min": { "first": m.first },
-                "$max": { "last": m.last },
-            },
-            "upsert": true,
-        });
-    }
-    let commands = updates.into_iter().map(|(collection, updates)| {
-        db.run_command(doc! {
-            "update": collection,
-            "updates": updates,
-            "ordered": false,
-            "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
-        })
-        .into_future()
-    });
-    for reply in futures_util::future::join_all(commands).await {
-        let reply = reply?;
-        if let Ok(errors) = reply.get_array("writeErrors")
-            && !errors.is_empty()
-        {
-            return Err(mongodb::error::Error::custom(format!(
-                "activity counters: {errors:?}"
-            )));
+
+    /// Adds `other` (increments that could not be written, put back for the next attempt).
+    pub(super) fn merge(&mut self, other: Increments) {
+        for (id, theirs) in other.counters {
+            match self.counters.get_mut(&id) {
+                Some(mine) => {
+                    mine.n += theirs.n;
+                    mine.first = mine.first.min(theirs.first);
+                    mine.last = mine.last.max(theirs.last);
+                }
+                None => {
+                    self.counters.insert(id, theirs);
+                }
+            }
         }
     }
-    Ok(())
+
+    /// Writes the increments: one `update` command of upserts per counter collection, sent
+    /// concurrently, each counter updated once however many messages it counts. On failure,
+    /// returns the error with the increments that were not applied, to be tried again.
+    pub(super) async fn write(
+        mut self,
+        db: &Database,
+        write_timeout_ms: i64,
+    ) -> Result<(), (mongodb::error::Error, Increments)> {
+        let mut commands: HashMap<&'static str, (Vec<String>, Vec<Document>)> = HashMap::new();
+        for (id, m) in &self.counters {
+            let (ids, updates) = commands.entry(m.collection).or_default();
+            ids.push(id.clone());
+            updates.push(doc! {
+                "q": { "_id": id },
+                "u": {
+                    "$inc": { "n": m.n },
+                    "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": &m.subject, "name": &m.name },
+                    "$min": { "first": m.first },
+                    "$max": { "last": m.last },
+                },
+                "upsert": true,
+            });
+        }
+        let (ids, sent): (Vec<Vec<String>>, Vec<_>) = commands
+            .into_iter()
+            .map(|(collection, (ids, updates))| {
+                let command = db
+                    .run_command(doc! {
+                        "update": collection,
+                        "updates": updates,
+                        "ordered": false,
+                        "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
+                    })
+                    .into_future();
+                (ids, command)
+            })
+            .unzip();
+        let mut unwritten = Increments::default();
+        let mut failure = None;
+        for (ids, reply) in ids
+            .into_iter()
+            .zip(futures_util::future::join_all(sent).await)
+        {
+            let failed: Vec<usize> = match reply {
+                Err(err) => {
+                    failure = Some(err);
+                    (0..ids.len()).collect()
+                }
+                Ok(reply) => match reply.get_array("writeErrors") {
+                    Ok(errors) if !errors.is_empty() => {
+                        failure = Some(mongodb::error::Error::custom(format!(
+                            "activity counters: {errors:?}"
+                        )));
+                        errors
+                            .iter()
+                            .filter_map(|e| e.as_document()?.get_i32("index").ok())
+                            .filter_map(|i| usize::try_from(i).ok())
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                },
+            };
+            for i in failed {
+                if let Some(id) = ids.get(i)
+                    && let Some(increment) = self.counters.remove(id)
+                {
+                    unwritten.counters.insert(id.clone(), increment);
+                }
+            }
+        }
+        match failure {
+            None => Ok(()),
+            Some(err) => Err((err, unwritten)),
+        }
+    }
 }
 
 /// Buckets beyond which one subject's counters are read as a range rather than by id.

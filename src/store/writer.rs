@@ -1,80 +1,102 @@
-//! Group commit for new messages.
+//! Group commit for new messages, with their statistics counters written behind.
 //!
 //! Every `POST /messages` without an idempotency key hands its record to one writer task per
-//! instance and waits. The writer takes whatever has queued up (up to [`MAX_BATCH`]), stores it
-//! with one unordered `insert` command (majority write concern), then updates the statistics
-//! counters of the whole batch with one `update` command per counter collection (increments of
-//! the same counter merged), and only then answers each request. Under load a batch holds
-//! as many messages as arrived while the previous one was written, so the store sees a few
-//! large writes instead of many small ones; idle, a batch is one message and costs what a
-//! single insert does. A message is acknowledged only once its insert is acknowledged: a
-//! failed insert (or a write-concern error, where durability is unknown) fails exactly the
-//! requests it concerns, with nothing acknowledged that was not stored.
+//! instance and waits. The writer takes whatever has queued up (up to [`MAX_BATCH`]) and
+//! stores it with one unordered `insert` command (majority write concern), then answers each
+//! request. Under load a batch holds as many messages as arrived while the previous one was
+//! written, so the store sees a few large writes instead of many small ones; idle, a batch is
+//! one message and costs what a single insert does. A message is acknowledged only once its
+//! insert is acknowledged: a failed insert (or a write-concern error, where durability is
+//! unknown) fails exactly the requests it concerns, with nothing acknowledged that was not
+//! stored.
+//!
+//! The counter increments of stored messages are merged in memory ([`PendingCounters`]) and
+//! written every [`FLUSH_EVERY`], each counter once however many messages it counts: a busy
+//! room's hourly counter is updated four times a second instead of once per message. Every
+//! statistics read on an instance first writes what that instance holds, so an instance always
+//! reads its own writes; other instances see them within [`FLUSH_EVERY`] plus a write. A failed
+//! write keeps the unapplied increments for the next attempt; a crash loses at most the last
+//! [`FLUSH_EVERY`] of increments (the messages themselves are stored), and shutdown writes them.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use mongodb::Database;
 use mongodb::error::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
 
 use super::MessageRecord;
-use super::stats::record_activity_batch;
+use super::stats::Increments;
 
 /// Messages written by one command at most.
 pub const MAX_BATCH: usize = 256;
 /// Requests waiting for the writer before new ones wait to queue (backpressure).
 const QUEUE: usize = 4096;
+/// How often pending counter increments are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 struct Job {
     record: MessageRecord,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<MessageRecord>>,
 }
 
 #[derive(Clone)]
 pub struct MessageWriter {
     jobs: mpsc::Sender<Job>,
+    counters: Arc<PendingCounters>,
 }
 
 impl MessageWriter {
-    /// Starts the writer task; it ends when every handle is dropped.
+    /// Starts the writer and counter tasks; they end when every handle is dropped.
     pub fn spawn(db: Database, write_timeout_ms: i64) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(run(db, write_timeout_ms, queue));
-        Self { jobs }
+        let counters = Arc::new(PendingCounters {
+            pending: Mutex::default(),
+            flushing: tokio::sync::Mutex::new(()),
+            db: db.clone(),
+            write_timeout_ms,
+        });
+        tokio::spawn(run(db, queue, Arc::clone(&counters)));
+        tokio::spawn(flush_periodically(Arc::downgrade(&counters)));
+        Self { jobs, counters }
     }
 
-    /// Stores `record` and its counters; returns once the insert is acknowledged.
+    /// Stores `record`; returns once its insert is acknowledged.
     pub async fn write(&self, record: MessageRecord) -> Result<MessageRecord> {
         let (done, answer) = oneshot::channel();
-        let job = Job {
-            record: record.clone(),
-            done,
-        };
         let stopped = || Error::custom("the message writer has stopped");
-        self.jobs.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())??;
-        Ok(record)
+        self.jobs
+            .send(Job { record, done })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Writes the counter increments held so far (a read barrier for statistics).
+    pub async fn flush_counters(&self) -> Result<()> {
+        self.counters.flush().await
     }
 }
 
-async fn run(db: Database, write_timeout_ms: i64, mut queue: mpsc::Receiver<Job>) {
+async fn run(db: Database, mut queue: mpsc::Receiver<Job>, counters: Arc<PendingCounters>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         tracing::debug!(messages = jobs.len(), "group commit");
-        write_batch(&db, write_timeout_ms, jobs).await;
+        write_batch(&db, jobs, &counters).await;
     }
 }
 
-async fn write_batch(db: &Database, write_timeout_ms: i64, jobs: Vec<Job>) {
+async fn write_batch(db: &Database, jobs: Vec<Job>, counters: &PendingCounters) {
     let collection = db.collection::<MessageRecord>("messages");
     let result = collection
         .insert_many(jobs.iter().map(|job| &job.record))
         .ordered(false)
         .await;
-    // Which records are stored: all, none, or those the server reports inserted.
+    // Which records are stored: all, none, or those the server did not report failed.
     let stored: Vec<bool> = match &result {
         Ok(_) => vec![true; jobs.len()],
         Err(err) => match err.kind.as_ref() {
-            // Unordered: every record the server did not report failed is stored.
             ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => {
                 let mut stored = vec![true; jobs.len()];
                 for failed in failure.write_errors.iter().flatten() {
@@ -87,22 +109,16 @@ async fn write_batch(db: &Database, write_timeout_ms: i64, jobs: Vec<Job>) {
             _ => vec![false; jobs.len()],
         },
     };
-    let counted: Vec<&MessageRecord> = jobs
-        .iter()
-        .zip(&stored)
-        .filter(|(_, stored)| **stored)
-        .map(|(job, _)| &job.record)
-        .collect();
-    if !counted.is_empty()
-        && let Err(err) = record_activity_batch(db, write_timeout_ms, &counted).await
-    {
-        // The messages are stored and acknowledged either way; statistics miss them.
-        tracing::error!(error = %err, messages = counted.len(), "statistics counters not updated");
-    }
+    counters.add(
+        jobs.iter()
+            .zip(&stored)
+            .filter(|(_, stored)| **stored)
+            .map(|(job, _)| &job.record),
+    );
     let failure = result.err();
     for (job, stored) in jobs.into_iter().zip(stored) {
         let answer = if stored {
-            Ok(())
+            Ok(job.record)
         } else {
             Err(failure
                 .clone()
@@ -110,5 +126,56 @@ async fn write_batch(db: &Database, write_timeout_ms: i64, jobs: Vec<Job>) {
         };
         // A request that gave up waiting is not an error of the writer.
         let _ = job.done.send(answer);
+    }
+}
+
+/// Counter increments of stored messages not yet written.
+pub struct PendingCounters {
+    pending: Mutex<Increments>,
+    /// One write at a time, so that a read barrier also waits for a write in flight.
+    flushing: tokio::sync::Mutex<()>,
+    db: Database,
+    write_timeout_ms: i64,
+}
+
+impl PendingCounters {
+    fn add<'a>(&self, records: impl Iterator<Item = &'a MessageRecord>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        for record in records {
+            pending.count(record);
+        }
+    }
+
+    async fn flush(&self) -> Result<()> {
+        let _turn = self.flushing.lock().await;
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch
+            .write(&self.db, self.write_timeout_ms)
+            .await
+            .map_err(|(err, unwritten)| {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .merge(unwritten);
+                err
+            })
+    }
+}
+
+async fn flush_periodically(counters: std::sync::Weak<PendingCounters>) {
+    let mut every = tokio::time::interval(FLUSH_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(counters) = counters.upgrade() else {
+            return;
+        };
+        if let Err(err) = counters.flush().await {
+            tracing::warn!(error = %err, "statistics counters not written yet; will retry");
+        }
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use chat_server::store::{MessageRecord, Store};
 use mongodb::bson::oid::ObjectId;
 
-use crate::helpers::{TestApp, TestUser, error_code, spawn_app, unique};
+use crate::helpers::{TestApp, TestUser, error_code, eventually, spawn_app, unique};
 
 struct Sent {
     sender: String,
@@ -440,4 +440,34 @@ async fn settled_history_is_counted_exactly_when_remembered() {
             check_window(&app, &users[0].token, &users, &names, &sent, from, to).await;
         }
     }
+}
+
+/// Counters are written behind the messages: the posting instance reads its own posts at
+/// once, another instance sees them within a bound, and nothing is counted twice.
+#[tokio::test]
+async fn counters_written_behind_reach_every_instance_exactly() {
+    let a = spawn_app().await;
+    let b = a.spawn_sibling().await;
+    let alice = a.signup("alice").await;
+    let general = a.general(&alice.token).await;
+    for i in 0..5 {
+        a.post_to_room(&alice.token, &general, &format!("m{i}"))
+            .await;
+    }
+    let own = get(&a, &alice.token, "/stats/summary").await;
+    assert_eq!(own["messages"], 5);
+    let seen = eventually(std::time::Duration::from_secs(5), || async {
+        get(&b, &alice.token, "/stats/summary").await["messages"] == 5
+    })
+    .await;
+    assert!(seen, "the other instance never saw the 5 messages");
+    // Written once: still 5 after further flushes on both instances.
+    a.post_to_room(&alice.token, &general, "sixth").await;
+    assert_eq!(get(&a, &alice.token, "/stats/summary").await["messages"], 6);
+    let seen = eventually(std::time::Duration::from_secs(5), || async {
+        get(&b, &alice.token, "/stats/most-active").await["users"][0]["count"] == 6
+    })
+    .await;
+    assert!(seen, "the other instance never saw the sixth message");
+    assert_eq!(get(&b, &alice.token, "/stats/summary").await["messages"], 6);
 }
