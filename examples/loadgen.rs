@@ -412,7 +412,8 @@ fn report_loop(
         note,
     }
     .print();
-    0
+    // Not one request succeeded: the row says so, and the exit status too.
+    i32::from(stats.ok == 0)
 }
 
 fn http_client() -> Client {
@@ -549,11 +550,14 @@ async fn mongo_insert(args: &Args) -> i32 {
                 "created_at": now,
                 "at_ms": now.timestamp_millis(),
             };
-            messages
-                .insert_one(message)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            match tokio::time::timeout(REQUEST_TIMEOUT, messages.insert_one(message)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!(
+                    "insert_one: no answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+            }
         }
         .boxed()
     });
@@ -675,7 +679,8 @@ impl SseParser {
             self.started = true;
             chunk = chunk.strip_prefix("\u{feff}".as_bytes()).unwrap_or(chunk);
         }
-        if self.skip_lf {
+        // An empty chunk between `\r` and `\n` must not lose the pending `\r`.
+        if self.skip_lf && !chunk.is_empty() {
             self.skip_lf = false;
             chunk = chunk.strip_prefix(b"\n").unwrap_or(chunk);
         }
@@ -789,19 +794,53 @@ struct SubConfig {
 
 #[derive(Default)]
 struct Shared {
+    /// Streams established on time: before the measured phase (fan-out: publishing; idle:
+    /// holding) began.
     ready: AtomicUsize,
+    /// Streams established after the measured phase began.
+    late: AtomicUsize,
     failed: AtomicUsize,
-    /// Subscribers that saw every expected message.
-    complete: AtomicUsize,
-    /// Established streams that ended before being told to stop.
+    /// On-time streams the drain need not wait for: those that saw every expected message,
+    /// and those that ended before being told to stop without having seen them all.
+    settled: AtomicUsize,
+    /// On-time streams that ended before being told to stop.
     dropped: AtomicUsize,
-    /// Distinct expected messages received, over all subscribers.
+    /// Distinct expected messages received, over all on-time streams.
     distinct: AtomicU64,
+    /// The measured phase has begun: streams established from now on are late.
+    publishing: AtomicBool,
+    /// Taken by `mark_ready` and `begin_measuring`, so that every stream is either in the
+    /// count `begin_measuring` returns or late, never both or neither.
+    phase: std::sync::Mutex<()>,
     stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Counts a newly established stream; true when it is late.
+    fn mark_ready(&self) -> bool {
+        let _phase = self.phase.lock().expect("phase lock");
+        let late = self.publishing.load(Ordering::Relaxed);
+        if late {
+            self.late.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.ready.fetch_add(1, Ordering::Relaxed);
+        }
+        late
+    }
+
+    /// Begins the measured phase; returns the number of streams established before it.
+    fn begin_measuring(&self) -> usize {
+        let _phase = self.phase.lock().expect("phase lock");
+        self.publishing.store(true, Ordering::Relaxed);
+        self.ready.load(Ordering::Relaxed)
+    }
 }
 
 struct SubOutcome {
     ready: bool,
+    /// Established after the measured phase began: it missed what was published before, so
+    /// it is not held to every message (fan-out) and not counted as held (idle).
+    late: bool,
     connect_us: Option<u32>,
     latencies: Vec<u32>,
     seen: Vec<u64>,
@@ -812,6 +851,8 @@ struct SubOutcome {
     foreign: u64,
     last_delivery_us: u64,
     comments: u64,
+    /// Events dropped because their fields were not UTF-8.
+    invalid_utf8: u64,
     /// Chunks read from the connection (each is at least one read from the socket).
     reads: u64,
     error: Option<String>,
@@ -821,6 +862,7 @@ impl SubOutcome {
     fn new(expect: usize) -> Self {
         Self {
             ready: false,
+            late: false,
             connect_us: None,
             latencies: Vec::with_capacity(expect),
             seen: vec![0; expect.div_ceil(64)],
@@ -830,6 +872,7 @@ impl SubOutcome {
             foreign: 0,
             last_delivery_us: 0,
             comments: 0,
+            invalid_utf8: 0,
             reads: 0,
             error: None,
         }
@@ -843,20 +886,43 @@ impl SubOutcome {
         };
         self.received += 1;
         self.last_delivery_us = now_us;
-        self.latencies
-            .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
         let (word, bit) = (seq / 64, 1u64 << (seq % 64));
         if self.seen[word] & bit != 0 {
+            // Not a delivery of its own: no latency sample.
             self.duplicates += 1;
             return;
         }
+        self.latencies
+            .push(u32::try_from(now_us.saturating_sub(sent_us)).unwrap_or(u32::MAX));
         self.seen[word] |= bit;
         self.distinct += 1;
-        shared.distinct.fetch_add(1, Ordering::Relaxed);
-        if self.distinct == config.expect as u64 {
-            shared.complete.fetch_add(1, Ordering::Relaxed);
+        // Only on-time streams are held to every message, so only they count towards the
+        // end of the drain.
+        if self.on_time() {
+            shared.distinct.fetch_add(1, Ordering::Relaxed);
+            if self.complete(config) {
+                shared.settled.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
+
+    fn on_time(&self) -> bool {
+        self.ready && !self.late
+    }
+
+    fn complete(&self, config: &SubConfig) -> bool {
+        self.distinct == config.expect as u64
+    }
+}
+
+/// What subscribers are told by the run.
+#[derive(Clone)]
+struct Signals {
+    /// Stop reading: the run is over.
+    stop: watch::Receiver<bool>,
+    /// Connect no more: streams not yet established give up, and so do late ones (idle).
+    /// The sender must stay alive for as long as the streams run, even if it never sends.
+    cutoff: watch::Receiver<bool>,
 }
 
 /// Opens one stream and reads it until `stop`: ready once `event: ready` arrived (api) or
@@ -868,12 +934,18 @@ async fn subscriber(
     config: Arc<SubConfig>,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
+    signals: Signals,
 ) -> SubOutcome {
+    let Signals {
+        mut stop,
+        mut cutoff,
+    } = signals;
     let mut out = SubOutcome::new(config.expect);
     let mut permit = Some(tokio::select! {
-        permit = gate.acquire_owned() => permit.expect("semaphore"),
+        biased;
         _ = stop.changed() => return out,
+        _ = cutoff.changed() => return out,
+        permit = gate.acquire_owned() => permit.expect("semaphore"),
     });
     let began = Instant::now();
     let mut request = client.get(&url).header(header::ACCEPT, "text/event-stream");
@@ -881,8 +953,10 @@ async fn subscriber(
         request = request.bearer_auth(token);
     }
     let response = tokio::select! {
-        response = tokio::time::timeout(Duration::from_secs(30), request.send()) => response,
+        biased;
         _ = stop.changed() => return out,
+        _ = cutoff.changed() => return out,
+        response = tokio::time::timeout(Duration::from_secs(30), request.send()) => response,
     };
     let mut response = match response {
         Ok(Ok(response)) if response.status() == StatusCode::OK => response,
@@ -905,7 +979,7 @@ async fn subscriber(
     let mark_ready = |out: &mut SubOutcome| {
         out.ready = true;
         out.connect_us = Some(micros(began.elapsed()));
-        shared.ready.fetch_add(1, Ordering::Relaxed);
+        out.late = shared.mark_ready();
     };
     if config.target == Target::Nchan {
         mark_ready(&mut out);
@@ -916,6 +990,8 @@ async fn subscriber(
         let chunk = tokio::select! {
             biased;
             _ = stop.changed() => break,
+            // Still connecting, or late: give up when told to connect no more.
+            _ = cutoff.changed(), if !out.ready || out.late => break,
             chunk = response.chunk() => chunk,
         };
         let bytes = match chunk {
@@ -948,12 +1024,18 @@ async fn subscriber(
     }
     drop(permit);
     out.comments = parser.comments;
+    out.invalid_utf8 = parser.invalid_utf8;
     if out.error.is_some() && !shared.stopping.load(Ordering::Relaxed) {
-        if out.ready {
+        if out.on_time() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
+            if !out.complete(&config) {
+                // Complete streams were settled when they became complete.
+                shared.settled.fetch_add(1, Ordering::Relaxed);
+            }
+        } else if !out.ready {
             shared.failed.fetch_add(1, Ordering::Relaxed);
         }
+        // A late stream that ended is already counted as not established in time.
     }
     out
 }
@@ -967,7 +1049,7 @@ fn spawn_subscribers(
     count: usize,
     config: &Arc<SubConfig>,
     shared: &Arc<Shared>,
-    stop: &watch::Receiver<bool>,
+    signals: &Signals,
 ) -> Vec<tokio::task::JoinHandle<SubOutcome>> {
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let mut client = None;
@@ -995,7 +1077,7 @@ fn spawn_subscribers(
                 Arc::clone(config),
                 Arc::clone(shared),
                 Arc::clone(&gate),
-                stop.clone(),
+                signals.clone(),
             ))
         })
         .collect()
@@ -1021,7 +1103,8 @@ async fn wait_connected(shared: &Shared, count: usize, deadline: tokio::time::In
     }
 }
 
-/// Tells every subscriber to stop and collects what they saw, within `bound`.
+/// Tells every subscriber to stop and collects what they saw, within `bound`; returns the
+/// outcomes and how many streams could not be collected (aborted).
 async fn collect(
     handles: Vec<tokio::task::JoinHandle<SubOutcome>>,
     shared: &Shared,
@@ -1030,19 +1113,21 @@ async fn collect(
 ) -> (Vec<SubOutcome>, usize) {
     shared.stopping.store(true, Ordering::Relaxed);
     let _ = stop.send(true);
-    let total = handles.len();
-    let outcomes: Vec<SubOutcome> = tokio::time::timeout(bound, async {
-        let mut outcomes = Vec::with_capacity(total);
-        for handle in handles {
-            if let Ok(outcome) = handle.await {
-                outcomes.push(outcome);
+    // One deadline for all: what was collected before it is kept, whatever comes after.
+    let until = tokio::time::Instant::now() + bound;
+    let mut outcomes = Vec::with_capacity(handles.len());
+    let mut missing = 0;
+    for mut handle in handles {
+        match tokio::time::timeout_at(until, &mut handle).await {
+            Ok(Ok(outcome)) => outcomes.push(outcome),
+            // Panicked (or cancelled): nothing to collect.
+            Ok(Err(_)) => missing += 1,
+            Err(_) => {
+                handle.abort();
+                missing += 1;
             }
         }
-        outcomes
-    })
-    .await
-    .unwrap_or_default();
-    let missing = total - outcomes.len();
+    }
     (outcomes, missing)
 }
 
@@ -1089,7 +1174,10 @@ async fn fanout(args: &Args) -> i32 {
             run: run_tag,
         });
         let shared = Arc::new(Shared::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop) = watch::channel(false);
+        // Never sent: streams that are late (established once publishing began) keep
+        // reading, and are only left out of the accounting.
+        let (_cutoff_tx, cutoff) = watch::channel(false);
         let connect_began = Instant::now();
         let handles = spawn_subscribers(
             target,
@@ -1098,17 +1186,11 @@ async fn fanout(args: &Args) -> i32 {
             subscribers,
             &config,
             &shared,
-            &stop_rx,
+            &Signals { stop, cutoff },
         );
         // Connecting may take up to half of the budget.
         wait_connected(&shared, subscribers, started + hard / 2).await;
         let connect_secs = connect_began.elapsed().as_secs_f64();
-        let ready = shared.ready.load(Ordering::Relaxed);
-        eprintln!(
-            "fanout {}: {ready} of {subscribers} streams ready in {connect_secs:.1} s, {} failed; publishing {messages}",
-            target.name(),
-            shared.failed.load(Ordering::Relaxed)
-        );
 
         // Publish as fast as `publishers` closed loops can.
         let mut cpu = CpuWatch::new(args);
@@ -1117,9 +1199,17 @@ async fn fanout(args: &Args) -> i32 {
         let published: Arc<Vec<AtomicBool>> =
             Arc::new((0..messages).map(|_| AtomicBool::new(false)).collect());
         let publish_deadline = deadline - Duration::from_secs(3).min(hard / 4);
-        let pub_began = Instant::now();
         let first_sent = Arc::new(AtomicU64::new(u64::MAX));
         let general = Arc::new(general);
+        // From here on, a stream that becomes ready may have missed messages (both targets
+        // are live-only): it is late, and not held to every message. `ready` is final.
+        let ready = shared.begin_measuring();
+        eprintln!(
+            "fanout {}: {ready} of {subscribers} streams ready in {connect_secs:.1} s, {} failed; publishing {messages}",
+            target.name(),
+            shared.failed.load(Ordering::Relaxed)
+        );
+        let pub_began = Instant::now();
         let pub_tasks: Vec<_> = (0..publishers)
             .map(|p| {
                 let client = client.clone();
@@ -1136,8 +1226,12 @@ async fn fanout(args: &Args) -> i32 {
                     let mut errors = 0u64;
                     let mut first_error = None;
                     loop {
+                        // The deadline first, so that a sequence number taken is one sent.
+                        if tokio::time::Instant::now() >= publish_deadline {
+                            break;
+                        }
                         let seq = next.fetch_add(1, Ordering::Relaxed);
-                        if seq >= messages || tokio::time::Instant::now() >= publish_deadline {
+                        if seq >= messages {
                             break;
                         }
                         let sent = unix_micros();
@@ -1211,15 +1305,18 @@ async fn fanout(args: &Args) -> i32 {
                 .map_or(String::new(), |e| format!(" (first: {e})"))
         );
 
-        // Wait for every ready subscriber to have every published message.
+        // Wait for every on-time subscriber to have every published message. Each one's
+        // distinct messages are at most the acknowledged ones when every publish was
+        // acknowledged, so then their sum tells; otherwise messages whose publish failed may
+        // be delivered as well, and only complete (or ended) streams do.
         let drain_deadline = deadline - Duration::from_secs(2).min(hard / 8);
         let wanted = (ok_published * ready) as u64;
         let drain_began = Instant::now();
         let mut timed_out = false;
         loop {
-            let complete = shared.complete.load(Ordering::Relaxed);
-            let dropped = shared.dropped.load(Ordering::Relaxed);
-            if complete + dropped >= ready || shared.distinct.load(Ordering::Relaxed) >= wanted {
+            if shared.settled.load(Ordering::Relaxed) >= ready
+                || (publish_errors == 0 && shared.distinct.load(Ordering::Relaxed) >= wanted)
+            {
                 break;
             }
             if tokio::time::Instant::now() >= drain_deadline {
@@ -1233,19 +1330,22 @@ async fn fanout(args: &Args) -> i32 {
         let (outcomes, unjoined) =
             collect(handles, &shared, &stop_tx, Duration::from_secs(1)).await;
 
-        // Every established stream should have every published message exactly once.
+        // Every stream established on time should have every published message exactly
+        // once. Late streams count only for duplicates and malformed events.
         let mut latencies = Vec::with_capacity(outcomes.iter().map(|o| o.latencies.len()).sum());
         let (mut received, mut lost, mut duplicates, mut foreign) = (0u64, 0u64, 0u64, 0u64);
+        let mut invalid_utf8 = 0u64;
         let mut reads = 0u64;
         let mut last_delivery = 0u64;
         for outcome in &outcomes {
-            latencies.extend_from_slice(&outcome.latencies);
-            received += outcome.received;
-            reads += outcome.reads;
             duplicates += outcome.duplicates;
             foreign += outcome.foreign;
-            last_delivery = last_delivery.max(outcome.last_delivery_us);
-            if outcome.ready {
+            invalid_utf8 += outcome.invalid_utf8;
+            if outcome.on_time() {
+                latencies.extend_from_slice(&outcome.latencies);
+                received += outcome.received;
+                reads += outcome.reads;
+                last_delivery = last_delivery.max(outcome.last_delivery_us);
                 lost += published
                     .iter()
                     .enumerate()
@@ -1258,8 +1358,9 @@ async fn fanout(args: &Args) -> i32 {
         let first_sent = first_sent.load(Ordering::Relaxed);
         let span_secs = last_delivery.saturating_sub(first_sent) as f64 / 1e6;
         let rate = (received > 0).then(|| received as f64 / span_secs.max(1e-9));
-        // Streams not ready when publishing began: refused, failed or too slow.
+        // Streams not ready when publishing began: refused, failed or too slow (late).
         let failed = subscribers - ready;
+        let late = shared.late.load(Ordering::Relaxed);
         let dropped = shared.dropped.load(Ordering::Relaxed);
         let errors = failed as u64 + dropped as u64 + publish_errors + unjoined as u64;
         let latency = Percentiles::of(&mut latencies);
@@ -1272,8 +1373,11 @@ async fn fanout(args: &Args) -> i32 {
         if failed > 0 || dropped > 0 {
             let _ = write!(
                 note,
-                "; {failed} streams not established, {dropped} dropped"
+                "; {failed} streams not established in time ({late} late), {dropped} dropped"
             );
+        }
+        if unjoined > 0 {
+            let _ = write!(note, "; {unjoined} streams not collected");
         }
         if publish_errors > 0 || not_attempted > 0 {
             let _ = write!(
@@ -1281,15 +1385,21 @@ async fn fanout(args: &Args) -> i32 {
                 "; {publish_errors} publish errors, {not_attempted} not sent"
             );
         }
-        if timed_out {
+        if timed_out && publish_errors > 0 {
+            // Expected: a stream is complete only with the messages whose publish failed.
+            let _ = write!(note, "; drain ran to its deadline ({drain_secs:.1} s)");
+        } else if timed_out {
             let _ = write!(note, "; TIMED OUT after {drain_secs:.1} s of waiting");
         }
         if foreign > 0 {
             let _ = write!(note, "; {foreign} foreign events");
         }
+        if invalid_utf8 > 0 {
+            let _ = write!(note, "; {invalid_utf8} events not UTF-8");
+        }
         let _ = write!(note, "; {cpu} (publish to last delivery)");
         eprintln!(
-            "  delivered {received} of {expected} ({lost} lost, {duplicates} duplicated) over {span_secs:.2} s = {:.0}/s; latency p50 {} ms, p99 {} ms, max {} ms; drain {drain_secs:.2} s{}{}",
+            "  delivered {received} of {expected} ({lost} lost, {duplicates} duplicated, {invalid_utf8} not UTF-8) over {span_secs:.2} s = {:.0}/s; latency p50 {} ms, p99 {} ms, max {} ms; drain {drain_secs:.2} s{}{}",
             rate.unwrap_or(0.0),
             latency.as_ref().map_or("-".into(), |l| ms(l.p50)),
             latency.as_ref().map_or("-".into(), |l| ms(l.p99)),
@@ -1357,20 +1467,33 @@ async fn idle(args: &Args) -> i32 {
             run: 0,
         });
         let shared = Arc::new(Shared::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop) = watch::channel(false);
+        let (cutoff_tx, cutoff) = watch::channel(false);
         let connect_began = Instant::now();
-        let handles =
-            spawn_subscribers(target, &urls, &tokens, streams, &config, &shared, &stop_rx);
+        let handles = spawn_subscribers(
+            target,
+            &urls,
+            &tokens,
+            streams,
+            &config,
+            &shared,
+            &Signals { stop, cutoff },
+        );
         let connect_budget = hard.saturating_sub(Duration::from_secs(hold_secs + 10));
         wait_connected(&shared, streams, started + connect_budget).await;
         let connect_secs = connect_began.elapsed().as_secs_f64();
-        let ready = shared.ready.load(Ordering::Relaxed);
+        // No connection attempt starts from here on and pending ones give up, so the streams
+        // held are the ones counted now (a stream that still becomes ready is late and closes
+        // at once): the ready file is what the memory per stream is divided by.
+        let _ = cutoff_tx.send(true);
+        let ready = shared.begin_measuring();
+        let held = ready - shared.dropped.load(Ordering::Relaxed).min(ready);
         eprintln!(
-            "idle {}: {ready} of {streams} streams established in {connect_secs:.1} s, {} failed; holding {hold_secs} s",
+            "idle {}: {ready} of {streams} streams established in {connect_secs:.1} s, {} failed; holding {held} for {hold_secs} s",
             target.name(),
             shared.failed.load(Ordering::Relaxed)
         );
-        if let Err(err) = std::fs::write(&ready_file, format!("{ready}\n")) {
+        if let Err(err) = std::fs::write(&ready_file, format!("{held}\n")) {
             die(&format!("cannot write {ready_file}: {err}"));
         }
         let cpu = CpuWatch::new(args);
@@ -1380,13 +1503,29 @@ async fn idle(args: &Args) -> i32 {
         let (mut outcomes, unjoined) =
             collect(handles, &shared, &stop_tx, Duration::from_secs(5)).await;
         let failed = streams - ready;
-        let mut connect: Vec<u32> = outcomes.iter().filter_map(|o| o.connect_us).collect();
-        let heartbeats: u64 = outcomes.iter().map(|o| o.comments).sum();
+        let late = match shared.late.load(Ordering::Relaxed) {
+            0 => String::new(),
+            late => format!(" ({late} late, closed)"),
+        };
+        let on_time = || outcomes.iter().filter(|o| o.on_time());
+        let mut connect: Vec<u32> = on_time().filter_map(|o| o.connect_us).collect();
+        let heartbeats: u64 = on_time().map(|o| o.comments).sum();
+        let invalid_utf8: u64 = outcomes.iter().map(|o| o.invalid_utf8).sum();
         let error = first_error(&outcomes);
         outcomes.clear();
         eprintln!(
-            "  {failed} not established, {dropped} dropped while held, {heartbeats} comment lines received{error}"
+            "  {failed} not established{late}, {dropped} dropped while held, {unjoined} not collected, {heartbeats} comment lines received, {invalid_utf8} events not UTF-8{error}"
         );
+        let mut note = format!(
+            "rate = streams opened/s ({CONNECT_PARALLELISM} at a time), latencies = time to ready; {ready} held {hold_secs} s, {failed} not established{late}, {dropped} dropped"
+        );
+        if unjoined > 0 {
+            let _ = write!(note, "; {unjoined} streams not collected");
+        }
+        if invalid_utf8 > 0 {
+            let _ = write!(note, "; {invalid_utf8} events not UTF-8");
+        }
+        let _ = write!(note, "; {cpu} while held");
         Row {
             scenario: "idle streams".to_owned(),
             target: label.clone(),
@@ -1394,9 +1533,7 @@ async fn idle(args: &Args) -> i32 {
             rate: Some(ready as f64 / connect_secs.max(1e-9)),
             latency: Percentiles::of(&mut connect),
             errors: format!("{}", failed + dropped + unjoined),
-            note: format!(
-                "rate = streams opened/s ({CONNECT_PARALLELISM} at a time), latencies = time to ready; {ready} held {hold_secs} s, {failed} not established, {dropped} dropped; {cpu} while held"
-            ),
+            note,
         }
         .print();
         i32::from(ready < streams || dropped > 0)
@@ -1455,6 +1592,89 @@ mod tests {
     fn strips_one_space_and_ignores_empty_data() {
         let events = parse(&[b"event: x\n\ndata:  two\n\n"]);
         assert_eq!(events, vec![("message".into(), " two".into(), "".into())]);
+    }
+
+    #[test]
+    fn joins_a_utf8_character_split_across_chunks() {
+        let events = parse(&[
+            b"data: caf\xc3",
+            b"\xa9\n\n",
+            b"data: \xe2\x82",
+            b"\xac\n\n",
+        ]);
+        assert_eq!(
+            events,
+            vec![
+                ("message".into(), "café".into(), "".into()),
+                ("message".into(), "€".into(), "".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn keeps_a_pending_cr_across_an_empty_chunk() {
+        // `\r`, nothing, `\n`: one line ending, so both data lines are one event.
+        let events = parse(&[b"data: a\r", b"", b"\ndata: b\n\n"]);
+        assert_eq!(events, vec![("message".into(), "a\nb".into(), "".into())]);
+    }
+
+    #[test]
+    fn treats_crlf_split_across_chunks_as_one_line_ending() {
+        let events = parse(&[
+            b"data: a\r",
+            b"\ndata: b\r",
+            b"\n\r",
+            b"\n",
+            b"data: c\r\n\r\n",
+        ]);
+        assert_eq!(
+            events,
+            vec![
+                ("message".into(), "a\nb".into(), "".into()),
+                ("message".into(), "c".into(), "".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_events_that_are_not_utf8() {
+        let mut parser = SseParser::default();
+        let mut events = 0;
+        parser.feed(b"data: \xff\n\ndata: ok\n\n", &mut |_| events += 1);
+        assert_eq!((events, parser.invalid_utf8), (1, 1));
+    }
+
+    #[test]
+    fn duplicates_have_no_latency_and_late_streams_do_not_count() {
+        let config = SubConfig {
+            target: Target::Nchan,
+            expect: 2,
+            run: 7,
+        };
+        let shared = Shared::default();
+        let mut out = SubOutcome::new(2);
+        out.ready = true;
+        out.late = shared.mark_ready();
+        out.record("0 100 7", 300, &config, &shared);
+        out.record("0 100 7", 400, &config, &shared);
+        out.record("1 100 7", 500, &config, &shared);
+        assert_eq!(
+            (out.received, out.duplicates, out.latencies.len()),
+            (3, 1, 2)
+        );
+        assert_eq!(shared.settled.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.distinct.load(Ordering::Relaxed), 2);
+
+        assert_eq!(shared.begin_measuring(), 1);
+        let mut late = SubOutcome::new(2);
+        late.ready = true;
+        late.late = shared.mark_ready();
+        assert!(late.late);
+        late.record("0 100 7", 300, &config, &shared);
+        late.record("1 100 7", 300, &config, &shared);
+        assert_eq!(shared.settled.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.distinct.load(Ordering::Relaxed), 2);
+        assert_eq!(shared.late.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -73,11 +73,13 @@ ensure_nginx_nchan() {
         >/dev/null
 }
 
-# rss_kib PID...: the summed resident set size of the processes, in KiB.
+# rss_kib PID...: the summed proportional set size (PSS) of the processes, in KiB: resident
+# memory with shared pages (nchan's shared zone, libraries) split between the processes that
+# map them instead of counted once per worker. For one process it is its resident set.
 rss_kib() {
     local total=0 pid kib
     for pid in "$@"; do
-        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        kib=$(awk '/^Pss:/ {print $2; exit}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
         total=$((total + ${kib:-0}))
     done
     echo "$total"
@@ -86,7 +88,8 @@ rss_kib() {
 nginx_workers() {
     local master
     master=$(cat "$DIR/nginx.pid")
-    pgrep -P "$master" | tr '\n' ' '
+    # The master's children, from /proc (no procps needed).
+    cat /proc/"$master"/task/*/children 2>/dev/null | tr '\n' ' '
 }
 
 # messages_for N: the message count of a fan-out run with N subscribers.
@@ -100,6 +103,7 @@ messages_for() {
 
 start_api() { # start_api NAME PORT
     local name=$1 port=$2
+    stop_pidfile "$DIR/$name.pid"
     port_is_free "$port" || die "port $port is taken; set LOADBENCH_API_PORT/LOADBENCH_API2_PORT"
     LISTEN_ADDR="127.0.0.1:$port" target/release/chat-server >"$DIR/$name.log" 2>&1 &
     echo $! >"$DIR/$name.pid"
@@ -109,7 +113,7 @@ start_api() { # start_api NAME PORT
 
 write_nginx_conf() {
     local module
-    module=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -n1)
+    module=$({ dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -n1; } || true)
     module=${module:-/usr/lib/nginx/modules/ngx_nchan_module.so}
     mkdir -p "$DIR/nginx-tmp"
     cat >"$DIR/nginx.conf" <<EOF
@@ -200,7 +204,7 @@ ROWS="$DIR/rows.md"
 # row CMD...: runs the load generator; its row goes to the table, a failure is reported in it.
 row() {
     local out
-    if ! out=$(timeout --kill-after=10 900 "$LOADGEN" "$@"); then
+    if ! out=$(timeout --foreground --kill-after=10 900 "$LOADGEN" "$@"); then
         log "loadgen $1 exited with an error (its row says what)"
     fi
     if [ -n "$out" ]; then
@@ -221,7 +225,7 @@ row mongo-insert --uri "$MONGODB_URI" --db "$MONGODB_DATABASE" \
     --label "nx-27017 insert_one (same server)" --cpu "mongo:$(pid_of mongo)"
 row healthz --url "$API1" --concurrency "$SEND_CONCURRENCY" --seconds "$SEND_SECONDS" \
     --label "api GET /healthz (same instance)" --cpu "api:$(pid_of api1)"
-rate_of() { grep "^| $1 " "$ROWS" | grep -F "$2" | head -n1 | awk -F'|' '{gsub(/ /, "", $5); print $5}'; }
+rate_of() { { grep "^| $1 " "$ROWS" | grep -F "$2" | head -n1 | awk -F'|' '{gsub(/ /, "", $5); print $5}'; } || true; }
 SEND_RATE=$(rate_of send "POST /messages")
 MONGO_RATE=$(rate_of "send ceiling" insert_one)
 HEALTH_RATE=$(rate_of "send ceiling" healthz)
@@ -249,6 +253,15 @@ done
 idle_rss() {
     local label=$1 target=$2 url=$3 cpu=$4 before after ready delta lg
     shift 4
+    [ "$#" -gt 0 ] || {
+        echo "| idle memory | $label | 0 streams | - | - | - | - | - | FAILED: no server process to measure |" >>"$ROWS"
+        return
+    }
+    # One stream opened and closed first, so one-off costs of the first connection (pools,
+    # buffers) are in "before" rather than spread over the streams.
+    "$LOADGEN" idle --target "$target" --url "$url" --login-url "$API1" --streams 1 \
+        --hold-secs 0 --ready-file "$DIR/idle.warm" --label warm-up --timeout-secs 60 \
+        >/dev/null 2>&1 || log "idle warm-up ($target) failed"
     rm -f "$DIR/idle.ready"
     sleep 1
     before=$(rss_kib "$@")
@@ -274,7 +287,7 @@ idle_rss() {
     cat "$DIR/idle.row" >&2
     if [ -n "${after:-}" ] && [ "${ready:-0}" -gt 0 ]; then
         delta=$((after - before))
-        echo "| idle memory | $label | $ready streams | - | - | - | - | - | RSS $((before / 1024)) → $((after / 1024)) MiB: +$((delta / 1024)) MiB, $(awk "BEGIN {printf \"%.1f\", $delta / $ready}") KiB/stream |" >>"$ROWS"
+        echo "| idle memory | $label | $ready streams | - | - | - | - | - | PSS $((before / 1024)) → $((after / 1024)) MiB: +$((delta / 1024)) MiB, $(awk "BEGIN {printf \"%.1f\", $delta / $ready}") KiB/stream |" >>"$ROWS"
     else
         echo "| idle memory | $label | 0 streams | - | - | - | - | - | FAILED: streams not established |" >>"$ROWS"
     fi
@@ -299,6 +312,7 @@ cat "$ROWS"
 echo
 if [ -n "${SEND_RATE:-}" ] && [ -n "${MONGO_RATE:-}" ] && [ -n "${HEALTH_RATE:-}" ]; then
     awk -v s="$SEND_RATE" -v m="$MONGO_RATE" -v h="${HEALTH_RATE:-0}" 'BEGIN {
+        if (m == 0 || h == 0) { print "Send path: a ceiling row failed; no ratios"; exit }
         printf "Send path: api/mongo = %.2f, api/healthz = %.3f (requests/s ratios)\n", s / m, s / h }'
 fi
 echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~10 min) and measures them (or BENCH_STATS=1)."
