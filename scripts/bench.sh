@@ -297,12 +297,12 @@ log "3. idle: $IDLE_STREAMS streams on a fresh API instance, then on a fresh ngi
 # Fresh processes, so that memory freed by the fan-out runs does not hide the streams' own.
 stop_pidfile "$DIR/api2.pid"
 start_api api2 "$API2_PORT"
-idle_rss "api (fresh instance 2, chat-server RSS)" api "$API2" \
+idle_rss "api (fresh instance 2, chat-server PSS)" api "$API2" \
     "api2:$(pid_of api2),$STORES" "$(pid_of api2)"
 stop_nginx
 start_nginx
 # shellcheck disable=SC2046 # one PID per word
-idle_rss "nchan (fresh nginx, sum of workers' RSS)" nchan "$NCHAN/sub/idle" "$(nginx_cpu)" \
+idle_rss "nchan (fresh nginx, sum of workers' PSS)" nchan "$NCHAN/sub/idle" "$(nginx_cpu)" \
     $(nginx_workers)
 fi
 
