@@ -167,9 +167,12 @@ pub async fn events(
         .streaming(body))
 }
 
-/// An interval whose first tick is one period from now.
+/// An interval whose first tick is one period from now; ticks missed while the client was
+/// not reading are not made up in a burst.
 fn interval_after(period: Duration) -> tokio::time::Interval {
-    tokio::time::interval_at(tokio::time::Instant::now() + period, period)
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
 }
 
 /// One client's stream: the opening frames, then live events it may see, heartbeats, and

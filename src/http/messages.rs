@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -197,35 +199,60 @@ pub async fn create_message(
             ));
         }
     };
-    let inserted = state
+    let new = NewMessage {
+        sender: user.user_id,
+        sender_name: user.username.clone(),
+        target,
+        body,
+        idempotency_key,
+    };
+    // Stored and announced in a task of its own: a client that hangs up while its message is
+    // in a group commit cannot leave it stored but never announced.
+    let task = tokio::spawn(store_and_announce(state.into_inner(), new, audience));
+    match task.await.map_err(ApiError::internal)? {
+        Ok(Stored::Created(response)) => Ok(HttpResponse::Created().json(response)),
+        Ok(Stored::Replayed(response)) => Ok(HttpResponse::Ok().json(response)),
+        Err(StoreFailure::Insert(InsertMessageError::KeyReused)) => Err(ApiError::unprocessable(
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different message",
+        )),
+        Err(StoreFailure::Insert(InsertMessageError::Database(err))) => Err(err.into()),
+        Err(StoreFailure::Encode(err)) => Err(ApiError::internal(err)),
+    }
+}
+
+enum Stored {
+    Created(MessageResponse),
+    Replayed(MessageResponse),
+}
+
+enum StoreFailure {
+    Insert(InsertMessageError),
+    Encode(serde_json::Error),
+}
+
+async fn store_and_announce(
+    state: Arc<AppState>,
+    new: NewMessage,
+    audience: Audience,
+) -> Result<Stored, StoreFailure> {
+    match state
         .store
-        .insert_message(NewMessage {
-            sender: user.user_id,
-            sender_name: user.username.clone(),
-            target,
-            body,
-            idempotency_key,
-        })
+        .insert_message(new)
         .await
-        .map_err(|err| match err {
-            InsertMessageError::KeyReused => ApiError::unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for a different message",
-            ),
-            InsertMessageError::Database(err) => err.into(),
-        })?;
-    match inserted {
+        .map_err(StoreFailure::Insert)?
+    {
         Inserted::Created(record) => {
             let mut response = MessageResponse::from(&record);
-            let data = serde_json::to_string(&response).map_err(ApiError::internal)?;
+            let data = serde_json::to_string(&response).map_err(StoreFailure::Encode)?;
             let event_id = state
                 .outbox
                 .publish(EventKind::Message, audience, data)
                 .await;
             response.event_id = event_id.map(|id| id.to_string());
-            Ok(HttpResponse::Created().json(response))
+            Ok(Stored::Created(response))
         }
-        Inserted::Replayed(record) => Ok(HttpResponse::Ok().json(MessageResponse::from(&record))),
+        Inserted::Replayed(record) => Ok(Stored::Replayed(MessageResponse::from(&record))),
     }
 }
 

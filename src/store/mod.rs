@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mongodb::bson::doc;
-use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::{Client, Database};
 
 pub use messages::{
@@ -54,9 +54,13 @@ impl Store {
         // On a replica set an acknowledged write must survive a primary failover.
         options.retry_writes.get_or_insert(true);
         options.retry_reads.get_or_insert(true);
-        options
-            .write_concern
-            .get_or_insert_with(WriteConcern::majority);
+        // Majority, bounded: a write that cannot reach a majority fails instead of waiting.
+        options.write_concern.get_or_insert_with(|| {
+            WriteConcern::builder()
+                .w(Acknowledgment::Majority)
+                .w_timeout(settings.mongodb_timeout)
+                .build()
+        });
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
         let db = client.database(&settings.mongodb_database);
         let write_timeout_ms =
@@ -104,6 +108,21 @@ impl Store {
         self.writer.flush_counters().await
     }
 
+    /// The statistics read barrier: counts this instance holds are written first, so it reads
+    /// its own writes. If that fails the read goes on (without them) rather than failing too:
+    /// the error is logged and the increments are kept for the next attempt.
+    pub(crate) async fn flush_before_reading(&self) {
+        if let Err(err) = self.writer.flush_counters().await {
+            tracing::warn!(error = %err, "statistics read without this instance's latest counts");
+        }
+    }
+
+    /// How long one write may take before it is given up as failed: the write-concern wait
+    /// plus as long again for the connection.
+    pub(crate) fn write_bound(&self) -> Duration {
+        write_bound(self.write_timeout_ms)
+    }
+
     pub fn database(&self) -> &Database {
         &self.db
     }
@@ -118,4 +137,9 @@ pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
     }
+}
+
+/// See [`Store::write_bound`].
+pub(crate) fn write_bound(write_timeout_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(write_timeout_ms).unwrap_or(0)) * 2
 }

@@ -62,6 +62,10 @@ impl SettledRanges {
     }
 
     pub fn put(&self, key: RangeKey, tallies: Tallies, now: Instant) {
+        if weight(&tallies) > CAPACITY {
+            // It would evict everything else, then itself.
+            return;
+        }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.weight += weight(&tallies);
         if let Some((_, old)) = inner.entries.insert(key, (now, tallies)) {
@@ -160,6 +164,19 @@ mod tests {
         assert!(cache.get(&key(2), t0).is_some());
         assert!(cache.get(&key(3), t0).is_some());
         assert_eq!(cache.weight(), half + 10);
+    }
+
+    #[test]
+    fn an_entry_larger_than_the_whole_cache_is_not_kept() {
+        let cache = SettledRanges::default();
+        let t0 = Instant::now();
+        cache.put(key(1), tallies(10), t0);
+        cache.put(key(2), tallies(CAPACITY + 1), t0);
+        assert!(cache.get(&key(2), t0).is_none());
+        assert!(
+            cache.get(&key(1), t0).is_some(),
+            "nothing else was evicted for it"
+        );
     }
 
     #[test]

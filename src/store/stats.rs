@@ -378,7 +378,7 @@ impl Store {
         let mut increments = Increments::default();
         increments.count(message);
         increments
-            .write(&self.db, self.write_timeout_ms)
+            .write(&self.db, self.write_timeout_ms, self.write_bound())
             .await
             .map_err(|(err, _)| err)
     }
@@ -390,7 +390,7 @@ impl Store {
         subjects: &Subjects,
         window: Window,
     ) -> mongodb::error::Result<HashMap<String, Tally>> {
-        self.writer.flush_counters().await?;
+        self.flush_before_reading().await;
         let now = Utc::now();
         let plan = plan(window, now, Level::All);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
@@ -484,7 +484,7 @@ impl Store {
         level: Level,
         window: Window,
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
-        self.writer.flush_counters().await?;
+        self.flush_before_reading().await;
         let plan = plan(window, Utc::now(), level);
         let mut series: HashMap<i64, i64> = HashMap::new();
         for &(level, from, to) in &plan.counters {
@@ -635,75 +635,112 @@ impl Increments {
         }
     }
 
-    /// Writes the increments: one `update` command of upserts per counter collection, sent
-    /// concurrently, each counter updated once however many messages it counts. On failure,
-    /// returns the error with the increments that were not applied, to be tried again.
+    /// Writes the increments: `update` commands of at most [`UPDATES_PER_COMMAND`] upserts per
+    /// counter collection, sent concurrently and bounded by `bound`, each counter updated once
+    /// however many messages it counts. On failure, returns the error with the increments that
+    /// certainly were not applied (the server refused the command, or it was never sent), to
+    /// be tried again. Increments whose fate is unknown (connection lost or time bound reached
+    /// mid-command) or that the server rejected one by one are dropped and logged: retrying
+    /// them could count them twice, or forever.
     pub(super) async fn write(
         mut self,
         db: &Database,
         write_timeout_ms: i64,
+        bound: std::time::Duration,
     ) -> Result<(), (mongodb::error::Error, Increments)> {
-        let mut commands: HashMap<&'static str, (Vec<String>, Vec<Document>)> = HashMap::new();
+        let mut by_collection: HashMap<&'static str, Vec<String>> = HashMap::new();
         for (id, m) in &self.counters {
-            let (ids, updates) = commands.entry(m.collection).or_default();
-            ids.push(id.clone());
-            updates.push(doc! {
-                "q": { "_id": id },
-                "u": {
-                    "$inc": { "n": m.n },
-                    "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": &m.subject, "name": &m.name },
-                    "$min": { "first": m.first },
-                    "$max": { "last": m.last },
-                },
-                "upsert": true,
-            });
+            by_collection
+                .entry(m.collection)
+                .or_default()
+                .push(id.clone());
         }
-        let (ids, sent): (Vec<Vec<String>>, Vec<_>) = commands
-            .into_iter()
-            .map(|(collection, (ids, updates))| {
-                let command = db
-                    .run_command(doc! {
-                        "update": collection,
-                        "updates": updates,
-                        "ordered": false,
-                        "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
+        let mut commands = Vec::new();
+        for (collection, ids) in by_collection {
+            for ids in ids.chunks(UPDATES_PER_COMMAND) {
+                let updates: Vec<Document> = ids
+                    .iter()
+                    .filter_map(|id| Some((id, self.counters.get(id)?)))
+                    .map(|(id, m)| doc! {
+                        "q": { "_id": id },
+                        "u": {
+                            "$inc": { "n": m.n },
+                            "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": &m.subject, "name": &m.name },
+                            "$min": { "first": m.first },
+                            "$max": { "last": m.last },
+                        },
+                        "upsert": true,
                     })
-                    .into_future();
-                (ids, command)
-            })
-            .unzip();
+                    .collect();
+                let command = db.run_command(doc! {
+                    "update": collection,
+                    "updates": updates,
+                    "ordered": false,
+                    "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
+                });
+                commands.push((
+                    ids.to_vec(),
+                    tokio::time::timeout(bound, command.into_future()),
+                ));
+            }
+        }
+        let (ids, sent): (Vec<Vec<String>>, Vec<_>) = commands.into_iter().unzip();
         let mut unwritten = Increments::default();
         let mut failure = None;
+        let mut dropped = 0_usize;
         for (ids, reply) in ids
             .into_iter()
             .zip(futures_util::future::join_all(sent).await)
         {
-            let failed: Vec<usize> = match reply {
-                Err(err) => {
-                    failure = Some(err);
-                    (0..ids.len()).collect()
+            let (retry, lost): (Vec<usize>, Vec<usize>) = match reply {
+                Err(_elapsed) => {
+                    failure = Some(mongodb::error::Error::custom(
+                        "activity counters: the update took too long",
+                    ));
+                    (Vec::new(), (0..ids.len()).collect())
                 }
-                Ok(reply) => match reply.get_array("writeErrors") {
+                Ok(Err(err)) => {
+                    let not_applied = matches!(
+                        err.kind.as_ref(),
+                        mongodb::error::ErrorKind::Command(_)
+                            | mongodb::error::ErrorKind::ServerSelection { .. }
+                    );
+                    failure = Some(err);
+                    if not_applied {
+                        ((0..ids.len()).collect(), Vec::new())
+                    } else {
+                        (Vec::new(), (0..ids.len()).collect())
+                    }
+                }
+                Ok(Ok(reply)) => match reply.get_array("writeErrors") {
                     Ok(errors) if !errors.is_empty() => {
                         failure = Some(mongodb::error::Error::custom(format!(
                             "activity counters: {errors:?}"
                         )));
-                        errors
+                        let rejected = errors
                             .iter()
                             .filter_map(|e| e.as_document()?.get_i32("index").ok())
                             .filter_map(|i| usize::try_from(i).ok())
-                            .collect()
+                            .collect();
+                        (Vec::new(), rejected)
                     }
-                    _ => Vec::new(),
+                    _ => (Vec::new(), Vec::new()),
                 },
             };
-            for i in failed {
+            for i in retry {
                 if let Some(id) = ids.get(i)
                     && let Some(increment) = self.counters.remove(id)
                 {
                     unwritten.counters.insert(id.clone(), increment);
                 }
             }
+            dropped += lost.len();
+        }
+        if dropped > 0 {
+            tracing::error!(
+                counters = dropped,
+                "statistics counters dropped: their update may or may not have been applied"
+            );
         }
         match failure {
             None => Ok(()),
@@ -711,6 +748,9 @@ impl Increments {
         }
     }
 }
+
+/// Upserts sent in one `update` command at most (the server's limit is 100,000 and 16 MiB).
+const UPDATES_PER_COMMAND: usize = 1000;
 
 /// Buckets beyond which one subject's counters are read as a range rather than by id.
 const MAX_EXACT_IDS: i64 = 512;
@@ -769,6 +809,42 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    fn message(sender: &str, at_ms: i64) -> MessageRecord {
+        MessageRecord {
+            id: bson::oid::ObjectId::new(),
+            seq: String::new(),
+            conversation: String::new(),
+            sender_id: sender.to_owned(),
+            sender_name: sender.to_owned(),
+            room_id: Some("room".to_owned()),
+            recipient_id: None,
+            recipient_name: None,
+            body: String::new(),
+            created_at: bson::DateTime::from_millis(at_ms),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn increments_of_many_messages_merge_per_counter() {
+        let hour = t("2026-11-24T10:00:00Z").timestamp_millis();
+        let mut a = Increments::default();
+        a.count(&message("u1", hour + 5));
+        a.count(&message("u1", hour + 1));
+        let mut b = Increments::default();
+        b.count(&message("u2", hour + 9));
+        a.merge(b);
+        let sent_u1 = &a.counters[&counter_id(Level::Hour, hour, Kind::Sent, "u1")];
+        assert_eq!(
+            (sent_u1.n, sent_u1.first, sent_u1.last),
+            (2, hour + 1, hour + 5)
+        );
+        let total = &a.counters[&counter_id(Level::All, 0, Kind::Total, "all")];
+        assert_eq!((total.n, total.first, total.last), (3, hour + 1, hour + 9));
+        // Total, sent and room, at three levels each, for two senders sharing all but `sent`.
+        assert_eq!(a.counters.len(), 3 * 4);
     }
 
     #[test]

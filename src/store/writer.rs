@@ -15,8 +15,10 @@
 //! room's hourly counter is updated four times a second instead of once per message. Every
 //! statistics read on an instance first writes what that instance holds, so an instance always
 //! reads its own writes; other instances see them within [`FLUSH_EVERY`] plus a write. A failed
-//! write keeps the unapplied increments for the next attempt; a crash loses at most the last
-//! [`FLUSH_EVERY`] of increments (the messages themselves are stored), and shutdown writes them.
+//! write keeps the increments that certainly were not applied for the next attempt (those whose
+//! fate is unknown are dropped and logged rather than risk counting twice); a crash loses at
+//! most the last [`FLUSH_EVERY`] of increments (the messages themselves are stored), and
+//! shutdown writes them.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,8 +27,10 @@ use mongodb::Database;
 use mongodb::error::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
 
-use super::MessageRecord;
+use std::future::IntoFuture;
+
 use super::stats::Increments;
+use super::{MessageRecord, write_bound};
 
 /// Messages written by one command at most.
 pub const MAX_BATCH: usize = 256;
@@ -56,7 +60,7 @@ impl MessageWriter {
             db: db.clone(),
             write_timeout_ms,
         });
-        tokio::spawn(run(db, queue, Arc::clone(&counters)));
+        tokio::spawn(run(db, write_timeout_ms, queue, Arc::clone(&counters)));
         tokio::spawn(flush_periodically(Arc::downgrade(&counters)));
         Self { jobs, counters }
     }
@@ -72,27 +76,41 @@ impl MessageWriter {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Writes the counter increments held so far (a read barrier for statistics).
+    /// Writes the counter increments held so far (a read barrier for statistics). The write
+    /// runs in its own task: a caller that stops waiting cannot drop increments in flight.
     pub async fn flush_counters(&self) -> Result<()> {
-        self.counters.flush().await
+        let counters = Arc::clone(&self.counters);
+        tokio::spawn(async move { counters.flush().await })
+            .await
+            .map_err(|err| Error::custom(format!("counter flush task failed: {err}")))?
     }
 }
 
-async fn run(db: Database, mut queue: mpsc::Receiver<Job>, counters: Arc<PendingCounters>) {
+async fn run(
+    db: Database,
+    write_timeout_ms: i64,
+    mut queue: mpsc::Receiver<Job>,
+    counters: Arc<PendingCounters>,
+) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         tracing::debug!(messages = jobs.len(), "group commit");
-        write_batch(&db, jobs, &counters).await;
+        write_batch(&db, write_bound(write_timeout_ms), jobs, &counters).await;
     }
 }
 
-async fn write_batch(db: &Database, jobs: Vec<Job>, counters: &PendingCounters) {
+async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &PendingCounters) {
     let collection = db.collection::<MessageRecord>("messages");
-    let result = collection
+    let insert = collection
         .insert_many(jobs.iter().map(|job| &job.record))
         .ordered(false)
-        .await;
+        .into_future();
+    // A stalled connection must not hold every post of the instance: past the bound the
+    // whole batch fails (its fate unknown, like a write-concern error).
+    let result = tokio::time::timeout(bound, insert)
+        .await
+        .unwrap_or_else(|_| Err(Error::custom("the message insert took too long")));
     // Which records are stored: all, none, or those the server did not report failed.
     let stored: Vec<bool> = match &result {
         Ok(_) => vec![true; jobs.len()],
@@ -154,7 +172,11 @@ impl PendingCounters {
             return Ok(());
         }
         batch
-            .write(&self.db, self.write_timeout_ms)
+            .write(
+                &self.db,
+                self.write_timeout_ms,
+                write_bound(self.write_timeout_ms),
+            )
             .await
             .map_err(|(err, unwritten)| {
                 self.pending
