@@ -149,7 +149,7 @@ pub(crate) async fn history_page(
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Empty or too long body, both or neither of room_id and to, message to self, key reused for another message", body = ErrorBody,
             example = json!({"error": "message_too_long", "message": "the message body must be at most 4000 characters"})),
-        (status = 503, description = "Storage unavailable: nothing was stored", body = ErrorBody),
+        (status = 503, description = "Storage unavailable, or the write timed out with its outcome unknown: retry with the same Idempotency-Key to be safe", body = ErrorBody),
     ))]
 pub async fn create_message(
     state: web::Data<AppState>,
