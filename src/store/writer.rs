@@ -6,28 +6,27 @@
 //! request. Under load a batch holds as many messages as arrived while the previous one was
 //! written, so the store sees a few large writes instead of many small ones; idle, a batch is
 //! one message and costs what a single insert does. A message is acknowledged only once its
-//! insert is acknowledged: a failed insert (or a write-concern error, where durability is
-//! unknown) fails exactly the requests it concerns, with nothing acknowledged that was not
-//! stored.
+//! insert is acknowledged: a failed insert fails exactly the requests it concerns, with nothing
+//! acknowledged that was not stored (after a write-concern error or a timeout the outcome is
+//! unknown: the requests get 503 and a retry with the same idempotency key is safe).
 //!
 //! The counter increments of stored messages are merged in memory ([`PendingCounters`]) and
 //! written every [`FLUSH_EVERY`], each counter once however many messages it counts: a busy
 //! room's hourly counter is updated four times a second instead of once per message. Every
-//! statistics read on an instance first writes what that instance holds, so an instance always
-//! reads its own writes; other instances see them within [`FLUSH_EVERY`] plus a write. A failed
+//! statistics read on an instance first writes what that instance holds, so an instance reads
+//! its own writes (unless that write fails, which is logged); other instances see them within [`FLUSH_EVERY`] plus a write. A failed
 //! write keeps the increments that certainly were not applied for the next attempt (those whose
 //! fate is unknown are dropped and logged rather than risk counting twice); a crash loses at
 //! most the last [`FLUSH_EVERY`] of increments (the messages themselves are stored), and
 //! shutdown writes them.
 
+use std::future::IntoFuture;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use mongodb::Database;
 use mongodb::error::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot};
-
-use std::future::IntoFuture;
 
 use super::stats::Increments;
 use super::{MessageRecord, write_bound};
