@@ -16,13 +16,13 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use argon2::password_hash::{PasswordHasher as _, SaltString};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use mongodb::bson::{self, Document, doc, oid::ObjectId};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use chat_server::config::Settings;
-use chat_server::store::stats::{LEVELS, counter_collection, counter_document, increments};
+use chat_server::store::stats::Increments;
 use chat_server::store::{MessageRecord, Store, direct_conversation, room_conversation};
 
 const PASSWORD: &str = "generated-password";
@@ -247,7 +247,8 @@ async fn main() -> anyhow::Result<()> {
     // Messages, with the counters accumulated in memory and written once at the end.
     let sender_pick = Skewed::new(users.len());
     let span_ms = (now - start).num_milliseconds();
-    let mut counters: HashMap<(&'static str, String), Document> = HashMap::new();
+    // Merged exactly as the API merges the counts it writes behind its messages.
+    let mut counters = Increments::default();
     let messages = db.collection::<MessageRecord>("messages");
     let started = Instant::now();
     let mut done = 0;
@@ -302,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
                 record.recipient_id = Some(recipient_id.clone());
                 record.recipient_name = Some(recipient_name.clone());
             }
-            count(&mut counters, &record, at);
+            counters.count(&record);
             batch.push(record);
         }
         messages.insert_many(batch).ordered(false).await?;
@@ -312,19 +313,21 @@ async fn main() -> anyhow::Result<()> {
     eprintln!();
 
     let started = Instant::now();
-    let docs: Vec<Document> = counters.into_values().collect();
-    let total = docs.len();
-    for (i, chunk) in docs.chunks(BATCH).enumerate() {
-        db.collection::<Document>("activity")
-            .insert_many(chunk.to_vec())
-            .ordered(false)
-            .await?;
-        progress(
-            "counters",
-            (i * BATCH + chunk.len()).min(total),
-            total,
-            started,
-        );
+    let total = counters.len();
+    let mut by_collection: HashMap<&'static str, Vec<Document>> = HashMap::new();
+    for (collection, document) in counters.into_documents() {
+        by_collection.entry(collection).or_default().push(document);
+    }
+    let mut written = 0;
+    for (collection, docs) in by_collection {
+        for chunk in docs.chunks(BATCH) {
+            db.collection::<Document>(collection)
+                .insert_many(chunk.to_vec())
+                .ordered(false)
+                .await?;
+            written += chunk.len();
+            progress("counters", written, total, started);
+        }
     }
     eprintln!();
     println!(
@@ -336,30 +339,4 @@ async fn main() -> anyhow::Result<()> {
         settings.mongodb_database
     );
     Ok(())
-}
-
-/// Adds one message to the in-memory counters, exactly as the API's upserts would.
-fn count(
-    counters: &mut HashMap<(&'static str, String), Document>,
-    record: &MessageRecord,
-    at: DateTime<Utc>,
-) {
-    for (kind, subject, name) in increments(record) {
-        for level in LEVELS {
-            let fresh = counter_document(level, at, kind, &subject, &name);
-            let Ok(id) = fresh.get_str("_id").map(str::to_owned) else {
-                continue;
-            };
-            let entry = counters
-                .entry((counter_collection(level, kind), id))
-                .or_insert(fresh);
-            let ms = at.timestamp_millis();
-            let n = entry.get_i64("n").unwrap_or(0) + 1;
-            let first = entry.get_i64("first").unwrap_or(ms).min(ms);
-            let last = entry.get_i64("last").unwrap_or(ms).max(ms);
-            entry.insert("n", n);
-            entry.insert("first", first);
-            entry.insert("last", last);
-        }
-    }
 }

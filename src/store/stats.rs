@@ -149,30 +149,6 @@ fn id_range(level: Level, kind: Kind, subjects: &Subjects, a: i64, b: i64) -> (S
     }
 }
 
-/// A counter document as the generator writes it in bulk (the API upserts the same shape).
-pub fn counter_document(
-    level: Level,
-    at: DateTime<Utc>,
-    kind: Kind,
-    subject: &str,
-    name: &str,
-) -> Document {
-    let bucket = level.bucket(at);
-    let id = counter_id(level, bucket, kind, subject);
-    doc! {
-        "_id": &id,
-        "key": id,
-        "level": level.as_str(),
-        "bucket": bucket,
-        "kind": kind.as_str(),
-        "subject": subject,
-        "name": name,
-        "n": 0_i64,
-        "first": at.timestamp_millis(),
-        "last": at.timestamp_millis(),
-    }
-}
-
 pub const LEVELS: [Level; 3] = [Level::Hour, Level::Day, Level::All];
 
 /// Every counter collection, for index creation.
@@ -570,9 +546,10 @@ impl Store {
     }
 }
 
-/// Counter increments of some messages, merged per counter.
+/// Counter increments of some messages, merged per counter: what the API writes behind its
+/// messages (as upserts) and what the history generator loads (as new documents).
 #[derive(Default)]
-pub(super) struct Increments {
+pub struct Increments {
     counters: HashMap<String, Increment>,
 }
 
@@ -588,13 +565,45 @@ struct Increment {
     last: i64,
 }
 
+impl Increment {
+    /// The fields that identify the counter (everything but the counts).
+    fn identity(&self, id: &str) -> Document {
+        doc! {
+            "key": id,
+            "level": self.level.as_str(),
+            "bucket": self.bucket,
+            "kind": self.kind.as_str(),
+            "subject": &self.subject,
+            "name": &self.name,
+        }
+    }
+}
+
 impl Increments {
-    pub(super) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.counters.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// The counters as complete new documents, with their collection: for loading a history
+    /// into an empty database.
+    pub fn into_documents(self) -> Vec<(&'static str, Document)> {
+        self.counters
+            .into_iter()
+            .map(|(id, m)| {
+                let mut document = doc! { "_id": &id };
+                document.extend(m.identity(&id));
+                document.extend(doc! { "n": m.n, "first": m.first, "last": m.last });
+                (m.collection, document)
+            })
+            .collect()
+    }
+
     /// Adds what `message` increments.
-    pub(super) fn count(&mut self, message: &MessageRecord) {
+    pub fn count(&mut self, message: &MessageRecord) {
         let at = message.created_at();
         let when = message.at_ms;
         for (kind, subject, name) in increments(message) {
@@ -661,15 +670,17 @@ impl Increments {
                 let updates: Vec<Document> = ids
                     .iter()
                     .filter_map(|id| Some((id, self.counters.get(id)?)))
-                    .map(|(id, m)| doc! {
-                        "q": { "_id": id },
-                        "u": {
-                            "$inc": { "n": m.n },
-                            "$set": { "key": id, "level": m.level.as_str(), "bucket": m.bucket, "kind": m.kind.as_str(), "subject": &m.subject, "name": &m.name },
-                            "$min": { "first": m.first },
-                            "$max": { "last": m.last },
-                        },
-                        "upsert": true,
+                    .map(|(id, m)| {
+                        doc! {
+                            "q": { "_id": id },
+                            "u": {
+                                "$inc": { "n": m.n },
+                                "$set": m.identity(id),
+                                "$min": { "first": m.first },
+                                "$max": { "last": m.last },
+                            },
+                            "upsert": true,
+                        }
                     })
                     .collect();
                 let command = db.run_command(doc! {

@@ -6,7 +6,8 @@ use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use chat_server::store::{MessageRecord, Store};
+use chat_server::store::{MessageRecord, Store, UserRecord};
+use futures_util::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 
 use crate::helpers::{TestApp, TestUser, error_code, eventually, spawn_app, unique};
@@ -470,4 +471,98 @@ async fn counters_written_behind_reach_every_instance_exactly() {
     .await;
     assert!(seen, "the other instance never saw the sixth message");
     assert_eq!(get(&b, &alice.token, "/stats/summary").await["messages"], 6);
+}
+
+/// The history generator loads counters where the statistics read them: over the whole
+/// history and over windows inside it, every ranking and total equals a count of the
+/// messages it generated.
+#[tokio::test]
+async fn a_generated_history_is_what_the_statistics_count() {
+    let app = spawn_app().await;
+    let generator = env!("CARGO_BIN_EXE_generate-history");
+    let (uri, database) = (
+        app.settings.mongodb_uri.clone(),
+        app.settings.mongodb_database.clone(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(generator)
+            .args([
+                "--users",
+                "6",
+                "--rooms",
+                "3",
+                "--messages",
+                "400",
+                "--days",
+                "3",
+            ])
+            .env("MONGODB_URI", uri)
+            .env("MONGODB_DATABASE", database)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let store = Store::connect(&app.settings).await.unwrap();
+    let db = store.database();
+    let users: Vec<UserRecord> = db
+        .collection::<UserRecord>("users")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let names: HashMap<String, String> = users
+        .iter()
+        .map(|u| (u.id.to_hex(), u.username.clone()))
+        .collect();
+    let generated: Vec<MessageRecord> = db
+        .collection::<MessageRecord>("messages")
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(generated.len(), 400);
+
+    let login: Value = app
+        .login("user00000", "generated-password")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let token = login["access_token"].as_str().unwrap().to_owned();
+    let now = Utc::now();
+    for (from, to) in [
+        (None, None),
+        (Some(now - Duration::days(1)), None),
+        (
+            Some(now - Duration::hours(50)),
+            Some(now - Duration::hours(20)),
+        ),
+    ] {
+        let inside = generated.iter().filter(|m| {
+            let at = DateTime::from_timestamp_millis(m.at_ms).unwrap();
+            from.is_none_or(|f| at >= f) && to.is_none_or(|t| at < t)
+        });
+        let mut active: HashMap<String, i64> = HashMap::new();
+        let mut total = 0;
+        for m in inside {
+            *active.entry(m.sender_id.clone()).or_default() += 1;
+            total += 1;
+        }
+        let q = query(from, to);
+        let body = get(&app, &token, &format!("/stats/most-active?{q}")).await;
+        assert_eq!(
+            listed(&body, "users", "user_id"),
+            ranking(active, &names),
+            "most-active {from:?}..{to:?}"
+        );
+        let body = get(&app, &token, &format!("/stats/summary?{q}")).await;
+        assert_eq!(body["messages"], total, "summary {from:?}..{to:?}");
+    }
 }
