@@ -152,8 +152,9 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
 }
 
 impl Store {
-    /// Stores a message and counts it in the statistics, honouring its idempotency key.
-    /// Without a key the message joins the next group commit (`writer`). With one, the key is claimed first and points at the message id; a retry that finds
+    /// Stores a message and counts it in the statistics (written behind, see `writer`),
+    /// honouring its idempotency key. Without a key the message joins the next group commit.
+    /// With one, the key is claimed first and points at the message id; a retry that finds
     /// the key claimed writes the message under that same id, so an attempt that died between
     /// the two writes is completed by its retry and concurrent retries converge on one message.
     pub async fn insert_message(&self, new: NewMessage) -> Result<Inserted, InsertMessageError> {
@@ -219,10 +220,7 @@ impl Store {
         }
         match messages(&self.db).insert_one(&record).await {
             Ok(_) => {
-                if let Err(err) = self.record_activity(&record).await {
-                    // Stored and acknowledged either way; statistics miss this one message.
-                    tracing::error!(error = %err, message = %record.message_id(), "statistics counters not updated");
-                }
+                self.writer.count(&record);
                 Ok(Inserted::Created(record))
             }
             Err(err) if is_duplicate_key(&err) => {

@@ -349,7 +349,7 @@ struct EdgeMessage {
 }
 
 impl Store {
-    /// Counts one stored message at once (the idempotent path; the generator and tests).
+    /// Counts one stored message at once, not written behind (for loading backdated messages).
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
         let mut increments = Increments::default();
         increments.count(message);

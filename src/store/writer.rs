@@ -75,6 +75,12 @@ impl MessageWriter {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Counts a message stored outside the group commit (the idempotent path), written
+    /// behind like the others.
+    pub fn count(&self, record: &MessageRecord) {
+        self.counters.add(std::iter::once(record));
+    }
+
     /// Writes the counter increments held so far (a read barrier for statistics). The write
     /// runs in its own task: a caller that stops waiting cannot drop increments in flight.
     pub async fn flush_counters(&self) -> Result<()> {

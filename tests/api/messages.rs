@@ -259,6 +259,14 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
         .await
         .unwrap();
     assert_eq!(page["messages"].as_array().unwrap().len(), 2);
+    // Counted once each, retries included.
+    let summary: Value = app
+        .get_authed("/stats/summary", &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["messages"], 2);
 
     let res = app
         .post("/messages")
