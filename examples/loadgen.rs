@@ -446,23 +446,12 @@ async fn send(args: &Args) -> i32 {
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
-            let status = response.status();
-            response.bytes().await.map_err(|e| e.to_string())?;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("HTTP {status}"))
-            }
+            succeeded(response).await
         }
         .boxed()
     });
     let cpu = CpuWatch::new(args);
-    let stats = tokio::time::timeout(
-        Duration::from_secs(seconds + 30),
-        closed_loop(concurrency, seconds, op),
-    )
-    .await
-    .unwrap_or_else(|_| die("send: the run did not end in time"));
+    let stats = bounded_closed_loop("send", concurrency, seconds, op).await;
     let note = format!(
         "{users} users, room general; {} ok; {}",
         stats.ok,
@@ -470,6 +459,27 @@ async fn send(args: &Args) -> i32 {
     );
     let target = args.string("label", "api POST /messages");
     report_loop("send", target, concurrency, seconds, stats, note)
+}
+
+/// Reads the whole answer; an error unless its status is 2xx.
+async fn succeeded(response: reqwest::Response) -> Result<(), String> {
+    let status = response.status();
+    response.bytes().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {status}"))
+    }
+}
+
+/// [`closed_loop`] for `seconds`, given up (the process exits) 30 s after it should have ended.
+async fn bounded_closed_loop(name: &str, concurrency: usize, seconds: u64, op: Op) -> LoopStats {
+    tokio::time::timeout(
+        Duration::from_secs(seconds + 30),
+        closed_loop(concurrency, seconds, op),
+    )
+    .await
+    .unwrap_or_else(|_| die(&format!("{name}: the run did not end in time")))
 }
 
 async fn healthz(args: &Args) -> i32 {
@@ -487,23 +497,12 @@ async fn healthz(args: &Args) -> i32 {
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;
-            let status = response.status();
-            response.bytes().await.map_err(|e| e.to_string())?;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("HTTP {status}"))
-            }
+            succeeded(response).await
         }
         .boxed()
     });
     let cpu = CpuWatch::new(args);
-    let stats = tokio::time::timeout(
-        Duration::from_secs(seconds + 30),
-        closed_loop(concurrency, seconds, op),
-    )
-    .await
-    .unwrap_or_else(|_| die("healthz: the run did not end in time"));
+    let stats = bounded_closed_loop("healthz", concurrency, seconds, op).await;
     let note = format!("HTTP ceiling; {} ok; {}", stats.ok, cpu.report());
     let target = args.string("label", "api GET /healthz");
     report_loop("send ceiling", target, concurrency, seconds, stats, note)
@@ -562,12 +561,7 @@ async fn mongo_insert(args: &Args) -> i32 {
         .boxed()
     });
     let cpu = CpuWatch::new(args);
-    let stats = tokio::time::timeout(
-        Duration::from_secs(seconds + 30),
-        closed_loop(concurrency, seconds, op),
-    )
-    .await
-    .unwrap_or_else(|_| die("mongo-insert: the run did not end in time"));
+    let stats = bounded_closed_loop("mongo-insert", concurrency, seconds, op).await;
     let note = format!(
         "1 insert_one per op, w:majority, pool {pool}, {db}.{collection}; {} ok; {}",
         stats.ok,
