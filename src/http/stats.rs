@@ -367,11 +367,12 @@ pub async fn summary(
         to: Some(now),
     };
     let all = Subjects::All;
-    let (users, rooms, messages, direct, last_day) = tokio::try_join!(
+    let (users, rooms, [messages, direct], last_day) = tokio::try_join!(
         state.store.count_all("users"),
         state.store.count_all("rooms"),
-        state.store.tally(Kind::Total, &all, window),
-        state.store.tally(Kind::Direct, &all, window),
+        state
+            .store
+            .tallies([(Kind::Total, &all), (Kind::Direct, &all)], window),
         state.store.tally(Kind::Total, &all, day),
     )?;
     let online_now = state.live.online_count().await?;
@@ -412,11 +413,17 @@ pub async fn user_stats(
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
     let partners_of = Subjects::Prefix(format!("{id}|"));
-    let (sent, received, pairs) = tokio::try_join!(
-        state.store.tally(Kind::Sent, &exact, window),
-        state.store.tally(Kind::Received, &exact, window),
-        state.store.tally(Kind::Pair, &partners_of, window),
-    )?;
+    let [sent, received, pairs] = state
+        .store
+        .tallies(
+            [
+                (Kind::Sent, &exact),
+                (Kind::Received, &exact),
+                (Kind::Pair, &partners_of),
+            ],
+            window,
+        )
+        .await?;
     let sent = sent.get(&id).cloned().unwrap_or_default();
     let received = received.get(&id).cloned().unwrap_or_default();
     let first_activity = [sent.first, received.first].into_iter().flatten().min();

@@ -366,38 +366,61 @@ impl Store {
         subjects: &Subjects,
         window: Window,
     ) -> mongodb::error::Result<HashMap<String, Tally>> {
+        let [tally] = self.tallies([(kind, subjects)], window).await?;
+        Ok(tally)
+    }
+
+    /// [`Store::tally`] of several kinds over one window, in order: the window is planned,
+    /// the pending counts written and the raw edges read once for all of them.
+    pub async fn tallies<const N: usize>(
+        &self,
+        queries: [(Kind, &Subjects); N],
+        window: Window,
+    ) -> mongodb::error::Result<[HashMap<String, Tally>; N]> {
         self.flush_before_reading().await;
         let now = Utc::now();
         let plan = plan(window, now, Level::All);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
         let pieces = settled::split(&plan.counters, |level| level.bucket(settled_at));
-        let sums = futures_util::future::try_join_all(pieces.into_iter().map(
-            |(level, from, to, settled)| {
-                let key = RangeKey {
-                    kind,
-                    level,
-                    from,
-                    to,
-                };
-                self.counter_sums(key, subjects, settled)
+        let sums = futures_util::future::try_join_all(queries.iter().enumerate().flat_map(
+            |(i, &(kind, subjects))| {
+                pieces.iter().map(move |&(level, from, to, settled)| {
+                    let key = RangeKey {
+                        kind,
+                        level,
+                        from,
+                        to,
+                    };
+                    async move {
+                        Ok::<_, mongodb::error::Error>((
+                            i,
+                            self.counter_sums(key, subjects, settled).await?,
+                        ))
+                    }
+                })
             },
-        ))
-        .await?;
-        let mut tallies: HashMap<String, Tally> = HashMap::new();
-        for sum in sums {
+        ));
+        let (sums, edges) = tokio::try_join!(sums, self.edge_messages(&plan.raw))?;
+        let mut tallies: [HashMap<String, Tally>; N] = std::array::from_fn(|_| HashMap::new());
+        for (i, sum) in sums {
             for (subject, t) in sum.iter() {
-                tallies
+                tallies[i]
                     .entry(subject.clone())
                     .or_default()
                     .add(t.n, t.first, t.last, &t.name);
             }
         }
-        for message in self.edge_messages(&plan.raw).await? {
+        for message in edges {
             let at = DateTime::from_timestamp_millis(message.at_ms);
             let record = edge_record(&message);
             for (k, subject, name) in increments(&record) {
-                if k == kind && subjects.matches(&subject) {
-                    tallies.entry(subject).or_default().add(1, at, at, &name);
+                for (i, &(kind, subjects)) in queries.iter().enumerate() {
+                    if k == kind && subjects.matches(&subject) {
+                        tallies[i]
+                            .entry(subject.clone())
+                            .or_default()
+                            .add(1, at, at, &name);
+                    }
                 }
             }
         }
