@@ -16,7 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::stats::{Kind, Level, Tally};
+use super::stats::{Kind, Level, Subjects, Tally};
 
 /// How long after its end a bucket is taken to be final.
 pub const SETTLE: Duration = Duration::from_secs(5 * 60);
@@ -25,13 +25,14 @@ pub const TTL: Duration = Duration::from_secs(10 * 60);
 /// Subjects (users, rooms) held across all entries.
 pub const CAPACITY: usize = 500_000;
 
-/// Sums of one kind of counter over buckets `[from, to)` (ms) of one level, every subject.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Sums of one kind of counter over buckets `[from, to)` (ms) of one level, for some subjects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RangeKey {
     pub kind: Kind,
     pub level: Level,
     pub from: i64,
     pub to: i64,
+    pub subjects: Subjects,
 }
 
 pub type Tallies = Arc<HashMap<String, Tally>>;
@@ -68,7 +69,7 @@ impl SettledRanges {
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.weight += weight(&tallies);
-        if let Some((_, old)) = inner.entries.insert(key, (now, tallies)) {
+        if let Some((_, old)) = inner.entries.insert(key.clone(), (now, tallies)) {
             inner.weight -= weight(&old);
         }
         inner.order.push_back((key, now));
@@ -135,6 +136,7 @@ mod tests {
             level: Level::Hour,
             from,
             to: from + 1,
+            subjects: Subjects::All,
         }
     }
 

@@ -215,7 +215,7 @@ impl Tally {
 }
 
 /// Which subjects to count.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Subjects {
     All,
     Exact(String),
@@ -390,12 +390,10 @@ impl Store {
                         level,
                         from,
                         to,
+                        subjects: subjects.clone(),
                     };
                     async move {
-                        Ok::<_, mongodb::error::Error>((
-                            i,
-                            self.counter_sums(key, subjects, settled).await?,
-                        ))
+                        Ok::<_, mongodb::error::Error>((i, self.counter_sums(key, settled).await?))
                     }
                 })
             },
@@ -427,23 +425,19 @@ impl Store {
         Ok(tallies)
     }
 
-    /// Sums of one range of counters per subject. Sums over every subject of a settled range
-    /// are remembered and served from memory.
-    async fn counter_sums(
-        &self,
-        key: RangeKey,
-        subjects: &Subjects,
-        settled: bool,
-    ) -> mongodb::error::Result<Tallies> {
-        let remember = settled && matches!(subjects, Subjects::All);
-        if remember && let Some(hit) = self.settled.get(&key, Instant::now()) {
+    /// Sums of one range of counters per subject. Sums over a settled range are remembered
+    /// and served from memory.
+    async fn counter_sums(&self, key: RangeKey, settled: bool) -> mongodb::error::Result<Tallies> {
+        if settled && let Some(hit) = self.settled.get(&key, Instant::now()) {
             return Ok(hit);
         }
+        let subjects = &key.subjects;
+        let started = Instant::now();
         let grouped: Vec<Grouped> = self
             .db
             .collection::<Document>(counter_collection(key.level, key.kind))
             .aggregate(vec![
-                doc! { "$match": counter_filter(key, subjects) },
+                doc! { "$match": counter_filter(&key) },
                 // `$max` for the name, not `$first`: the stand-in runs `$first` in Python.
                 doc! { "$group": {
                     "_id": "$subject",
@@ -457,6 +451,7 @@ impl Store {
             .await?
             .try_collect()
             .await?;
+        tracing::debug!(?key, ?subjects, rows = grouped.len(), elapsed = ?started.elapsed(), "counter sums read");
         let mut sums: HashMap<String, Tally> = HashMap::with_capacity(grouped.len());
         for g in grouped {
             if let Bson::String(subject) = g.key
@@ -471,7 +466,7 @@ impl Store {
             }
         }
         let sums = Arc::new(sums);
-        if remember {
+        if settled {
             self.settled.put(key, Arc::clone(&sums), Instant::now());
         }
         Ok(sums)
@@ -487,13 +482,13 @@ impl Store {
         let plan = plan(window, Utc::now(), level);
         let mut series: HashMap<i64, i64> = HashMap::new();
         for &(level, from, to) in &plan.counters {
-            let key = RangeKey {
+            let filter = counter_filter(&RangeKey {
                 kind: Kind::Total,
                 level,
                 from,
                 to,
-            };
-            let filter = counter_filter(key, &Subjects::All);
+                subjects: Subjects::All,
+            });
             let grouped: Vec<Grouped> = self
                 .db
                 .collection::<Document>(counter_collection(level, Kind::Total))
@@ -537,6 +532,7 @@ impl Store {
     ) -> mongodb::error::Result<Vec<EdgeMessage>> {
         let mut out = Vec::new();
         for (a, b) in ranges {
+            let started = Instant::now();
             let found: Vec<EdgeMessage> = self
                 .db
                 .collection::<EdgeMessage>("messages")
@@ -545,6 +541,7 @@ impl Store {
                 .await?
                 .try_collect()
                 .await?;
+            tracing::debug!(from = %a, to = %b, messages = found.len(), elapsed = ?started.elapsed(), "edge messages read");
             out.extend(found);
         }
         Ok(out)
@@ -791,13 +788,14 @@ const MAX_EXACT_IDS: i64 = 512;
 
 /// The filter selecting the counters of `key`: the ids themselves for one subject over a
 /// bounded number of buckets (unique index lookups), otherwise a range of `key`.
-fn counter_filter(key: RangeKey, subjects: &Subjects) -> Document {
+fn counter_filter(key: &RangeKey) -> Document {
     let RangeKey {
         kind,
         level,
         from,
         to,
-    } = key;
+        ref subjects,
+    } = *key;
     if let Subjects::Exact(subject) = subjects {
         let step = match level {
             Level::Hour => Some(3_600_000),
