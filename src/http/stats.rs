@@ -176,7 +176,10 @@ async fn user_ranking(
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;
-    let tallies = state.store.tally(kind, &Subjects::All, window).await?;
+    let tallies = state
+        .store
+        .ranking_candidates(kind, &Subjects::All, window, limit)
+        .await?;
     let users = ranked(tallies, limit)
         .into_iter()
         .map(|(user_id, t)| UserCount {
@@ -415,17 +418,14 @@ pub async fn user_stats(
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
     let partners_of = Subjects::Prefix(format!("{id}|"));
-    let [sent, received, pairs] = state
-        .store
-        .tallies(
-            [
-                (Kind::Sent, &exact),
-                (Kind::Received, &exact),
-                (Kind::Pair, &partners_of),
-            ],
-            window,
-        )
-        .await?;
+    let ([sent, received], pairs) = tokio::try_join!(
+        state
+            .store
+            .tallies([(Kind::Sent, &exact), (Kind::Received, &exact)], window),
+        state
+            .store
+            .ranking_candidates(Kind::Pair, &partners_of, window, limit),
+    )?;
     let sent = sent.get(&id).cloned().unwrap_or_default();
     let received = received.get(&id).cloned().unwrap_or_default();
     let first_activity = [sent.first, received.first].into_iter().flatten().min();

@@ -33,6 +33,8 @@ pub struct Store {
     write_timeout_ms: i64,
     /// Counter sums over ranges that no longer change (see `settled`).
     settled: Arc<settled::SettledRanges>,
+    /// The messages of settled hours, by hour start (ms), for the raw edges of windows.
+    settled_edges: Arc<settled::SettledRanges<i64, Arc<Vec<stats::EdgeMessage>>>>,
     /// Rooms by id: they never change once created.
     known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
     /// Group commit of new messages (see `writer`).
@@ -70,6 +72,7 @@ impl Store {
             db,
             write_timeout_ms,
             settled: Arc::default(),
+            settled_edges: Arc::default(),
             known_rooms: Arc::default(),
         })
     }

@@ -22,7 +22,7 @@ use super::stats::{Kind, Level, Subjects, Tally};
 pub const SETTLE: Duration = Duration::from_secs(5 * 60);
 /// How long a remembered sum is served.
 pub const TTL: Duration = Duration::from_secs(10 * 60);
-/// Subjects (users, rooms) held across all entries.
+/// Weight (subjects, or messages) held across all entries of one memory.
 pub const CAPACITY: usize = 500_000;
 
 /// Sums of one kind of counter over buckets `[from, to)` (ms) of one level, for some subjects.
@@ -37,40 +37,64 @@ pub struct RangeKey {
 
 pub type Tallies = Arc<HashMap<String, Tally>>;
 
-#[derive(Default)]
-pub struct SettledRanges {
-    inner: Mutex<Inner>,
+/// What an entry costs against [`CAPACITY`]: subjects for sums, messages for raw hours.
+pub trait Weight {
+    fn weight(&self) -> usize;
 }
 
-#[derive(Default)]
-struct Inner {
-    entries: HashMap<RangeKey, (Instant, Tallies)>,
+impl<T> Weight for Arc<HashMap<String, T>> {
+    fn weight(&self) -> usize {
+        self.len().max(1)
+    }
+}
+
+impl<T> Weight for Arc<Vec<T>> {
+    fn weight(&self) -> usize {
+        self.len().max(1)
+    }
+}
+
+/// Values computed from settled data, each served for [`TTL`], at most [`CAPACITY`] in weight.
+pub struct SettledRanges<K = RangeKey, V = Tallies> {
+    inner: Mutex<Inner<K, V>>,
+}
+
+impl<K, V> Default for SettledRanges<K, V> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+                weight: 0,
+            }),
+        }
+    }
+}
+
+struct Inner<K, V> {
+    entries: HashMap<K, (Instant, V)>,
     /// Insertion order, for eviction; an entry replaced later appears twice and is only
     /// removed by its latest occurrence.
-    order: VecDeque<(RangeKey, Instant)>,
+    order: VecDeque<(K, Instant)>,
     weight: usize,
 }
 
-fn weight(tallies: &Tallies) -> usize {
-    tallies.len().max(1)
-}
-
-impl SettledRanges {
-    pub fn get(&self, key: &RangeKey, now: Instant) -> Option<Tallies> {
+impl<K: Clone + Eq + std::hash::Hash, V: Clone + Weight> SettledRanges<K, V> {
+    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let (stored, tallies) = inner.entries.get(key)?;
-        (now.saturating_duration_since(*stored) < TTL).then(|| Arc::clone(tallies))
+        let (stored, value) = inner.entries.get(key)?;
+        (now.saturating_duration_since(*stored) < TTL).then(|| value.clone())
     }
 
-    pub fn put(&self, key: RangeKey, tallies: Tallies, now: Instant) {
-        if weight(&tallies) > CAPACITY {
+    pub fn put(&self, key: K, value: V, now: Instant) {
+        if value.weight() > CAPACITY {
             // It would evict everything else, then itself.
             return;
         }
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        inner.weight += weight(&tallies);
-        if let Some((_, old)) = inner.entries.insert(key.clone(), (now, tallies)) {
-            inner.weight -= weight(&old);
+        inner.weight += value.weight();
+        if let Some((_, old)) = inner.entries.insert(key.clone(), (now, value)) {
+            inner.weight -= old.weight();
         }
         inner.order.push_back((key, now));
         while inner.weight > CAPACITY {
@@ -83,7 +107,7 @@ impl SettledRanges {
                 .is_some_and(|(at, _)| *at == stored)
                 && let Some((_, old)) = inner.entries.remove(&oldest)
             {
-                inner.weight -= weight(&old);
+                inner.weight -= old.weight();
             }
         }
         if inner.order.len() > 2 * inner.entries.len() + 16 {

@@ -175,6 +175,17 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
             )
             .await?;
     }
+    // All-time rankings read the largest counts of a `key` range first (`ranking_candidates`).
+    for collection in ["activity_all_time", "pairs_all_time"] {
+        db.collection::<Document>(collection)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "n": -1, "key": 1 })
+                    .options(IndexOptions::builder().name("rank".to_owned()).build())
+                    .build(),
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -337,8 +348,19 @@ fn bson_time(value: Option<Bson>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
+/// An all-time counter as stored.
 #[derive(Debug, Deserialize)]
-struct EdgeMessage {
+struct AllTimeCounter {
+    subject: String,
+    n: i64,
+    first: i64,
+    last: i64,
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub(super) struct EdgeMessage {
     sender_id: String,
     sender_name: String,
     room_id: Option<String>,
@@ -398,7 +420,7 @@ impl Store {
                 })
             },
         ));
-        let (sums, edges) = tokio::try_join!(sums, self.edge_messages(&plan.raw))?;
+        let (sums, edges) = tokio::try_join!(sums, self.edge_messages(&plan.raw, now))?;
         let mut tallies: [HashMap<String, Tally>; N] = std::array::from_fn(|_| HashMap::new());
         for (i, sum) in sums {
             for (subject, t) in sum.iter() {
@@ -423,6 +445,56 @@ impl Store {
             }
         }
         Ok(tallies)
+    }
+
+    /// The subjects that can rank among the first `limit` by count over `window`, with their
+    /// tallies: every subject for a bounded window; for all time, the first `limit` of the
+    /// all-time counters by count and every subject tied with the last of them (ties are broken
+    /// by name afterwards), read through an index on the count instead of every counter.
+    pub async fn ranking_candidates(
+        &self,
+        kind: Kind,
+        subjects: &Subjects,
+        window: Window,
+        limit: usize,
+    ) -> mongodb::error::Result<HashMap<String, Tally>> {
+        if window.from.is_some() || window.to.is_some() || matches!(subjects, Subjects::Exact(_)) {
+            return self.tally(kind, subjects, window).await;
+        }
+        self.flush_before_reading().await;
+        let (low, high) = id_range(Level::All, kind, subjects, 0, 1);
+        let range = doc! { "key": { "$gte": &low, "$lt": &high } };
+        let collection = self
+            .db
+            .collection::<AllTimeCounter>(counter_collection(Level::All, kind));
+        let first: Vec<AllTimeCounter> = collection
+            .find(range.clone())
+            .sort(doc! { "n": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?
+            .try_collect()
+            .await?;
+        let counters = match first.last() {
+            Some(last) if first.len() >= limit => {
+                let mut tied = range;
+                tied.insert("n", doc! { "$gte": last.n });
+                collection.find(tied).await?.try_collect().await?
+            }
+            _ => first,
+        };
+        Ok(counters
+            .into_iter()
+            .filter(|c| subjects.matches(&c.subject))
+            .map(|c| {
+                let tally = Tally {
+                    n: c.n,
+                    first: DateTime::from_timestamp_millis(c.first),
+                    last: DateTime::from_timestamp_millis(c.last),
+                    name: c.name,
+                };
+                (c.subject, tally)
+            })
+            .collect())
     }
 
     /// Sums of one range of counters per subject. Sums over a settled range are remembered
@@ -479,7 +551,8 @@ impl Store {
         window: Window,
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
         self.flush_before_reading().await;
-        let plan = plan(window, Utc::now(), level);
+        let now = Utc::now();
+        let plan = plan(window, now, level);
         let mut series: HashMap<i64, i64> = HashMap::new();
         for &(level, from, to) in &plan.counters {
             let filter = counter_filter(&RangeKey {
@@ -518,7 +591,7 @@ impl Store {
                 *series.entry(level.bucket(t)).or_default() += g.n;
             }
         }
-        for message in self.edge_messages(&plan.raw).await? {
+        for message in self.edge_messages(&plan.raw, now).await? {
             if let Some(t) = DateTime::from_timestamp_millis(message.at_ms) {
                 *series.entry(level.bucket(t)).or_default() += 1;
             }
@@ -526,25 +599,64 @@ impl Store {
         Ok(series)
     }
 
+    /// The messages stamped in `ranges`, read from MongoDB. A range inside an hour that has
+    /// settled is served from that whole hour's messages, remembered: the ragged start of a
+    /// sliding window is then read once per instance, not on every request.
     async fn edge_messages(
         &self,
         ranges: &[(DateTime<Utc>, DateTime<Utc>)],
+        now: DateTime<Utc>,
     ) -> mongodb::error::Result<Vec<EdgeMessage>> {
+        let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
         let mut out = Vec::new();
-        for (a, b) in ranges {
-            let started = Instant::now();
-            let found: Vec<EdgeMessage> = self
-                .db
-                .collection::<EdgeMessage>("messages")
-                .find(doc! { "at_ms": { "$gte": a.timestamp_millis(), "$lt": b.timestamp_millis() } })
-                .projection(doc! { "sender_id": 1, "sender_name": 1, "room_id": 1, "recipient_id": 1, "recipient_name": 1, "created_at": 1, "at_ms": 1 })
-                .await?
-                .try_collect()
-                .await?;
-            tracing::debug!(from = %a, to = %b, messages = found.len(), elapsed = ?started.elapsed(), "edge messages read");
-            out.extend(found);
+        for &(a, b) in ranges {
+            let mut hour = floor_hour(a);
+            while hour < b {
+                let next = hour + Duration::hours(1);
+                let (from, to) = (a.max(hour), b.min(next));
+                if next <= settled_at {
+                    let key = hour.timestamp_millis();
+                    let messages = match self.settled_edges.get(&key, Instant::now()) {
+                        Some(hit) => hit,
+                        None => {
+                            let read = Arc::new(self.messages_between(hour, next).await?);
+                            self.settled_edges
+                                .put(key, Arc::clone(&read), Instant::now());
+                            read
+                        }
+                    };
+                    let (from, to) = (from.timestamp_millis(), to.timestamp_millis());
+                    out.extend(
+                        messages
+                            .iter()
+                            .filter(|m| from <= m.at_ms && m.at_ms < to)
+                            .cloned(),
+                    );
+                } else {
+                    out.extend(self.messages_between(from, to).await?);
+                }
+                hour = next;
+            }
         }
         Ok(out)
+    }
+
+    async fn messages_between(
+        &self,
+        a: DateTime<Utc>,
+        b: DateTime<Utc>,
+    ) -> mongodb::error::Result<Vec<EdgeMessage>> {
+        let started = Instant::now();
+        let found: Vec<EdgeMessage> = self
+            .db
+            .collection::<EdgeMessage>("messages")
+            .find(doc! { "at_ms": { "$gte": a.timestamp_millis(), "$lt": b.timestamp_millis() } })
+            .projection(doc! { "sender_id": 1, "sender_name": 1, "room_id": 1, "recipient_id": 1, "recipient_name": 1, "created_at": 1, "at_ms": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        tracing::debug!(from = %a, to = %b, messages = found.len(), elapsed = ?started.elapsed(), "edge messages read");
+        Ok(found)
     }
 
     /// Exact number of documents in a collection.

@@ -314,6 +314,71 @@ async fn ties_are_broken_by_name_and_empty_windows_are_empty() {
     assert_eq!(body["users"].as_array().unwrap().len(), 1);
 }
 
+/// All-time rankings read only the largest counters and those tied with the last one shown:
+/// every limit, including ones that cut through a tie, gives the head of the full ranking.
+#[tokio::test]
+async fn every_limit_gives_the_head_of_the_all_time_ranking() {
+    let app = spawn_app().await;
+    let users: Vec<TestUser> = futures_util::future::join_all(
+        ["tie-d", "tie-b", "tie-a", "tie-c", "tie-e"].map(|p| app.signup(p)),
+    )
+    .await;
+    let general = app.general(&users[0].token).await;
+    // Sent: d 3, b 2, a 2, c 2, e 1. Direct messages from d: to b twice, a twice, c once.
+    for (sender, n) in [(0, 1), (1, 2), (2, 2), (3, 2), (4, 1)] {
+        for _ in 0..n {
+            app.post_to_room(&users[sender].token, &general, "hi").await;
+        }
+    }
+    for (to, n) in [(1, 2), (2, 2), (3, 1)] {
+        for _ in 0..n {
+            app.post_to_user(&users[0].token, &users[to].username, "dm")
+                .await;
+        }
+    }
+    let names: HashMap<String, String> = users
+        .iter()
+        .map(|u| (u.id.clone(), u.username.clone()))
+        .collect();
+    let count = |pairs: &[(usize, i64)]| -> HashMap<String, i64> {
+        pairs
+            .iter()
+            .map(|&(u, n)| (users[u].id.clone(), n))
+            .collect()
+    };
+    let sent = ranking(count(&[(0, 6), (1, 2), (2, 2), (3, 2), (4, 1)]), &names);
+    let received = ranking(count(&[(1, 2), (2, 2), (3, 1)]), &names);
+    for limit in 1..=6 {
+        let body = get(
+            &app,
+            &users[0].token,
+            &format!("/stats/most-active?limit={limit}"),
+        )
+        .await;
+        let expected = &sent[..limit.min(sent.len())];
+        assert_eq!(listed(&body, "users", "user_id"), expected, "limit {limit}");
+        let body = get(
+            &app,
+            &users[0].token,
+            &format!("/stats/most-solicited?limit={limit}"),
+        )
+        .await;
+        let expected = &received[..limit.min(received.len())];
+        assert_eq!(listed(&body, "users", "user_id"), expected, "limit {limit}");
+        let body = get(
+            &app,
+            &users[0].token,
+            &format!("/stats/users/{}?limit={limit}", users[0].username),
+        )
+        .await;
+        assert_eq!(
+            listed(&body, "top_partners", "user_id"),
+            expected,
+            "limit {limit}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_statistics_parameters_are_rejected() {
     let app = spawn_app().await;
