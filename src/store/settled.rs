@@ -1,4 +1,5 @@
-//! Per-instance memory of counter sums over settled time ranges.
+//! Per-instance memory of what was read from settled time ranges: counter sums, and the
+//! messages of whole hours (for the raw edges of windows).
 //!
 //! A message is timestamped by the instance that stores it and counted in the same group
 //! commit, so an hourly or daily bucket stops changing shortly after it ends (instances are
@@ -8,7 +9,8 @@
 //!
 //! Entries expire after [`TTL`], so a counter written unusually late (a write that took longer
 //! than [`SETTLE`], or a history loaded under a running server) shows up within minutes, and
-//! the total number of subjects held is bounded by [`CAPACITY`], oldest entries evicted first.
+//! the weight held (subjects, or messages) is bounded by [`CAPACITY`] per memory, oldest entries
+//! evicted first.
 //! Every instance computes the same sums from the same counters, so instances never disagree
 //! for longer than that.
 

@@ -7,8 +7,9 @@
 //! at the ragged ends, and the minutes left over at the edges, which are counted from the
 //! messages themselves (an `at_ms` range of at most two partial hours). The answer is exact
 //! for any window. Sums over ranges that ended more than a few minutes ago never change and
-//! are remembered per instance (`settled`), so a sliding window reads only its newest hour
-//! and its raw edges from MongoDB.
+//! are remembered per instance (`settled`), as are the messages of settled hours for the raw
+//! edges, so a sliding window reads only its newest hour from MongoDB. All-time rankings read
+//! the largest all-time counters through an index on the count, not every subject.
 
 use std::collections::HashMap;
 use std::future::IntoFuture;
