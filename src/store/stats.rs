@@ -233,12 +233,15 @@ pub enum Subjects {
     Exact(String),
     /// Subjects starting with this prefix (the pairs of one user: `<user>|`).
     Prefix(String),
+    /// Every subject, summed per bucket instead of per subject (the activity series); the
+    /// tallies are keyed by bucket start in ms.
+    Buckets,
 }
 
 impl Subjects {
     fn matches(&self, subject: &str) -> bool {
         match self {
-            Subjects::All => true,
+            Subjects::All | Subjects::Buckets => true,
             Subjects::Exact(s) => s == subject,
             Subjects::Prefix(p) => subject.starts_with(p.as_str()),
         }
@@ -505,6 +508,10 @@ impl Store {
             return Ok(hit);
         }
         let subjects = &key.subjects;
+        let group_by = match subjects {
+            Subjects::Buckets => "$bucket",
+            _ => "$subject",
+        };
         let started = Instant::now();
         let grouped: Vec<Grouped> = self
             .db
@@ -513,7 +520,7 @@ impl Store {
                 doc! { "$match": counter_filter(&key) },
                 // `$max` for the name, not `$first`: the stand-in runs `$first` in Python.
                 doc! { "$group": {
-                    "_id": "$subject",
+                    "_id": group_by,
                     "n": { "$sum": "$n" },
                     "first": { "$min": "$first" },
                     "last": { "$max": "$last" },
@@ -527,9 +534,15 @@ impl Store {
         tracing::debug!(?key, ?subjects, rows = grouped.len(), elapsed = ?started.elapsed(), "counter sums read");
         let mut sums: HashMap<String, Tally> = HashMap::with_capacity(grouped.len());
         for g in grouped {
-            if let Bson::String(subject) = g.key
-                && subjects.matches(&subject)
-            {
+            let subject = match g.key {
+                Bson::String(subject) => subject,
+                Bson::Int64(v) => v.to_string(),
+                Bson::Int32(v) => v.to_string(),
+                #[allow(clippy::cast_possible_truncation)]
+                Bson::Double(v) => (v as i64).to_string(),
+                _ => continue,
+            };
+            if subjects.matches(&subject) {
                 sums.entry(subject).or_default().add(
                     g.n,
                     bson_time(g.first),
@@ -545,7 +558,8 @@ impl Store {
         Ok(sums)
     }
 
-    /// Message counts per bucket start (ms) for `level` (hour or day) over `window`.
+    /// Message counts per bucket start (ms) for `level` (hour or day) over `window`. Settled
+    /// ranges come from memory, as for tallies.
     pub async fn activity_series(
         &self,
         level: Level,
@@ -554,45 +568,30 @@ impl Store {
         self.flush_before_reading().await;
         let now = Utc::now();
         let plan = plan(window, now, level);
+        let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
+        let pieces = settled::split(&plan.counters, |level| level.bucket(settled_at));
+        let sums =
+            futures_util::future::try_join_all(pieces.iter().map(|&(level, from, to, settled)| {
+                let key = RangeKey {
+                    kind: Kind::Total,
+                    level,
+                    from,
+                    to,
+                    subjects: Subjects::Buckets,
+                };
+                self.counter_sums(key, settled)
+            }));
+        let (sums, edges) = tokio::try_join!(sums, self.edge_messages(&plan.raw, now))?;
         let mut series: HashMap<i64, i64> = HashMap::new();
-        for &(level, from, to) in &plan.counters {
-            let filter = counter_filter(&RangeKey {
-                kind: Kind::Total,
-                level,
-                from,
-                to,
-                subjects: Subjects::All,
-            });
-            let grouped: Vec<Grouped> = self
-                .db
-                .collection::<Document>(counter_collection(level, Kind::Total))
-                .aggregate(vec![
-                    doc! { "$match": filter },
-                    doc! { "$group": { "_id": "$bucket", "n": { "$sum": "$n" }, "first": { "$min": "$first" }, "last": { "$max": "$last" }, "name": { "$max": "$name" } } },
-                ])
-                .with_type::<Grouped>()
-                .await?
-                .try_collect()
-                .await?;
-            for g in grouped {
-                let start = match g.key {
-                    Bson::Int64(v) => v,
-                    Bson::Int32(v) => i64::from(v),
-                    Bson::Double(v) => {
-                        #[allow(clippy::cast_possible_truncation)]
-                        let v = v as i64;
-                        v
-                    }
-                    _ => continue,
-                };
+        for sum in sums {
+            for (start, t) in sum.iter() {
                 // An hourly counter inside a day bucket belongs to that day.
-                let Some(t) = DateTime::from_timestamp_millis(start) else {
-                    continue;
-                };
-                *series.entry(level.bucket(t)).or_default() += g.n;
+                if let Some(t0) = start.parse().ok().and_then(DateTime::from_timestamp_millis) {
+                    *series.entry(level.bucket(t0)).or_default() += t.n;
+                }
             }
         }
-        for message in self.edge_messages(&plan.raw, now).await? {
+        for message in edges {
             if let Some(t) = DateTime::from_timestamp_millis(message.at_ms) {
                 *series.entry(level.bucket(t)).or_default() += 1;
             }
