@@ -418,14 +418,31 @@ pub async fn user_stats(
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
     let partners_of = Subjects::Prefix(format!("{id}|"));
-    let ([sent, received], pairs) = tokio::try_join!(
+    let [sent, received, pairs] = if window.from.is_none() && window.to.is_none() {
+        // All time: only the partners that can make the top `limit` are read.
+        let ([sent, received], pairs) = tokio::try_join!(
+            state
+                .store
+                .tallies([(Kind::Sent, &exact), (Kind::Received, &exact)], window),
+            state
+                .store
+                .ranking_candidates(Kind::Pair, &partners_of, window, limit),
+        )?;
+        [sent, received, pairs]
+    } else {
+        // One plan, one flush and one read of the raw edges for the three kinds.
         state
             .store
-            .tallies([(Kind::Sent, &exact), (Kind::Received, &exact)], window),
-        state
-            .store
-            .ranking_candidates(Kind::Pair, &partners_of, window, limit),
-    )?;
+            .tallies(
+                [
+                    (Kind::Sent, &exact),
+                    (Kind::Received, &exact),
+                    (Kind::Pair, &partners_of),
+                ],
+                window,
+            )
+            .await?
+    };
     let sent = sent.get(&id).cloned().unwrap_or_default();
     let received = received.get(&id).cloned().unwrap_or_default();
     let first_activity = [sent.first, received.first].into_iter().flatten().min();

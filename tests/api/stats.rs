@@ -351,33 +351,20 @@ async fn every_limit_gives_the_head_of_the_all_time_ranking() {
     let sent = ranking(count(&[(0, 6), (1, 2), (2, 2), (3, 2), (4, 1)]), &names);
     let received = ranking(count(&[(1, 2), (2, 2), (3, 1)]), &names);
     for limit in 1..=6 {
-        let body = get(
-            &app,
-            &users[0].token,
-            &format!("/stats/most-active?limit={limit}"),
-        )
-        .await;
-        let expected = &sent[..limit.min(sent.len())];
-        assert_eq!(listed(&body, "users", "user_id"), expected, "limit {limit}");
-        let body = get(
-            &app,
-            &users[0].token,
-            &format!("/stats/most-solicited?limit={limit}"),
-        )
-        .await;
-        let expected = &received[..limit.min(received.len())];
-        assert_eq!(listed(&body, "users", "user_id"), expected, "limit {limit}");
-        let body = get(
-            &app,
-            &users[0].token,
-            &format!("/stats/users/{}?limit={limit}", users[0].username),
-        )
-        .await;
-        assert_eq!(
-            listed(&body, "top_partners", "user_id"),
-            expected,
-            "limit {limit}"
-        );
+        let partners = format!("/stats/users/{}?limit={limit}", users[0].username);
+        for (path, key, ranking) in [
+            (format!("/stats/most-active?limit={limit}"), "users", &sent),
+            (
+                format!("/stats/most-solicited?limit={limit}"),
+                "users",
+                &received,
+            ),
+            (partners, "top_partners", &received),
+        ] {
+            let body = get(&app, &users[0].token, &path).await;
+            let expected = &ranking[..limit.min(ranking.len())];
+            assert_eq!(listed(&body, key, "user_id"), expected, "{path}");
+        }
     }
 }
 
