@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::{ErrorHandlers, from_fn};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, web};
 use anyhow::Context;
 use tokio::sync::watch;
 use utoipa::OpenApi;
@@ -14,6 +14,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{JwtKeys, PasswordHasher};
 use crate::config::Settings;
+use crate::http::front_door::{self, ServeOptions};
 use crate::http::{self, openapi::ApiDoc};
 use crate::live::{Hub, Live, Outbox};
 use crate::store::{RoomRecord, Store};
@@ -113,11 +114,12 @@ impl Application {
         let openapi = ApiDoc::openapi();
         let store = state.store.clone();
 
-        let mut server = HttpServer::new(move || {
+        let app_state = state.clone();
+        let app = move || {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(http::jsonify_error))
                 .wrap(from_fn(http::request_log::log_request))
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 .app_data(http::json_config(max_body))
                 .app_data(http::query_config())
                 .app_data(http::path_config())
@@ -131,14 +133,12 @@ impl Application {
                     SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", openapi.clone()),
                 )
                 .default_service(web::to(http::not_found))
-        })
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout.as_secs());
-        if settings.http_workers > 0 {
-            server = server.workers(settings.http_workers);
-        }
-        let server = server.run();
+        };
+        let options = ServeOptions {
+            workers: settings.http_workers,
+            shutdown_timeout: settings.shutdown_timeout,
+        };
+        let server = front_door::serve(listener, state, app, options)?;
         tracing::info!(addr = %settings.listen_addr, port, "listening");
         Ok(Self {
             port,

@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use actix_web::cookie::Cookie;
 use actix_web::dev::Payload;
 use actix_web::http::{Method, header};
 use actix_web::{FromRequest, HttpRequest, web};
@@ -33,38 +34,59 @@ impl FromRequest for AuthUser {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = bearer_token(req);
+        let token = request_token(req);
         Box::pin(async move {
             let state = state
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
-            let token = token?;
-            let claims = state.jwt.verify(&token).ok_or_else(|| {
-                ApiError::unauthorized("invalid_token", "the access token is invalid or expired")
-            })?;
-            let user_id = UserId::parse(&claims.sub).map_err(|_| {
-                ApiError::unauthorized("invalid_token", "the access token is invalid or expired")
-            })?;
-            match state.live.touch(&claims.jti, user_id, &claims.name).await? {
-                TouchOutcome::Revoked => Err(ApiError::unauthorized(
-                    "token_revoked",
-                    "the access token has been revoked; log in again",
-                )),
-                TouchOutcome::Active => Ok(AuthUser {
-                    user_id,
-                    username: claims.name,
-                    jti: claims.jti,
-                    expires_at: claims.exp,
-                }),
-            }
+            authenticate(&state, &token?).await
         })
     }
 }
 
-/// The token from, in this order: `Authorization: Bearer`, then (GET only) the
-/// `access_token` cookie or the `access_token` query parameter.
-fn bearer_token(req: &HttpRequest) -> Result<String, ApiError> {
-    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().unwrap_or_default();
+/// Verifies `token`, checks it against the revocation list and refreshes the caller's
+/// presence (one Redis round trip).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+    let invalid =
+        || ApiError::unauthorized("invalid_token", "the access token is invalid or expired");
+    let claims = state.jwt.verify(token).ok_or_else(invalid)?;
+    let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
+    match state.live.touch(&claims.jti, user_id, &claims.name).await? {
+        TouchOutcome::Revoked => Err(ApiError::unauthorized(
+            "token_revoked",
+            "the access token has been revoked; log in again",
+        )),
+        TouchOutcome::Active => Ok(AuthUser {
+            user_id,
+            username: claims.name,
+            jti: claims.jti,
+            expires_at: claims.exp,
+        }),
+    }
+}
+
+fn request_token(req: &HttpRequest) -> Result<String, ApiError> {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or_default());
+    let cookies = req
+        .headers()
+        .get_all(header::COOKIE)
+        .filter_map(|value| value.to_str().ok());
+    let read_only = req.method() == Method::GET || req.method() == Method::HEAD;
+    token_from(authorization, read_only, cookies, req.query_string())
+}
+
+/// The token from, in this order: `Authorization: Bearer`, then (reads only) the
+/// `access_token` cookie or the `access_token` query parameter. `authorization` is the
+/// header's value (empty when it is not visible ASCII), `cookies` the `Cookie` headers.
+pub fn token_from<'a>(
+    authorization: Option<&str>,
+    read_only: bool,
+    cookies: impl Iterator<Item = &'a str>,
+    query: &str,
+) -> Result<String, ApiError> {
+    if let Some(value) = authorization {
         return match value.split_once(' ') {
             Some((scheme, token))
                 if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
@@ -79,13 +101,11 @@ fn bearer_token(req: &HttpRequest) -> Result<String, ApiError> {
     }
     // Cookie and query tokens only for reads: a request that changes something must carry
     // the Authorization header, which another site cannot make a browser send (no CSRF).
-    if req.method() == Method::GET || req.method() == Method::HEAD {
-        if let Some(cookie) = req.cookie(ACCESS_TOKEN_COOKIE)
-            && !cookie.value().is_empty()
-        {
-            return Ok(cookie.value().to_owned());
+    if read_only {
+        if let Some(token) = cookie_value(cookies, ACCESS_TOKEN_COOKIE) {
+            return Ok(token);
         }
-        if let Ok(query) = web::Query::<TokenQuery>::from_query(req.query_string())
+        if let Ok(query) = web::Query::<TokenQuery>::from_query(query)
             && let Some(token) = query.into_inner().access_token.filter(|t| !t.is_empty())
         {
             return Ok(token);
@@ -97,7 +117,47 @@ fn bearer_token(req: &HttpRequest) -> Result<String, ApiError> {
     ))
 }
 
+/// The first non-empty value of cookie `name` in `Cookie` headers (`a=1; b=2`); cookies that
+/// do not parse are skipped.
+fn cookie_value<'a>(headers: impl Iterator<Item = &'a str>, name: &str) -> Option<String> {
+    headers
+        .flat_map(|header| header.split(';'))
+        .filter_map(|pair| Cookie::parse_encoded(pair.trim()).ok())
+        .find(|cookie| cookie.name() == name && !cookie.value().is_empty())
+        .map(|cookie| cookie.value().to_owned())
+}
+
 #[derive(serde::Deserialize)]
 struct TokenQuery {
     access_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_wins_and_cookies_and_queries_count_only_for_reads() {
+        let cookies = || ["theme=dark; access_token=from-cookie"].into_iter();
+        let token = |auth, read_only, query| {
+            token_from(auth, read_only, cookies(), query).map_err(|e| e.code())
+        };
+        assert_eq!(token(Some("Bearer  abc "), false, ""), Ok("abc".to_owned()));
+        assert_eq!(token(Some("Basic abc"), true, ""), Err("invalid_token"));
+        assert_eq!(token(Some(""), true, ""), Err("invalid_token"));
+        assert_eq!(
+            token(None, true, "access_token=q"),
+            Ok("from-cookie".to_owned())
+        );
+        assert_eq!(token(None, false, "access_token=q"), Err("missing_token"));
+        let no_cookie = token_from(
+            None,
+            true,
+            ["a=1", "access_token="].into_iter(),
+            "x=1&access_token=q%2B",
+        );
+        assert_eq!(no_cookie.map_err(|e| e.code()), Ok("q+".to_owned()));
+        let nothing = token_from(None, true, std::iter::empty(), "access_token=");
+        assert_eq!(nothing.map_err(|e| e.code()), Err("missing_token"));
+    }
 }

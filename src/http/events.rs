@@ -91,69 +91,12 @@ pub async fn events(
     req: HttpRequest,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let last = last_event_id(&req, &query)?;
-    // Subscribe first, then read the rooms: see `live::subscription` for why that order.
-    let (receiver, position) = state.hub.subscribe();
-    let position = position.ok_or_else(|| {
-        ApiError::unavailable(
-            "events_unavailable",
-            anyhow::anyhow!("the event log has not been reached yet"),
-        )
-    })?;
-    let mut rooms = state.store.rooms_of_user(user.user_id).await?;
-    rooms.push(state.default_room.room_id());
-    let mut subscription = Subscription::new(user.user_id, user.jti.clone(), rooms);
-
-    let mut opening = vec![Bytes::from(format!("retry: {}\n\n", state.sse.retry_ms))];
-    let mut floor = None;
-    let mut ready_id = position.clone();
-    if let Some(last) = &last {
-        if last.epoch != position.epoch {
-            opening.push(resync_frame(
-                &position,
-                "the event log was reset since your last event id",
-            ));
-        } else if position.is_after(last) {
-            match state.live.replay(last, &position).await? {
-                Some(missed) => {
-                    for event in &missed {
-                        if subscription.admit(event) == Admission::Send {
-                            opening.push(event.frame.clone());
-                        }
-                    }
-                }
-                None => opening.push(resync_frame(
-                    &position,
-                    "the event log no longer holds everything after your last event id",
-                )),
-            }
-        } else {
-            // This instance has not read as far as the one the client came from: skip what
-            // the client already has when it arrives.
-            floor = Some(last.clone());
-            ready_id = last.clone();
-        }
-    }
-    let ready = json!(ReadyEvent {
-        user_id: user.user_id.to_string(),
-        username: user.username.clone(),
-        resumed: last.is_some(),
-    });
-    opening.push(sse_frame(Some(&ready_id), "ready", &ready.to_string()));
-
-    let refresh_every = (state.live.presence_ttl() / 3).max(Duration::from_millis(100));
-    let pump = Pump {
-        shutdown: state.shutdown.clone(),
-        heartbeat: interval_after(state.sse.heartbeat),
-        refresh: interval_after(refresh_every),
-        state: state.into_inner(),
-        user,
-        subscription,
-        receiver,
-        opening: opening.into(),
-        floor,
-        ended: false,
-    };
+    let from_header = req
+        .headers()
+        .get("last-event-id")
+        .map(|value| value.to_str().unwrap_or("\u{0}"));
+    let last = parse_last_event_id(from_header.or(query.last_event_id.as_deref()))?;
+    let pump = Pump::open(state.into_inner(), user, last).await?;
     // The response body pulls frames straight from the fan-out: no task or queue per client,
     // and every frame already waiting is written in one go.
     let body = stream::unfold(pump, |mut pump| async move {
@@ -162,10 +105,13 @@ pub async fn events(
     });
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, "no-cache, no-transform"))
+        .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(body))
 }
+
+/// `Cache-Control` of a stream: no cache or proxy may keep or transform it.
+pub const CACHE_CONTROL: &str = "no-cache, no-transform";
 
 /// An interval whose first tick is one period from now; ticks missed while the client was
 /// not reading are not made up in a burst.
@@ -178,7 +124,7 @@ fn interval_after(period: Duration) -> tokio::time::Interval {
 /// One client's stream: the opening frames, then live events it may see, heartbeats, and
 /// presence refreshes, until the client goes (the body is dropped), its token is revoked, or
 /// shutdown.
-struct Pump {
+pub struct Pump {
     state: Arc<AppState>,
     user: AuthUser,
     subscription: Subscription,
@@ -192,7 +138,100 @@ struct Pump {
 }
 
 impl Pump {
-    async fn next_frame(&mut self) -> Option<Bytes> {
+    /// Subscribes `user` to the fan-out and prepares the opening frames: `retry`, what the
+    /// client missed since `last` (or `resync`), then `ready`.
+    pub async fn open(
+        state: Arc<AppState>,
+        user: AuthUser,
+        last: Option<EventId>,
+    ) -> Result<Self, ApiError> {
+        // Subscribe first, then read the rooms: see `live::subscription` for why that order.
+        let (receiver, position) = state.hub.subscribe();
+        let position = position.ok_or_else(|| {
+            ApiError::unavailable(
+                "events_unavailable",
+                anyhow::anyhow!("the event log has not been reached yet"),
+            )
+        })?;
+        let mut rooms = state.store.rooms_of_user(user.user_id).await?;
+        rooms.push(state.default_room.room_id());
+        let mut subscription = Subscription::new(user.user_id, user.jti.clone(), rooms);
+
+        let mut opening = vec![Bytes::from(format!("retry: {}\n\n", state.sse.retry_ms))];
+        let mut floor = None;
+        let mut ready_id = position.clone();
+        if let Some(last) = &last {
+            if last.epoch != position.epoch {
+                opening.push(resync_frame(
+                    &position,
+                    "the event log was reset since your last event id",
+                ));
+            } else if position.is_after(last) {
+                match state.live.replay(last, &position).await? {
+                    Some(missed) => {
+                        for event in &missed {
+                            if subscription.admit(event) == Admission::Send {
+                                opening.push(event.frame.clone());
+                            }
+                        }
+                    }
+                    None => opening.push(resync_frame(
+                        &position,
+                        "the event log no longer holds everything after your last event id",
+                    )),
+                }
+            } else {
+                // This instance has not read as far as the one the client came from: skip
+                // what the client already has when it arrives.
+                floor = Some(last.clone());
+                ready_id = last.clone();
+            }
+        }
+        let ready = json!(ReadyEvent {
+            user_id: user.user_id.to_string(),
+            username: user.username.clone(),
+            resumed: last.is_some(),
+        });
+        opening.push(sse_frame(Some(&ready_id), "ready", &ready.to_string()));
+
+        let refresh_every = (state.live.presence_ttl() / 3).max(Duration::from_millis(100));
+        Ok(Pump {
+            shutdown: state.shutdown.clone(),
+            heartbeat: interval_after(state.sse.heartbeat),
+            refresh: interval_after(refresh_every),
+            state,
+            user,
+            subscription,
+            receiver,
+            opening: opening.into(),
+            floor,
+            ended: false,
+        })
+    }
+
+    /// The next frame already waiting, without waiting: for writing several frames at once.
+    /// Heartbeats and presence refreshes are left to [`Pump::next_frame`].
+    pub fn ready_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.opening.pop_front() {
+            return Some(frame);
+        }
+        while !self.ended {
+            let step = match self.receiver.try_recv() {
+                Ok(item) => self.step(&item),
+                Err(broadcast::error::TryRecvError::Empty) => return None,
+                Err(err) => self.closed(err.into()),
+            };
+            match step {
+                Step::Frame(frame) => return Some(frame),
+                Step::Skip => {}
+                Step::End => self.ended = true,
+            }
+        }
+        None
+    }
+
+    /// The next frame to write; `None` ends the stream.
+    pub async fn next_frame(&mut self) -> Option<Bytes> {
         if let Some(frame) = self.opening.pop_front() {
             return Some(frame);
         }
@@ -201,34 +240,17 @@ impl Pump {
         }
         loop {
             tokio::select! {
-                item = self.receiver.recv() => match item {
-                    Ok(item) => match item.as_ref() {
-                        HubItem::Event(event) => {
-                            if self.floor.as_ref().is_some_and(|floor| !event.id.is_after(floor)) {
-                                continue;
-                            }
-                            self.floor = None;
-                            match self.subscription.admit(event) {
-                                Admission::Send => return Some(event.frame.clone()),
-                                Admission::Skip => continue,
-                                Admission::Close => {
-                                    self.ended = true;
-                                    return Some(sse_frame(None, "logout", r#"{"reason":"token revoked"}"#));
-                                }
-                            }
-                        }
-                        HubItem::Resync(position) => {
-                            self.floor = None;
-                            return Some(resync_frame(position, "the event log was reset"));
-                        }
-                    },
-                    // Too slow to keep up: end the stream; the client resumes from the log.
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
-                        return None;
+                item = self.receiver.recv() => {
+                    let step = match item {
+                        Ok(item) => self.step(&item),
+                        Err(err) => self.closed(err.into()),
+                    };
+                    match step {
+                        Step::Frame(frame) => return Some(frame),
+                        Step::Skip => continue,
+                        Step::End => return None,
                     }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
+                }
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
                 _ = self.refresh.tick() => {
                     // An open stream keeps its user online; a revoked token ends it.
@@ -245,6 +267,74 @@ impl Pump {
     }
 }
 
+/// What one item of the fan-out means for one stream.
+enum Step {
+    Frame(Bytes),
+    Skip,
+    End,
+}
+
+/// Why the fan-out gave no item.
+enum Gap {
+    Lagged(u64),
+    Closed,
+}
+
+impl From<broadcast::error::RecvError> for Gap {
+    fn from(err: broadcast::error::RecvError) -> Self {
+        match err {
+            broadcast::error::RecvError::Lagged(skipped) => Gap::Lagged(skipped),
+            broadcast::error::RecvError::Closed => Gap::Closed,
+        }
+    }
+}
+
+impl From<broadcast::error::TryRecvError> for Gap {
+    fn from(err: broadcast::error::TryRecvError) -> Self {
+        match err {
+            broadcast::error::TryRecvError::Lagged(skipped) => Gap::Lagged(skipped),
+            _ => Gap::Closed,
+        }
+    }
+}
+
+impl Pump {
+    fn step(&mut self, item: &HubItem) -> Step {
+        match item {
+            HubItem::Event(event) => {
+                if self
+                    .floor
+                    .as_ref()
+                    .is_some_and(|floor| !event.id.is_after(floor))
+                {
+                    return Step::Skip;
+                }
+                self.floor = None;
+                match self.subscription.admit(event) {
+                    Admission::Send => Step::Frame(event.frame.clone()),
+                    Admission::Skip => Step::Skip,
+                    Admission::Close => {
+                        self.ended = true;
+                        Step::Frame(sse_frame(None, "logout", r#"{"reason":"token revoked"}"#))
+                    }
+                }
+            }
+            HubItem::Resync(position) => {
+                self.floor = None;
+                Step::Frame(resync_frame(position, "the event log was reset"))
+            }
+        }
+    }
+
+    fn closed(&self, gap: Gap) -> Step {
+        if let Gap::Lagged(skipped) = gap {
+            // Too slow to keep up: end the stream; the client resumes from the log.
+            tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
+        }
+        Step::End
+    }
+}
+
 fn resync_frame(position: &EventId, reason: &str) -> Bytes {
     let data = json!(ResyncEvent {
         reason: reason.to_owned()
@@ -252,12 +342,10 @@ fn resync_frame(position: &EventId, reason: &str) -> Bytes {
     sse_frame(Some(position), "resync", &data.to_string())
 }
 
-fn last_event_id(req: &HttpRequest, query: &EventsQuery) -> Result<Option<EventId>, ApiError> {
-    let raw = match req.headers().get("last-event-id") {
-        Some(value) => Some(value.to_str().unwrap_or("\u{0}").to_owned()),
-        None => query.last_event_id.clone(),
-    };
-    match raw.as_deref().map(str::trim) {
+/// The resume point: the `Last-Event-ID` header's value (a value that is not visible ASCII
+/// given as `"\u{0}"`), else the `last_event_id` query parameter.
+pub fn parse_last_event_id(raw: Option<&str>) -> Result<Option<EventId>, ApiError> {
+    match raw.map(str::trim) {
         None | Some("") => Ok(None),
         Some(raw) => EventId::parse(raw).map(Some).ok_or_else(|| {
             ApiError::bad_request(

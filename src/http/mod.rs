@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod events;
+pub mod front_door;
 pub mod health;
 pub mod messages;
 pub mod openapi;

@@ -3,6 +3,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{ScratchRedis, TestUser, error_code, spawn_app, spawn_app_with, unique};
 use crate::sse::SseEvent;
@@ -46,16 +48,26 @@ async fn a_message_arrives_live_on_the_stream_of_another_user() {
 async fn a_browser_event_source_can_authenticate_with_the_query_or_the_cookie() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
-    for request in [
-        app.get(&format!("/events?access_token={}", alice.token)),
-        app.get("/events")
-            .header("cookie", format!("access_token={}", alice.token)),
-    ] {
-        let res = request.send().await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["content-type"], "text/event-stream");
+    // On connections of their own (the front door) and on a reused one (actix-web).
+    for client in [&app.fresh_client, &app.client] {
+        for request in [
+            client.get(app.url(&format!("/events?access_token={}", alice.token))),
+            client.get(app.url("/events")).header(
+                "cookie",
+                format!("theme=dark; access_token={}", alice.token),
+            ),
+        ] {
+            let res = request.send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            assert_eq!(res.headers()["content-type"], "text/event-stream");
+        }
     }
-    let res = app.get("/events").send().await.unwrap();
+    let res = app
+        .fresh_client
+        .get(app.url("/events"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(
         error_code(res, StatusCode::UNAUTHORIZED).await,
         "missing_token"
@@ -335,9 +347,12 @@ async fn a_client_away_longer_than_the_log_keeps_is_told_to_resync() {
 async fn last_event_ids_are_validated() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
+    // A new connection each: the front door hands a request it refuses to actix-web, which
+    // answers it as every other error is answered.
     for bad in ["garbage", "12-x-0", "--", "abc-1-2-3"] {
         let res = app
-            .get("/events")
+            .fresh_client
+            .get(app.url("/events"))
             .bearer_auth(&alice.token)
             .header("last-event-id", bad)
             .send()
@@ -350,7 +365,8 @@ async fn last_event_ids_are_validated() {
         );
     }
     let res = app
-        .get("/events?last_event_id=nope")
+        .fresh_client
+        .get(app.url("/events?last_event_id=nope"))
         .bearer_auth(&alice.token)
         .send()
         .await
@@ -487,4 +503,126 @@ async fn a_redis_restart_that_loses_the_log_makes_streams_resync_and_recover() {
     }
     let mut resumed = app.events(&alice.token, Some(&before_restart)).await;
     assert_eq!(resumed.next().await.unwrap().event, "resync");
+}
+
+#[tokio::test]
+async fn a_stream_on_a_connection_that_carried_a_request_before_works_the_same() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&bob.token).await;
+    // At most one idle connection: the stream goes out on the one `/healthz` used.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let health = client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    health.bytes().await.unwrap();
+    let mut stream = app.events_with(&client, &alice.token).await;
+    assert!(
+        stream.headers.get("connection").is_none(),
+        "served by actix-web on the kept-alive connection"
+    );
+    stream.expect("ready").await;
+    app.post_to_room(&bob.token, &general, "on the old connection")
+        .await;
+    assert_eq!(
+        stream.messages(1).await[0].json()["body"],
+        "on the old connection"
+    );
+    app.logout(&alice.token).await;
+    stream.expect("logout").await;
+    assert!(
+        stream.next().await.is_none(),
+        "the stream ends after logout"
+    );
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `socket`, keeping what follows
+/// it in `buffer`: `(head, body)`.
+async fn read_response(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> (String, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8(buffer[..end].to_vec()).unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .expect("a content-length");
+            if buffer.len() >= end + 4 + length {
+                let body = buffer[end + 4..end + 4 + length].to_vec();
+                buffer.drain(..end + 4 + length);
+                return (head, body);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(read > 0, "connection closed after {buffer:?}");
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_stream_is_answered_like_any_request_and_its_connection_lives_on() {
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = TcpStream::connect(&address).await.unwrap();
+    let mut buffer = Vec::new();
+    socket
+        .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer nonsense\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut socket, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "invalid_token");
+
+    // The same connection goes on serving requests, pipelined ones included.
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, _) = read_response(&mut socket, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (head, body) = read_response(&mut socket, &mut buffer).await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "not_found");
+}
+
+#[tokio::test]
+async fn a_stream_whose_client_went_away_is_released_at_once() {
+    // With a 1 s TTL an open stream refreshes its user's presence every 333 ms, and the
+    // heartbeat (15 s) is far off: carol goes offline only if her stream ended when her
+    // client closed the connection.
+    let app = spawn_app_with(&[("PRESENCE_TTL_SECS", "1".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let carol = app.signup("carol").await;
+    let mut watcher = app.ready_events(&alice.token).await;
+    let carols = app.ready_events(&carol.token).await;
+    drop(carols);
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "carol is still online: her stream outlived her connection"
+        );
+        let event = watcher.expect("presence").await.json();
+        if event["username"] == carol.username.as_str() && event["online"] == false {
+            break;
+        }
+    }
 }

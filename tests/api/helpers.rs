@@ -38,6 +38,9 @@ pub struct TestApp {
     pub address: String,
     pub settings: Settings,
     pub client: reqwest::Client,
+    /// A client that opens a new connection for every request, as an `EventSource`
+    /// (re)connecting does: its streams are served by the front door, not by actix-web.
+    pub fresh_client: reqwest::Client,
     pub shutdown: chat_server::startup::Shutdown,
 }
 
@@ -96,6 +99,11 @@ async fn start(settings: Settings) -> TestApp {
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        fresh_client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
             .build()
             .unwrap(),
         shutdown,

@@ -35,17 +35,40 @@ pub struct EventStream {
 }
 
 impl TestApp {
-    /// Opens `GET /events`, resuming after `last_event_id` when given (as a header).
+    /// Opens `GET /events` on a new connection, resuming after `last_event_id` when given (as
+    /// a header). Asserts that the front door served it (`connection: close`).
     pub async fn events(&self, token: &str, last_event_id: Option<&str>) -> EventStream {
-        let mut request = self
-            .get("/events")
-            .bearer_auth(token)
-            .timeout(Duration::from_secs(120));
+        let request = self.fresh_client.get(self.url("/events"));
+        let stream = Self::open_events(request, token, last_event_id).await;
+        assert_eq!(
+            stream.headers["connection"], "close",
+            "served by the front door"
+        );
+        stream
+    }
+
+    /// Opens `GET /events` with `client`, which may reuse a connection (actix-web serves a
+    /// stream on a connection that carried a request before).
+    pub async fn events_with(&self, client: &reqwest::Client, token: &str) -> EventStream {
+        Self::open_events(client.get(self.url("/events")), token, None).await
+    }
+
+    async fn open_events(
+        request: reqwest::RequestBuilder,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> EventStream {
+        let mut request = request.bearer_auth(token).timeout(Duration::from_secs(120));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        assert_eq!(
+            response.headers()["cache-control"],
+            "no-cache, no-transform"
+        );
         EventStream {
             headers: response.headers().clone(),
             stream: Box::pin(response.bytes_stream()),

@@ -1,0 +1,472 @@
+//! The listener. Every connection goes to actix-web, except one whose first request opens the
+//! event stream (`GET /events`): that one is served here, straight on the socket.
+//!
+//! Why: an idle stream is what a chat server holds most of. actix-web keeps an 8 KiB read and
+//! an 8 KiB write buffer per connection for as long as it lives, more than everything else a
+//! stream needs; a stream served here holds the socket, the [`Pump`] and nothing else, and
+//! writes the fan-out's shared frames to the socket without copying them. Streams opened on a
+//! connection that already carried another request stay with actix-web, with the same
+//! protocol (same [`Pump`]), so nothing depends on which path a client takes.
+//!
+//! The first read of a connection is classified: a complete `GET /events` head, HTTP/1.1, with
+//! no body and nothing after it, is a stream; anything else, including a head split over
+//! several reads, goes to actix-web together with the bytes already read. So does a stream
+//! request that fails before it starts (bad token, malformed `Last-Event-ID`, Redis or MongoDB
+//! down): actix-web answers it again, with the error response every other path gives.
+
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_http::{HttpService, KeepAlive, Protocol, Request, Response};
+use actix_server::Server;
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service,
+    map_config,
+};
+use actix_web::body::MessageBody;
+use actix_web::dev::AppConfig;
+use actix_web::web::{self, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::auth::{authenticate, token_from};
+use crate::error::ApiError;
+use crate::http::events::{CACHE_CONTROL, EventsQuery, Pump, parse_last_event_id};
+use crate::startup::AppState;
+
+/// How long a new connection may take to send its first bytes, and actix-web a request head
+/// (its default).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first read of a connection: a request head bigger than this goes to actix-web.
+const FIRST_READ: usize = 4096;
+/// Frames written with one system call at most.
+const BATCH: usize = 8;
+/// A stream whose client has not taken a write within this long is closed.
+const STALLED_WRITE: Duration = Duration::from_secs(30);
+
+/// Server-wide settings of [`serve`].
+pub struct ServeOptions {
+    /// Worker threads; 0 for one per core.
+    pub workers: usize,
+    /// How long shutdown waits for open connections.
+    pub shutdown_timeout: Duration,
+}
+
+/// Serves `app` (an actix-web application factory, as given to `HttpServer::new`) on
+/// `listener`, with event streams that open a connection served by this module. The server
+/// is configured as `HttpServer` configures it by default, signals disabled.
+pub fn serve<F, I, S, B>(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    app: F,
+    options: ServeOptions,
+) -> io::Result<Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    let addr = listener.local_addr()?;
+    let mut builder = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(options.shutdown_timeout.as_secs());
+    if options.workers > 0 {
+        builder = builder.workers(options.workers);
+    }
+    let graceful = builder.graceful_shutdown_signal();
+    builder
+        .listen("chat-api", listener, move || {
+            let graceful = graceful.clone();
+            let state = state.clone();
+            let application = app()
+                .into_factory()
+                .map_err(|err| err.into().error_response());
+            let http = HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let graceful = graceful.clone();
+                    async move { graceful.notified().await }
+                })
+                .keep_alive(KeepAlive::default())
+                .client_request_timeout(REQUEST_TIMEOUT)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .h1_allow_half_closed(true)
+                .local_addr(addr)
+                // The host and address of `AppConfig` only serve URL generation, unused here.
+                .finish(map_config(application, |_| AppConfig::default()));
+            fn_factory(move || {
+                let handler = http.new_service(());
+                let state = state.clone();
+                async move {
+                    let handler = Rc::new(handler.await.map_err(|_| ())?);
+                    Ok::<_, ()>(fn_service(move |io: TcpStream| {
+                        let connection = connection(io, Rc::clone(&handler), state.clone());
+                        async move {
+                            connection.await;
+                            Ok::<_, ()>(())
+                        }
+                    }))
+                }
+            })
+        })
+        .map(|builder| builder.run())
+}
+
+/// One accepted connection, from its first read to its end.
+async fn connection<H>(mut io: TcpStream, http: Rc<H>, state: web::Data<AppState>)
+where
+    H: Service<(Prefixed, Protocol, Option<SocketAddr>)>,
+{
+    let peer = io.peer_addr().ok();
+    let mut head = BytesMut::with_capacity(FIRST_READ);
+    // Closed or failed: nothing to answer. Silent so far: actix-web applies its request
+    // timeout and closes.
+    if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(REQUEST_TIMEOUT, io.read_buf(&mut head)).await
+    {
+        return;
+    }
+    let head = head.freeze();
+    if let Some(request) = StreamRequest::parse(&head) {
+        let started = Instant::now();
+        // Boxed, as the stream below: the task of a connection is as big as the biggest
+        // state of this function, and a held stream should not pay for the others.
+        if let Ok(pump) = Box::pin(open(&state, request)).await {
+            tracing::info!(
+                method = "GET",
+                path = "/events",
+                status = 200,
+                latency_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+                "request"
+            );
+            drop(head);
+            drop(state);
+            Box::pin(stream(io, pump)).await;
+            return;
+        }
+    }
+    let _ = Box::pin(http.call((Prefixed::new(head, io), Protocol::Http1, peer))).await;
+}
+
+/// What a stream request carries, owned, so that the head it was read from can go.
+struct StreamRequest {
+    authorization: Option<String>,
+    cookies: Vec<String>,
+    last_event_id: Option<String>,
+    query: String,
+}
+
+impl StreamRequest {
+    /// The request in `head` if it is exactly one complete `GET /events` head that this
+    /// module serves.
+    fn parse(head: &[u8]) -> Option<Self> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(head) {
+            Ok(httparse::Status::Complete(len)) if len == head.len() => {}
+            _ => return None,
+        }
+        if request.method != Some("GET") || request.version != Some(1) {
+            return None;
+        }
+        let (path, query) = request.path?.split_once('?').unwrap_or((request.path?, ""));
+        if path != "/events" {
+            return None;
+        }
+        let mut parsed = StreamRequest {
+            authorization: None,
+            cookies: Vec::new(),
+            last_event_id: None,
+            query: query.to_owned(),
+        };
+        for header in request.headers.iter() {
+            let value = visible_ascii(header.value);
+            let name = header.name;
+            if name.eq_ignore_ascii_case("authorization") {
+                // Like actix-web: the first one counts, and one that is not text is empty.
+                parsed
+                    .authorization
+                    .get_or_insert_with(|| value.unwrap_or_default().to_owned());
+            } else if name.eq_ignore_ascii_case("cookie") {
+                parsed.cookies.extend(value.map(str::to_owned));
+            } else if name.eq_ignore_ascii_case("last-event-id") {
+                parsed
+                    .last_event_id
+                    .get_or_insert_with(|| value.unwrap_or("\u{0}").to_owned());
+            } else if name.eq_ignore_ascii_case("content-length") {
+                if value.map(str::trim) != Some("0") {
+                    return None;
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("upgrade")
+                || name.eq_ignore_ascii_case("expect")
+            {
+                return None;
+            }
+        }
+        Some(parsed)
+    }
+}
+
+/// A header value as text if it is visible ASCII (or tabs), as `HeaderValue::to_str` has it.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (32..127).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
+/// Authenticates the request and opens its stream, in the order the actix-web handler's
+/// extractors take: token, query, `Last-Event-ID`.
+async fn open(state: &web::Data<AppState>, request: StreamRequest) -> Result<Pump, ApiError> {
+    let cookies = request.cookies.iter().map(String::as_str);
+    let token = token_from(
+        request.authorization.as_deref(),
+        true,
+        cookies,
+        &request.query,
+    )?;
+    let user = authenticate(state, &token).await?;
+    let query = web::Query::<EventsQuery>::from_query(&request.query)
+        .map_err(|err| ApiError::bad_request("invalid_query", format!("invalid query: {err}")))?;
+    let last = request.last_event_id.as_deref();
+    let last = parse_last_event_id(last.or(query.last_event_id.as_deref()))?;
+    Pump::open(state.clone().into_inner(), user, last).await
+}
+
+/// Writes the response head, then the stream's frames as HTTP/1.1 chunks, each batch of
+/// frames already waiting in one system call, until the stream or the client ends.
+async fn stream(mut io: TcpStream, mut pump: Pump) {
+    // Frames are small and must go at once.
+    let _ = io.set_nodelay(true);
+    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: {CACHE_CONTROL}\r\n\
+         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\
+         date: {date}\r\n\r\n"
+    );
+    if !within(STALLED_WRITE, io.write_all(head.as_bytes())).await {
+        return;
+    }
+    drop(head);
+    let mut batch: [Bytes; BATCH] = Default::default();
+    loop {
+        let next = tokio::select! {
+            frame = pump.next_frame() => frame,
+            gone = client_gone(&io) => if gone { return } else { continue },
+        };
+        let Some(first) = next else { break };
+        batch[0] = first;
+        let mut len = 1;
+        while len < BATCH
+            && let Some(frame) = pump.ready_frame()
+        {
+            batch[len] = frame;
+            len += 1;
+        }
+        let written = within(STALLED_WRITE, write_chunk(&mut io, &batch[..len])).await;
+        batch.iter_mut().for_each(|frame| *frame = Bytes::new());
+        if !written {
+            return;
+        }
+    }
+    if within(STALLED_WRITE, io.write_all(b"0\r\n\r\n")).await {
+        let _ = io.shutdown().await;
+    }
+}
+
+/// Whether `write` completed within `bound`.
+async fn within(bound: Duration, write: impl Future<Output = io::Result<()>>) -> bool {
+    matches!(tokio::time::timeout(bound, write).await, Ok(Ok(())))
+}
+
+/// Resolves when the socket turns readable: `true` if the client closed it (or it failed),
+/// `false` if the client sent something, which a stream ignores.
+async fn client_gone(io: &TcpStream) -> bool {
+    if io.readable().await.is_err() {
+        return true;
+    }
+    let mut scratch = [0u8; 64];
+    match io.try_read(&mut scratch) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Writes `frames` as one chunk: size line, the frames' shared bytes, CRLF.
+async fn write_chunk(io: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
+    let len: usize = frames.iter().map(Bytes::len).sum();
+    let mut size = [0u8; 20];
+    let size = chunk_size_line(len, &mut size);
+    let mut slices = [IoSlice::new(&[]); BATCH + 2];
+    slices[0] = IoSlice::new(size);
+    for (slice, frame) in slices[1..].iter_mut().zip(frames) {
+        *slice = IoSlice::new(frame);
+    }
+    slices[frames.len() + 1] = IoSlice::new(b"\r\n");
+    let mut pending = &mut slices[..frames.len() + 2];
+    while !pending.is_empty() {
+        let written = io.write_vectored(pending).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut pending, written);
+    }
+    Ok(())
+}
+
+/// `len` in hexadecimal followed by CRLF, written into `buf`.
+fn chunk_size_line(len: usize, buf: &mut [u8; 20]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut start = buf.len() - 2;
+    buf[start..].copy_from_slice(b"\r\n");
+    let mut rest = len;
+    loop {
+        start -= 1;
+        buf[start] = HEX[rest % 16];
+        rest /= 16;
+        if rest == 0 {
+            break;
+        }
+    }
+    &buf[start..]
+}
+
+/// A connection handed to actix-web: the bytes already read, then the socket.
+pub struct Prefixed {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl Prefixed {
+    fn new(prefix: Bytes, io: TcpStream) -> Self {
+        Self { prefix, io }
+    }
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        // Release the first read's buffer as soon as it has been handed over.
+        this.prefix = if n == this.prefix.len() {
+            Bytes::new()
+        } else {
+            this.prefix.slice(n..)
+        };
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(head: &str) -> Option<StreamRequest> {
+        StreamRequest::parse(head.as_bytes())
+    }
+
+    #[test]
+    fn only_a_complete_stream_request_is_served_here() {
+        let stream = parse(
+            "GET /events?last_event_id=a-1-0&access_token=t HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer abc\r\nCookie: a=1\r\nCookie: access_token=c\r\n\
+             Last-Event-ID: e-2-0\r\nContent-Length: 0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(stream.authorization.as_deref(), Some("Bearer abc"));
+        assert_eq!(stream.cookies, ["a=1", "access_token=c"]);
+        assert_eq!(stream.last_event_id.as_deref(), Some("e-2-0"));
+        assert_eq!(stream.query, "last_event_id=a-1-0&access_token=t");
+        assert!(parse("GET /events HTTP/1.1\r\nHost: x\r\n\r\n").is_some());
+
+        for other in [
+            "GET /events HTTP/1.1\r\nHost: x\r\n", // head not complete
+            "GET /events HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\n\r\n", // pipelined
+            "GET /events HTTP/1.0\r\n\r\n",
+            "HEAD /events HTTP/1.1\r\n\r\n",
+            "POST /events HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "GET /events HTTP/1.1\r\nContent-Length: 2\r\n\r\n",
+            "GET /events HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /events HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /events/ HTTP/1.1\r\n\r\n",
+            "GET /eventsx HTTP/1.1\r\n\r\n",
+            "GET /healthz HTTP/1.1\r\n\r\n",
+            "not http at all\r\n\r\n",
+        ] {
+            assert!(parse(other).is_none(), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn header_values_that_are_not_text_read_as_actix_web_reads_them() {
+        let mut head = b"GET /events HTTP/1.1\r\nAuthorization: Bearer ".to_vec();
+        head.extend_from_slice(
+            b"\xff\r\nLast-Event-ID: \xfe\r\nAuthorization: Bearer second\r\n\r\n",
+        );
+        let stream = StreamRequest::parse(&head).unwrap();
+        assert_eq!(stream.authorization.as_deref(), Some(""));
+        assert_eq!(stream.last_event_id.as_deref(), Some("\u{0}"));
+    }
+
+    #[test]
+    fn chunk_sizes_are_hexadecimal_lines() {
+        let mut buf = [0u8; 20];
+        assert_eq!(chunk_size_line(0, &mut buf), b"0\r\n");
+        assert_eq!(chunk_size_line(10, &mut buf), b"a\r\n");
+        assert_eq!(chunk_size_line(4096, &mut buf), b"1000\r\n");
+        assert_eq!(
+            chunk_size_line(usize::MAX, &mut buf),
+            b"ffffffffffffffff\r\n"
+        );
+    }
+}
