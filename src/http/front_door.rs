@@ -10,9 +10,11 @@
 //!
 //! The first read of a connection is classified: a complete `GET /events` head, HTTP/1.1, with
 //! no body and nothing after it, is a stream; anything else, including a head split over
-//! several reads, goes to actix-web together with the bytes already read. So does a stream
-//! request that fails before it starts (bad token, malformed `Last-Event-ID`, Redis or MongoDB
-//! down): actix-web answers it again, with the error response every other path gives.
+//! several reads, goes to actix-web together with the bytes already read. A stream request that
+//! fails before it starts (bad token, malformed `Last-Event-ID`, Redis or MongoDB down) gets
+//! the same error response actix-web would give (`ApiError::error_response`), then the
+//! connection closes. A client that closes its side of the connection is gone: its stream ends
+//! at once (EventSource and proxies close both sides; a half-closed client is not kept).
 
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -28,8 +30,10 @@ use actix_service::{
     IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt, fn_factory, fn_service,
     map_config,
 };
-use actix_web::body::MessageBody;
+use actix_web::ResponseError;
+use actix_web::body::{MessageBody, to_bytes};
 use actix_web::dev::AppConfig;
+use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -129,32 +133,40 @@ where
 {
     let peer = io.peer_addr().ok();
     let mut head = BytesMut::with_capacity(FIRST_READ);
-    // Closed or failed: nothing to answer. Silent so far: actix-web applies its request
-    // timeout and closes.
-    if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(REQUEST_TIMEOUT, io.read_buf(&mut head)).await
-    {
+    let mut shutdown = state.shutdown.clone();
+    let first_read = tokio::select! {
+        read = tokio::time::timeout(REQUEST_TIMEOUT, io.read_buf(&mut head)) => read,
+        _ = shutdown.wait_for(|&stopping| stopping) => return,
+    };
+    // Closed, failed, or silent for the whole request timeout: nothing to answer.
+    if !matches!(first_read, Ok(Ok(read)) if read > 0) {
         return;
     }
     let head = head.freeze();
-    if let Some(request) = StreamRequest::parse(&head) {
-        let started = Instant::now();
-        // Boxed, as the stream below: the task of a connection is as big as the biggest
-        // state of this function, and a held stream should not pay for the others.
-        if let Ok(pump) = Box::pin(open(&state, request)).await {
-            tracing::info!(
-                method = "GET",
-                path = "/events",
-                status = 200,
-                latency_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
-                "request"
-            );
-            drop(head);
-            drop(state);
-            Box::pin(stream(io, pump)).await;
-            return;
-        }
+    let Some(request) = StreamRequest::parse(&head) else {
+        let _ = Box::pin(http.call((Prefixed::new(head, io), Protocol::Http1, peer))).await;
+        return;
+    };
+    drop(head);
+    let started = Instant::now();
+    // Boxed, as what follows: the task of a connection is as big as the biggest state of this
+    // function, and a held stream should not pay for the others.
+    let opened = Box::pin(open(&state, request)).await;
+    drop(state);
+    let status = opened
+        .as_ref()
+        .map_or_else(|err| err.status_code(), |_| StatusCode::OK);
+    tracing::info!(
+        method = "GET",
+        path = "/events",
+        status = status.as_u16(),
+        latency_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    match opened {
+        Ok(pump) => Box::pin(stream(io, pump)).await,
+        Err(err) => Box::pin(refuse(io, &err)).await,
     }
-    let _ = Box::pin(http.call((Prefixed::new(head, io), Protocol::Http1, peer))).await;
 }
 
 /// What a stream request carries, owned, so that the head it was read from can go.
@@ -178,7 +190,12 @@ impl StreamRequest {
         if request.method != Some("GET") || request.version != Some(1) {
             return None;
         }
-        let (path, query) = request.path?.split_once('?').unwrap_or((request.path?, ""));
+        let target = request.path?;
+        // actix-web refuses a target that is not visible ASCII: so does this path.
+        if !target.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         if path != "/events" {
             return None;
         }
@@ -244,12 +261,45 @@ async fn open(state: &web::Data<AppState>, request: StreamRequest) -> Result<Pum
     Pump::open(state.clone().into_inner(), user, last).await
 }
 
+/// Answers a stream request that cannot be served with the API's error response, then closes.
+async fn refuse(mut io: TcpStream, err: &ApiError) {
+    let response = err.error_response();
+    let status = response.status();
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default()
+    )
+    .into_bytes();
+    for (name, value) in response.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let body = to_bytes(response.into_body()).await.unwrap_or_default();
+    let date = http_date();
+    let length = body.len();
+    head.extend_from_slice(
+        format!("content-length: {length}\r\nconnection: close\r\ndate: {date}\r\n\r\n").as_bytes(),
+    );
+    head.extend_from_slice(&body);
+    if within(STALLED_WRITE, io.write_all(&head)).await {
+        let _ = io.shutdown().await;
+    }
+}
+
+/// Now, as the `Date` header has it.
+fn http_date() -> impl std::fmt::Display {
+    chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT")
+}
+
 /// Writes the response head, then the stream's frames as HTTP/1.1 chunks, each batch of
 /// frames already waiting in one system call, until the stream or the client ends.
 async fn stream(mut io: TcpStream, mut pump: Pump) {
     // Frames are small and must go at once.
     let _ = io.set_nodelay(true);
-    let date = chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
+    let date = http_date();
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: {CACHE_CONTROL}\r\n\
          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\
@@ -263,7 +313,7 @@ async fn stream(mut io: TcpStream, mut pump: Pump) {
     loop {
         let next = tokio::select! {
             frame = pump.next_frame() => frame,
-            gone = client_gone(&io) => if gone { return } else { continue },
+            () = client_gone(&io) => return,
         };
         let Some(first) = next else { break };
         batch[0] = first;
@@ -290,17 +340,21 @@ async fn within(bound: Duration, write: impl Future<Output = io::Result<()>>) ->
     matches!(tokio::time::timeout(bound, write).await, Ok(Ok(())))
 }
 
-/// Resolves when the socket turns readable: `true` if the client closed it (or it failed),
-/// `false` if the client sent something, which a stream ignores.
-async fn client_gone(io: &TcpStream) -> bool {
-    if io.readable().await.is_err() {
-        return true;
-    }
-    let mut scratch = [0u8; 64];
-    match io.try_read(&mut scratch) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(err) => err.kind() != io::ErrorKind::WouldBlock,
+/// Resolves when the client has closed the connection (or it failed). What a client sends
+/// on a stream is read and ignored, here, so that the stream's own future is never dropped
+/// half-way (it may be refreshing presence).
+async fn client_gone(io: &TcpStream) {
+    loop {
+        if io.readable().await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 64];
+        match io.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 
@@ -456,6 +510,8 @@ mod tests {
         let stream = StreamRequest::parse(&head).unwrap();
         assert_eq!(stream.authorization.as_deref(), Some(""));
         assert_eq!(stream.last_event_id.as_deref(), Some("\u{0}"));
+        // actix-web refuses a target that is not ASCII; it answers that one.
+        assert!(StreamRequest::parse(b"GET /events?x=\xc3\xa9 HTTP/1.1\r\n\r\n").is_none());
     }
 
     #[test]

@@ -159,4 +159,17 @@ async fn mongodb_down_means_503_with_the_error_body() {
         !body.to_string().contains("127.0.0.1"),
         "no internals in the body: {body}"
     );
+    // A stream on a connection of its own (the lean path) gets the same answer, once.
+    let res = app
+        .fresh_client
+        .get(app.url("/events"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
 }

@@ -397,7 +397,7 @@ async fn logout_ends_the_stream_of_that_token_on_every_instance() {
         "token revoked"
     );
     assert!(
-        doomed.next().await.is_none() && doomed.ended,
+        doomed.next().await.is_none() && doomed.ended_cleanly(),
         "the stream ended"
     );
     let general = a.general(&other_session).await;
@@ -460,7 +460,11 @@ async fn shutdown_ends_open_streams() {
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move { shutdown.trigger().await });
     assert!(stream.next_within(Duration::from_secs(5)).await.is_none());
-    assert!(stream.ended, "the stream ended instead of hanging");
+    assert!(
+        stream.ended_cleanly(),
+        "the stream ended, well-formed, instead of hanging: {:?}",
+        stream.failed
+    );
 }
 
 #[tokio::test]
@@ -511,19 +515,7 @@ async fn a_stream_on_a_connection_that_carried_a_request_before_works_the_same()
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let general = app.general(&bob.token).await;
-    // At most one idle connection: the stream goes out on the one `/healthz` used.
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap();
-    let health = client.get(app.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::OK);
-    health.bytes().await.unwrap();
-    let mut stream = app.events_with(&client, &alice.token).await;
-    assert!(
-        stream.headers.get("connection").is_none(),
-        "served by actix-web on the kept-alive connection"
-    );
+    let mut stream = app.events_kept_alive(&alice.token).await;
     stream.expect("ready").await;
     app.post_to_room(&bob.token, &general, "on the old connection")
         .await;
@@ -571,7 +563,7 @@ async fn read_response(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> (String,
 }
 
 #[tokio::test]
-async fn a_refused_stream_is_answered_like_any_request_and_its_connection_lives_on() {
+async fn a_refused_stream_gets_the_error_body_and_other_requests_go_to_actix_web() {
     let app = spawn_app().await;
     let address = app.address.trim_start_matches("http://").to_owned();
     let mut socket = TcpStream::connect(&address).await.unwrap();
@@ -581,16 +573,23 @@ async fn a_refused_stream_is_answered_like_any_request_and_its_connection_lives_
         .await
         .unwrap();
     let (head, body) = read_response(&mut socket, &mut buffer).await;
-    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("www-authenticate: bearer"),
-        "{head}"
-    );
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401 unauthorized"), "{head}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "invalid_token");
+    let mut rest = Vec::new();
+    socket.read_to_end(&mut rest).await.unwrap();
+    assert!(
+        rest.is_empty() && buffer.is_empty(),
+        "nothing after the error"
+    );
 
-    // The same connection goes on serving requests, pipelined ones included.
+    // Anything that is not a stream request goes to actix-web with the bytes already read,
+    // pipelined requests included.
+    let mut socket = TcpStream::connect(&address).await.unwrap();
     socket
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -601,6 +600,92 @@ async fn a_refused_stream_is_answered_like_any_request_and_its_connection_lives_
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"], "not_found");
+}
+
+/// Decodes a chunked body read to its end: the data, and whether the terminating chunk came.
+fn dechunk(mut raw: &[u8]) -> (String, bool) {
+    let mut data = Vec::new();
+    loop {
+        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return (String::from_utf8(data).unwrap(), false);
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..line_end]).unwrap(), 16)
+            .unwrap_or_else(|_| {
+                panic!("bad chunk size line in {:?}", String::from_utf8_lossy(raw))
+            });
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return (String::from_utf8(data).unwrap(), raw == b"\r\n");
+        }
+        assert!(raw.len() >= size + 2, "truncated chunk");
+        data.extend_from_slice(&raw[..size]);
+        assert_eq!(&raw[size..size + 2], b"\r\n", "chunk not followed by CRLF");
+        raw = &raw[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn the_lean_stream_is_well_formed_chunked_http_and_ignores_what_the_client_sends() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&bob.token).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = TcpStream::connect(&address).await.unwrap();
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        alice.token
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !String::from_utf8_lossy(&raw).contains("event: ready") {
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk))
+            .await
+            .expect("ready within 10 s")
+            .unwrap();
+        assert!(read > 0, "closed before ready");
+        raw.extend_from_slice(&chunk[..read]);
+    }
+    // Bytes from the client on an open stream change nothing.
+    socket.write_all(b"stray bytes\r\n").await.unwrap();
+    app.post_to_room(&bob.token, &general, "through the lean path")
+        .await;
+    app.logout(&alice.token).await;
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_end(&mut raw))
+        .await
+        .expect("the stream ends after logout")
+        .unwrap();
+
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(raw[..end].to_vec())
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for header in [
+        "content-type: text/event-stream",
+        "cache-control: no-cache, no-transform",
+        "x-accel-buffering: no",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "date: ",
+    ] {
+        assert!(head.contains(header), "{header} missing from {head}");
+    }
+    let (body, terminated) = dechunk(&raw[end + 4..]);
+    assert!(terminated, "no terminating chunk after {body:?}");
+    let ready = body.find("event: ready").unwrap();
+    let message = body
+        .find("through the lean path")
+        .expect("the message arrived");
+    let logout = body
+        .find("event: logout")
+        .expect("the logout event arrived");
+    assert!(
+        body.starts_with("retry: ") && ready < message && message < logout,
+        "{body}"
+    );
 }
 
 #[tokio::test]

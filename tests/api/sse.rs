@@ -32,6 +32,9 @@ pub struct EventStream {
     pub last_id: Option<String>,
     pub comments: usize,
     pub ended: bool,
+    /// How the transport failed, if it did: a stream that ends must end cleanly (for chunked
+    /// HTTP, with the terminating chunk).
+    pub failed: Option<String>,
 }
 
 impl TestApp {
@@ -47,10 +50,28 @@ impl TestApp {
         stream
     }
 
-    /// Opens `GET /events` with `client`, which may reuse a connection (actix-web serves a
-    /// stream on a connection that carried a request before).
-    pub async fn events_with(&self, client: &reqwest::Client, token: &str) -> EventStream {
-        Self::open_events(client.get(self.url("/events")), token, None).await
+    /// A client whose one idle connection has carried a request: a stream it opens next goes
+    /// out on that connection and is served by actix-web.
+    pub async fn kept_alive_client(&self) -> reqwest::Client {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap();
+        let health = client.get(self.url("/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        health.bytes().await.unwrap();
+        client
+    }
+
+    /// Opens `GET /events` on a kept-alive connection; asserts that actix-web served it.
+    pub async fn events_kept_alive(&self, token: &str) -> EventStream {
+        let client = self.kept_alive_client().await;
+        let stream = Self::open_events(client.get(self.url("/events")), token, None).await;
+        assert!(
+            stream.headers.get("connection").is_none(),
+            "served by actix-web on the kept-alive connection"
+        );
+        stream
     }
 
     async fn open_events(
@@ -76,6 +97,7 @@ impl TestApp {
             last_id: last_event_id.map(str::to_owned),
             comments: 0,
             ended: false,
+            failed: None,
         }
     }
 
@@ -88,6 +110,11 @@ impl TestApp {
 }
 
 impl EventStream {
+    /// Whether the server ended the stream, well-formed.
+    pub fn ended_cleanly(&self) -> bool {
+        self.ended && self.failed.is_none()
+    }
+
     /// The next event, or `None` when the stream ends or nothing comes within `bound`.
     pub async fn next_within(&mut self, bound: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + bound;
@@ -104,7 +131,11 @@ impl EventStream {
             }
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
-                Ok(Some(Err(_)) | None) => self.ended = true,
+                Ok(Some(Err(err))) => {
+                    self.failed = Some(format!("{err:?}"));
+                    self.ended = true;
+                }
+                Ok(None) => self.ended = true,
                 Err(_) => return None,
             }
         }
