@@ -340,6 +340,38 @@ struct Grouped {
     name: Option<String>,
 }
 
+/// One counter as `find` returns it.
+#[derive(Debug, Deserialize)]
+struct Counter {
+    subject: String,
+    #[serde(default)]
+    bucket: Bson,
+    n: i64,
+    first: Option<Bson>,
+    last: Option<Bson>,
+    name: Option<String>,
+}
+
+/// Hour buckets at most for which a read of one counter per bucket goes through `find`.
+const FEW_BUCKETS: i64 = 400;
+
+/// Whether the counters of `key` are few enough to be read one by one (`find`, summed here)
+/// rather than grouped by the server (`aggregate`). The stand-in spends about 18 ms on an
+/// aggregation before its first document, and about 30 µs more per document on a `find`
+/// (measured: 1 counter in 19 ms against 1.2 ms; 165 in 34 against 9 ms; 4,263 in 76 against
+/// 178 ms). Few: one counter per bucket (totals, one subject, the series per bucket) over at
+/// most [`FEW_BUCKETS`] buckets, or a range that has not settled (the last hour or two).
+fn few_counters(key: &RangeKey, settled: bool) -> bool {
+    let one_per_bucket = matches!(key.kind, Kind::Total | Kind::Direct)
+        || matches!(key.subjects, Subjects::Exact(_) | Subjects::Buckets);
+    let buckets = match key.level {
+        Level::Hour => (key.to - key.from) / 3_600_000,
+        Level::Day => (key.to - key.from) / 86_400_000,
+        Level::All => 1,
+    };
+    (one_per_bucket && buckets <= FEW_BUCKETS) || (!settled && key.level == Level::Hour)
+}
+
 /// A time from an aggregation result (milliseconds since the epoch).
 fn bson_time(value: Option<Bson>) -> Option<DateTime<Utc>> {
     let ms = match value? {
@@ -513,24 +545,48 @@ impl Store {
             _ => "$subject",
         };
         let started = Instant::now();
-        let grouped: Vec<Grouped> = self
+        let collection = self
             .db
-            .collection::<Document>(counter_collection(key.level, key.kind))
-            .aggregate(vec![
-                doc! { "$match": counter_filter(&key) },
-                // `$max` for the name, not `$first`: the stand-in runs `$first` in Python.
-                doc! { "$group": {
-                    "_id": group_by,
-                    "n": { "$sum": "$n" },
-                    "first": { "$min": "$first" },
-                    "last": { "$max": "$last" },
-                    "name": { "$max": "$name" },
-                }},
-            ])
-            .with_type::<Grouped>()
-            .await?
-            .try_collect()
-            .await?;
+            .collection::<Document>(counter_collection(key.level, key.kind));
+        let grouped: Vec<Grouped> = if few_counters(&key, settled) {
+            let counters: Vec<Counter> = collection
+                .clone_with_type::<Counter>()
+                .find(counter_filter(&key))
+                .projection(doc! { "_id": 0, "subject": 1, "bucket": 1, "n": 1, "first": 1, "last": 1, "name": 1 })
+                .await?
+                .try_collect()
+                .await?;
+            counters
+                .into_iter()
+                .map(|c| Grouped {
+                    key: match subjects {
+                        Subjects::Buckets => c.bucket,
+                        _ => Bson::String(c.subject),
+                    },
+                    n: c.n,
+                    first: c.first,
+                    last: c.last,
+                    name: c.name,
+                })
+                .collect()
+        } else {
+            collection
+                .aggregate(vec![
+                    doc! { "$match": counter_filter(&key) },
+                    // `$max` for the name, not `$first`: the stand-in runs `$first` in Python.
+                    doc! { "$group": {
+                        "_id": group_by,
+                        "n": { "$sum": "$n" },
+                        "first": { "$min": "$first" },
+                        "last": { "$max": "$last" },
+                        "name": { "$max": "$name" },
+                    }},
+                ])
+                .with_type::<Grouped>()
+                .await?
+                .try_collect()
+                .await?
+        };
         tracing::debug!(?key, ?subjects, rows = grouped.len(), elapsed = ?started.elapsed(), "counter sums read");
         let mut sums: HashMap<String, Tally> = HashMap::with_capacity(grouped.len());
         for g in grouped {
