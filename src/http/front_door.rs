@@ -299,11 +299,11 @@ fn http_date() -> impl std::fmt::Display {
 async fn stream(mut io: TcpStream, mut pump: Pump) {
     // Frames are small and must go at once.
     let _ = io.set_nodelay(true);
-    let date = http_date();
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: {CACHE_CONTROL}\r\n\
          x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\
-         date: {date}\r\n\r\n"
+         date: {}\r\n\r\n",
+        http_date()
     );
     if !within(STALLED_WRITE, io.write_all(head.as_bytes())).await {
         return;
