@@ -72,6 +72,15 @@ impl Level {
         }
     }
 
+    /// Length of one bucket in milliseconds; none for all time.
+    fn step_ms(self) -> Option<i64> {
+        match self {
+            Level::Hour => Some(3_600_000),
+            Level::Day => Some(86_400_000),
+            Level::All => None,
+        }
+    }
+
     /// Start of the bucket holding `t`, in milliseconds (0 for all time).
     fn bucket(self, t: DateTime<Utc>) -> i64 {
         match self {
@@ -340,7 +349,7 @@ struct Grouped {
     name: Option<String>,
 }
 
-/// One counter as `find` returns it.
+/// One counter as stored (the fields a read needs).
 #[derive(Debug, Deserialize)]
 struct Counter {
     subject: String,
@@ -364,15 +373,11 @@ const FEW_BUCKETS: i64 = 400;
 fn few_counters(key: &RangeKey, settled: bool) -> bool {
     let one_per_bucket = matches!(key.kind, Kind::Total | Kind::Direct)
         || matches!(key.subjects, Subjects::Exact(_) | Subjects::Buckets);
-    let buckets = match key.level {
-        Level::Hour => (key.to - key.from) / 3_600_000,
-        Level::Day => (key.to - key.from) / 86_400_000,
-        Level::All => 1,
-    };
+    let buckets = key.level.step_ms().map_or(1, |step| (key.to - key.from) / step);
     (one_per_bucket && buckets <= FEW_BUCKETS) || (!settled && key.level == Level::Hour)
 }
 
-/// A time from an aggregation result (milliseconds since the epoch).
+/// A time from a counter or an aggregation result (milliseconds since the epoch).
 fn bson_time(value: Option<Bson>) -> Option<DateTime<Utc>> {
     let ms = match value? {
         Bson::Int64(ms) => ms,
@@ -382,17 +387,6 @@ fn bson_time(value: Option<Bson>) -> Option<DateTime<Utc>> {
         _ => return None,
     };
     DateTime::from_timestamp_millis(ms)
-}
-
-/// An all-time counter as stored.
-#[derive(Debug, Deserialize)]
-struct AllTimeCounter {
-    subject: String,
-    n: i64,
-    first: i64,
-    last: i64,
-    #[serde(default)]
-    name: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -502,8 +496,8 @@ impl Store {
         let range = doc! { "key": { "$gte": &low, "$lt": &high } };
         let collection = self
             .db
-            .collection::<AllTimeCounter>(counter_collection(Level::All, kind));
-        let first: Vec<AllTimeCounter> = collection
+            .collection::<Counter>(counter_collection(Level::All, kind));
+        let first: Vec<Counter> = collection
             .find(range.clone())
             .sort(doc! { "n": -1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -524,9 +518,9 @@ impl Store {
             .map(|c| {
                 let tally = Tally {
                     n: c.n,
-                    first: DateTime::from_timestamp_millis(c.first),
-                    last: DateTime::from_timestamp_millis(c.last),
-                    name: c.name,
+                    first: bson_time(c.first),
+                    last: bson_time(c.last),
+                    name: c.name.unwrap_or_default(),
                 };
                 (c.subject, tally)
             })
@@ -965,12 +959,7 @@ fn counter_filter(key: &RangeKey) -> Document {
         ref subjects,
     } = *key;
     if let Subjects::Exact(subject) = subjects {
-        let step = match level {
-            Level::Hour => Some(3_600_000),
-            Level::Day => Some(86_400_000),
-            Level::All => None,
-        };
-        let ids: Option<Vec<String>> = match step {
+        let ids: Option<Vec<String>> = match level.step_ms() {
             None => Some(vec![counter_id(Level::All, 0, kind, subject)]),
             Some(step) if (to - from) / step <= MAX_EXACT_IDS => Some(
                 (0..(to - from) / step)
