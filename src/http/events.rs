@@ -11,7 +11,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -103,15 +102,19 @@ pub async fn events(
         let frame = pump.next_frame().await?;
         Some((Ok::<_, std::convert::Infallible>(frame), pump))
     });
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
-        .insert_header((header::CACHE_CONTROL, CACHE_CONTROL))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(body))
+    let mut response = HttpResponse::Ok();
+    for header in STREAM_HEADERS {
+        response.insert_header(header);
+    }
+    Ok(response.streaming(body))
 }
 
-/// `Cache-Control` of a stream: no cache or proxy may keep or transform it.
-pub const CACHE_CONTROL: &str = "no-cache, no-transform";
+/// The headers of a stream, on either path: no cache or proxy may keep, transform or buffer it.
+pub const STREAM_HEADERS: [(&str, &str); 3] = [
+    ("content-type", "text/event-stream"),
+    ("cache-control", "no-cache, no-transform"),
+    ("x-accel-buffering", "no"),
+];
 
 /// An interval whose first tick is one period from now; ticks missed while the client was
 /// not reading are not made up in a burst.
@@ -219,7 +222,8 @@ impl Pump {
             let step = match self.receiver.try_recv() {
                 Ok(item) => self.step(&item),
                 Err(broadcast::error::TryRecvError::Empty) => return None,
-                Err(err) => self.closed(err.into()),
+                Err(broadcast::error::TryRecvError::Lagged(skipped)) => self.lagged(skipped),
+                Err(broadcast::error::TryRecvError::Closed) => Step::End,
             };
             match step {
                 Step::Frame(frame) => return Some(frame),
@@ -243,7 +247,8 @@ impl Pump {
                 item = self.receiver.recv() => {
                     let step = match item {
                         Ok(item) => self.step(&item),
-                        Err(err) => self.closed(err.into()),
+                        Err(broadcast::error::RecvError::Lagged(skipped)) => self.lagged(skipped),
+                        Err(broadcast::error::RecvError::Closed) => Step::End,
                     };
                     match step {
                         Step::Frame(frame) => return Some(frame),
@@ -274,30 +279,6 @@ enum Step {
     End,
 }
 
-/// Why the fan-out gave no item.
-enum Gap {
-    Lagged(u64),
-    Closed,
-}
-
-impl From<broadcast::error::RecvError> for Gap {
-    fn from(err: broadcast::error::RecvError) -> Self {
-        match err {
-            broadcast::error::RecvError::Lagged(skipped) => Gap::Lagged(skipped),
-            broadcast::error::RecvError::Closed => Gap::Closed,
-        }
-    }
-}
-
-impl From<broadcast::error::TryRecvError> for Gap {
-    fn from(err: broadcast::error::TryRecvError) -> Self {
-        match err {
-            broadcast::error::TryRecvError::Lagged(skipped) => Gap::Lagged(skipped),
-            _ => Gap::Closed,
-        }
-    }
-}
-
 impl Pump {
     fn step(&mut self, item: &HubItem) -> Step {
         match item {
@@ -326,11 +307,9 @@ impl Pump {
         }
     }
 
-    fn closed(&self, gap: Gap) -> Step {
-        if let Gap::Lagged(skipped) = gap {
-            // Too slow to keep up: end the stream; the client resumes from the log.
-            tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
-        }
+    /// Too slow to keep up: the stream ends; the client resumes from the log.
+    fn lagged(&self, skipped: u64) -> Step {
+        tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
         Step::End
     }
 }

@@ -40,7 +40,8 @@ use tokio::net::TcpStream;
 
 use crate::auth::{authenticate, token_from};
 use crate::error::ApiError;
-use crate::http::events::{CACHE_CONTROL, EventsQuery, Pump, parse_last_event_id};
+use crate::http::events::{EventsQuery, Pump, STREAM_HEADERS, parse_last_event_id};
+use crate::http::{query_error, request_log};
 use crate::startup::AppState;
 
 /// How long a new connection may take to send its first bytes, and actix-web a request head
@@ -112,7 +113,10 @@ where
                 let handler = http.new_service(());
                 let state = state.clone();
                 async move {
-                    let handler = Rc::new(handler.await.map_err(|_| ())?);
+                    let handler = handler.await.map_err(|err| {
+                        tracing::error!(error = ?err, "the HTTP service of a worker did not start");
+                    })?;
+                    let handler = Rc::new(handler);
                     Ok::<_, ()>(fn_service(move |io: TcpStream| {
                         let connection = connection(io, Rc::clone(&handler), state.clone());
                         async move {
@@ -156,13 +160,7 @@ where
     let status = opened
         .as_ref()
         .map_or_else(|err| err.status_code(), |_| StatusCode::OK);
-    tracing::info!(
-        method = "GET",
-        path = "/events",
-        status = status.as_u16(),
-        latency_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
-        "request"
-    );
+    request_log::logged("GET", "/events", status.as_u16(), started);
     match opened {
         Ok(pump) => Box::pin(stream(io, pump)).await,
         Err(err) => Box::pin(refuse(io, &err)).await,
@@ -254,8 +252,8 @@ async fn open(state: &web::Data<AppState>, request: StreamRequest) -> Result<Pum
         &request.query,
     )?;
     let user = authenticate(state, &token).await?;
-    let query = web::Query::<EventsQuery>::from_query(&request.query)
-        .map_err(|err| ApiError::bad_request("invalid_query", format!("invalid query: {err}")))?;
+    let query =
+        web::Query::<EventsQuery>::from_query(&request.query).map_err(|err| query_error(&err))?;
     let last = request.last_event_id.as_deref();
     let last = parse_last_event_id(last.or(query.last_event_id.as_deref()))?;
     Pump::open(state.clone().into_inner(), user, last).await
@@ -299,12 +297,16 @@ fn http_date() -> impl std::fmt::Display {
 async fn stream(mut io: TcpStream, mut pump: Pump) {
     // Frames are small and must go at once.
     let _ = io.set_nodelay(true);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: {CACHE_CONTROL}\r\n\
-         x-accel-buffering: no\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\
-         date: {}\r\n\r\n",
+    let mut head = String::from("HTTP/1.1 200 OK\r\n");
+    for (name, value) in STREAM_HEADERS {
+        for part in [name, ": ", value, "\r\n"] {
+            head.push_str(part);
+        }
+    }
+    head.push_str(&format!(
+        "transfer-encoding: chunked\r\nconnection: close\r\ndate: {}\r\n\r\n",
         http_date()
-    );
+    ));
     if !within(STALLED_WRITE, io.write_all(head.as_bytes())).await {
         return;
     }

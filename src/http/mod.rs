@@ -91,9 +91,12 @@ fn json_error(err: &JsonPayloadError) -> ApiError {
 }
 
 pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err: QueryPayloadError, _req| {
-        ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
-    })
+    web::QueryConfig::default().error_handler(|err, _req| query_error(&err).into())
+}
+
+/// A query string that does not parse: 400 `invalid_query`.
+pub fn query_error(err: &QueryPayloadError) -> ApiError {
+    ApiError::bad_request("invalid_query", format!("invalid query string: {err}"))
 }
 
 pub fn path_config() -> web::PathConfig {

@@ -373,7 +373,10 @@ const FEW_BUCKETS: i64 = 400;
 fn few_counters(key: &RangeKey, settled: bool) -> bool {
     let one_per_bucket = matches!(key.kind, Kind::Total | Kind::Direct)
         || matches!(key.subjects, Subjects::Exact(_) | Subjects::Buckets);
-    let buckets = key.level.step_ms().map_or(1, |step| (key.to - key.from) / step);
+    let buckets = key
+        .level
+        .step_ms()
+        .map_or(1, |step| (key.to - key.from) / step);
     (one_per_bucket && buckets <= FEW_BUCKETS) || (!settled && key.level == Level::Hour)
 }
 
