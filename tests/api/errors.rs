@@ -160,13 +160,7 @@ async fn mongodb_down_means_503_with_the_error_body() {
         "no internals in the body: {body}"
     );
     // A stream on a connection of its own (the lean path) gets the same answer, once.
-    let res = app
-        .fresh_client
-        .get(app.url("/events"))
-        .bearer_auth(&user.token)
-        .send()
-        .await
-        .unwrap();
+    let res = app.get_fresh("/events", &user.token).send().await.unwrap();
     assert!(res.headers().contains_key("retry-after"));
     assert_eq!(
         error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,

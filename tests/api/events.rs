@@ -48,18 +48,32 @@ async fn a_message_arrives_live_on_the_stream_of_another_user() {
 async fn a_browser_event_source_can_authenticate_with_the_query_or_the_cookie() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
-    // On connections of their own (the front door) and on a reused one (actix-web).
-    for client in [&app.fresh_client, &app.client] {
-        for request in [
-            client.get(app.url(&format!("/events?access_token={}", alice.token))),
-            client.get(app.url("/events")).header(
-                "cookie",
-                format!("theme=dark; access_token={}", alice.token),
-            ),
-        ] {
+    // On a connection of its own (the front door, `connection: close`) and on a kept-alive
+    // one (actix-web, no `connection` header).
+    for kept_alive in [false, true] {
+        for by_cookie in [false, true] {
+            let client = if kept_alive {
+                app.kept_alive_client().await
+            } else {
+                app.fresh_client.clone()
+            };
+            let request = if by_cookie {
+                client.get(app.url("/events")).header(
+                    "cookie",
+                    format!("theme=dark; access_token={}", alice.token),
+                )
+            } else {
+                client.get(app.url(&format!("/events?access_token={}", alice.token)))
+            };
             let res = request.send().await.unwrap();
             assert_eq!(res.status(), StatusCode::OK);
             assert_eq!(res.headers()["content-type"], "text/event-stream");
+            let closing = res.headers().get("connection").map(|v| v.to_str().unwrap());
+            assert_eq!(
+                closing,
+                (!kept_alive).then_some("close"),
+                "{kept_alive} {by_cookie}"
+            );
         }
     }
     let res = app
@@ -347,13 +361,11 @@ async fn a_client_away_longer_than_the_log_keeps_is_told_to_resync() {
 async fn last_event_ids_are_validated() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
-    // A new connection each: the front door hands a request it refuses to actix-web, which
-    // answers it as every other error is answered.
+    // A new connection each: the front door answers a request it refuses as every other
+    // error is answered.
     for bad in ["garbage", "12-x-0", "--", "abc-1-2-3"] {
         let res = app
-            .fresh_client
-            .get(app.url("/events"))
-            .bearer_auth(&alice.token)
+            .get_fresh("/events", &alice.token)
             .header("last-event-id", bad)
             .send()
             .await
@@ -365,9 +377,7 @@ async fn last_event_ids_are_validated() {
         );
     }
     let res = app
-        .fresh_client
-        .get(app.url("/events?last_event_id=nope"))
-        .bearer_auth(&alice.token)
+        .get_fresh("/events?last_event_id=nope", &alice.token)
         .send()
         .await
         .unwrap();
@@ -529,6 +539,7 @@ async fn a_stream_on_a_connection_that_carried_a_request_before_works_the_same()
         stream.next().await.is_none(),
         "the stream ends after logout"
     );
+    assert!(stream.ended_cleanly(), "{:?}", stream.failed);
 }
 
 /// Reads one HTTP/1.1 response with a `content-length` from `socket`, keeping what follows
@@ -552,14 +563,19 @@ async fn read_response(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> (String,
                 return (head, body);
             }
         }
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk))
-            .await
-            .expect("a response within 10 s")
-            .unwrap();
-        assert!(read > 0, "connection closed after {buffer:?}");
-        buffer.extend_from_slice(&chunk[..read]);
+        read_more(socket, buffer, deadline, "a response").await;
     }
+}
+
+/// Reads what `socket` has next into `buffer`; panics at `deadline` or if it closes.
+async fn read_more(socket: &mut TcpStream, buffer: &mut Vec<u8>, deadline: Instant, what: &str) {
+    let mut chunk = [0u8; 4096];
+    let read = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk))
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10 s"))
+        .unwrap();
+    assert!(read > 0, "closed before {what}: {buffer:?}");
+    buffer.extend_from_slice(&chunk[..read]);
 }
 
 #[tokio::test]
@@ -640,13 +656,7 @@ async fn the_lean_stream_is_well_formed_chunked_http_and_ignores_what_the_client
     let mut raw = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !String::from_utf8_lossy(&raw).contains("event: ready") {
-        let mut chunk = [0u8; 4096];
-        let read = tokio::time::timeout_at(deadline.into(), socket.read(&mut chunk))
-            .await
-            .expect("ready within 10 s")
-            .unwrap();
-        assert!(read > 0, "closed before ready");
-        raw.extend_from_slice(&chunk[..read]);
+        read_more(&mut socket, &mut raw, deadline, "ready").await;
     }
     // Bytes from the client on an open stream change nothing.
     socket.write_all(b"stray bytes\r\n").await.unwrap();

@@ -125,6 +125,11 @@ impl TestApp {
         self.client.get(self.url(path))
     }
 
+    /// An authenticated GET on a new connection (for `/events`: the front door's path).
+    pub fn get_fresh(&self, path: &str, token: &str) -> RequestBuilder {
+        self.fresh_client.get(self.url(path)).bearer_auth(token)
+    }
+
     pub fn post(&self, path: &str) -> RequestBuilder {
         self.client.post(self.url(path))
     }
