@@ -36,10 +36,20 @@ local function append(stream, epoch_key, candidate, maxlen, mode, kind, audience
 end
 ";
 
-/// KEYS: stream, epoch. ARGV: candidate epoch, maxlen, mode, kind, audience, data.
+/// KEYS: stream, epoch. ARGV: candidate epoch, maxlen, mode, then kind, audience, data for
+/// each event in order. Returns `{epoch, id of the first event, id of the second, ...}`: one
+/// script call appends a whole group, with one epoch (the script is atomic).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{APPEND_LUA}\nreturn append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])"
+        r"{APPEND_LUA}
+        local result = {{}}
+        for i = 4, #ARGV, 3 do
+            local appended = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+            result[1] = appended[1]
+            result[#result + 1] = appended[2]
+        end
+        return result
+        "
     ))
 });
 
@@ -314,21 +324,54 @@ impl Live {
         audience: &Audience,
         data: &str,
     ) -> redis::RedisResult<EventId> {
-        let mut conn = self.redis.clone();
-        let (epoch, stream_id): (String, String) = PUBLISH
+        let ids = self.publish_all(&[(kind, audience, data)]).await?;
+        ids.into_iter().next().ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "no id for the appended event"))
+        })
+    }
+
+    /// Appends `events` in order with one script call (one round trip, one Lua invocation)
+    /// and returns their ids, in the same order.
+    pub async fn publish_all(
+        &self,
+        events: &[(EventKind, &Audience, &str)],
+    ) -> redis::RedisResult<Vec<EventId>> {
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation
             .key(self.keys.events())
             .key(self.keys.epoch())
             .arg(new_epoch())
             .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
-            .arg(kind.as_str())
-            .arg(audience.encode())
-            .arg(data)
-            .invoke_async(&mut conn)
-            .await?;
-        EventId::new(&epoch, &stream_id).ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "unexpected stream id", stream_id))
-        })
+            .arg(self.trim_mode());
+        for (kind, audience, data) in events {
+            invocation
+                .arg(kind.as_str())
+                .arg(audience.encode())
+                .arg(*data);
+        }
+        let mut conn = self.redis.clone();
+        let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        let unexpected = |what: &str| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected reply to an append",
+                what.to_owned(),
+            ))
+        };
+        let (epoch, stream_ids) = reply
+            .split_first()
+            .ok_or_else(|| unexpected("an empty reply"))?;
+        if stream_ids.len() != events.len() {
+            return Err(unexpected(&format!(
+                "{} ids for {} events",
+                stream_ids.len(),
+                events.len()
+            )));
+        }
+        stream_ids
+            .iter()
+            .map(|stream_id| EventId::new(epoch, stream_id).ok_or_else(|| unexpected(stream_id)))
+            .collect()
     }
 
     /// The current epoch of the log, created when missing.

@@ -2,15 +2,22 @@
 //! The message is durable in MongoDB either way; the outbox keeps appending the event in the
 //! background, in order, until Redis takes it, so live subscribers still get it. If Redis lost
 //! its log meanwhile, the new epoch makes every client resync and reload history instead.
+//!
+//! Appends are grouped like the message writes: one task per instance takes every event that
+//! queued up while the previous group was appended (up to [`MAX_GROUP`]) and appends them with
+//! one script call. Under load that is one Redis round trip and one Lua invocation per group
+//! instead of per message; idle, a group is one event.
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Live;
 use super::events::{Audience, EventId, EventKind};
 
 const CAPACITY: usize = 10_000;
+/// Events appended by one script call at most.
+const MAX_GROUP: usize = 128;
 
 struct Pending {
     kind: EventKind,
@@ -18,47 +25,102 @@ struct Pending {
     data: String,
 }
 
+struct Request {
+    event: Pending,
+    appended: oneshot::Sender<Option<EventId>>,
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     live: Live,
-    queue: mpsc::Sender<Pending>,
+    requests: mpsc::Sender<Request>,
+    retries: mpsc::Sender<Pending>,
 }
 
 impl Outbox {
     pub fn start(live: Live, shutdown: watch::Receiver<bool>) -> Self {
-        let (queue, pending) = mpsc::channel(CAPACITY);
+        let (retries, pending) = mpsc::channel(CAPACITY);
+        let (requests, queue) = mpsc::channel(CAPACITY);
         tokio::spawn(drain(live.clone(), pending, shutdown));
-        Self { live, queue }
+        tokio::spawn(append_groups(live.clone(), queue, retries.clone()));
+        Self {
+            live,
+            requests,
+            retries,
+        }
     }
 
-    /// Appends now, or queues for a retry and returns `None`.
+    /// Appends with the next group, or queues for a retry and returns `None`.
     pub async fn publish(
         &self,
         kind: EventKind,
         audience: Audience,
         data: String,
     ) -> Option<EventId> {
-        match self.live.publish(kind, &audience, &data).await {
-            Ok(id) => Some(id),
-            Err(err) => {
-                tracing::warn!(error = %err, kind = kind.as_str(), "event not appended; queued for retry");
-                if self
-                    .queue
-                    .try_send(Pending {
-                        kind,
-                        audience,
-                        data,
-                    })
-                    .is_err()
+        let event = Pending {
+            kind,
+            audience,
+            data,
+        };
+        let (appended, id) = oneshot::channel();
+        match self.requests.send(Request { event, appended }).await {
+            Ok(()) => id.await.ok().flatten(),
+            // The group task is gone (only at shutdown): append alone.
+            Err(mpsc::error::SendError(request)) => {
+                let event = request.event;
+                match self
+                    .live
+                    .publish(event.kind, &event.audience, &event.data)
+                    .await
                 {
-                    tracing::error!(
-                        kind = kind.as_str(),
-                        "event outbox full; event dropped (clients will see it in history)"
-                    );
+                    Ok(id) => Some(id),
+                    Err(err) => {
+                        retry_later(&self.retries, event, &err);
+                        None
+                    }
                 }
-                None
             }
         }
+    }
+}
+
+async fn append_groups(
+    live: Live,
+    mut queue: mpsc::Receiver<Request>,
+    retries: mpsc::Sender<Pending>,
+) {
+    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let requests = std::mem::take(&mut group);
+        let events: Vec<(EventKind, &Audience, &str)> = requests
+            .iter()
+            .map(|r| (r.event.kind, &r.event.audience, r.event.data.as_str()))
+            .collect();
+        match live.publish_all(&events).await {
+            Ok(ids) => {
+                for (request, id) in requests.into_iter().zip(ids) {
+                    // A request that gave up waiting still had its event appended.
+                    let _ = request.appended.send(Some(id));
+                }
+            }
+            Err(err) => {
+                for request in requests {
+                    retry_later(&retries, request.event, &err);
+                    let _ = request.appended.send(None);
+                }
+            }
+        }
+    }
+}
+
+fn retry_later(retries: &mpsc::Sender<Pending>, event: Pending, err: &redis::RedisError) {
+    tracing::warn!(error = %err, kind = event.kind.as_str(), "event not appended; queued for retry");
+    let kind = event.kind;
+    if retries.try_send(event).is_err() {
+        tracing::error!(
+            kind = kind.as_str(),
+            "event outbox full; event dropped (clients will see it in history)"
+        );
     }
 }
 

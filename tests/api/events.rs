@@ -45,6 +45,53 @@ async fn a_message_arrives_live_on_the_stream_of_another_user() {
 }
 
 #[tokio::test]
+async fn concurrent_posts_appended_in_one_group_each_get_the_id_of_their_own_event() {
+    const POSTS: usize = 60;
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let senders = [app.signup("bob").await, app.signup("carol").await];
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+
+    // Sent at once, so that most are appended to the log in groups of several.
+    let posts = (0..POSTS).map(|i| {
+        let (app, sender, general) = (&app, &senders[i % 2], &general);
+        async move {
+            let sent = app
+                .post_to_room(&sender.token, general, &format!("grouped {i}"))
+                .await;
+            let event_id = sent["event_id"].as_str().expect("an event id").to_owned();
+            (sent["id"].as_str().unwrap().to_owned(), event_id)
+        }
+    });
+    let event_of: HashMap<String, String> = futures_util::future::join_all(posts)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(
+        event_of.values().collect::<HashSet<_>>().len(),
+        POSTS,
+        "every post has an event id of its own"
+    );
+
+    let received = stream.messages(POSTS).await;
+    for event in &received {
+        let message = event.json()["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            event.id.as_deref(),
+            event_of.get(&message).map(String::as_str),
+            "the event carrying message {message} has the id its POST answered with"
+        );
+    }
+    assert!(
+        received
+            .windows(2)
+            .all(|pair| position(&pair[0]) < position(&pair[1])),
+        "the stream delivers in log order"
+    );
+}
+
+#[tokio::test]
 async fn a_browser_event_source_can_authenticate_with_the_query_or_the_cookie() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
