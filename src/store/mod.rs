@@ -39,6 +39,8 @@ pub struct Store {
     known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
     /// Group commit of new messages (see `writer`).
     writer: writer::MessageWriter,
+    /// Grouped reads of users' rooms (see `rooms::RoomsOfUsers`).
+    rooms_of_users: Arc<rooms::RoomsOfUsers>,
 }
 
 impl Store {
@@ -69,6 +71,10 @@ impl Store {
             i64::try_from(settings.mongodb_timeout.as_millis()).unwrap_or(i64::MAX);
         Ok(Self {
             writer: writer::MessageWriter::spawn(db.clone(), write_timeout_ms),
+            rooms_of_users: Arc::new(rooms::RoomsOfUsers::spawn(
+                db.clone(),
+                write_bound(write_timeout_ms),
+            )),
             db,
             write_timeout_ms,
             settled: Arc::default(),

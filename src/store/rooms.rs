@@ -1,4 +1,6 @@
+use std::collections::{HashMap, HashSet};
 use std::sync::PoisonError;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -6,6 +8,7 @@ use mongodb::bson::{self, doc, oid::ObjectId};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, is_duplicate_key};
 use crate::domain::{RoomId, RoomName, UserId};
@@ -192,17 +195,12 @@ impl Store {
         Ok(found)
     }
 
-    /// The rooms `user` explicitly joined (the default room is implicit and not included).
+    /// The rooms `user` explicitly joined (the default room is implicit and not included),
+    /// read with whatever other users' rooms are asked for at the same time (see
+    /// [`RoomsOfUsers`]). The read is sent after this call begins, so it sees every join and
+    /// leave acknowledged before.
     pub async fn rooms_of_user(&self, user: UserId) -> mongodb::error::Result<Vec<RoomId>> {
-        let records: Vec<MembershipRecord> = memberships(&self.db)
-            .find(doc! { "user_id": user.to_string() })
-            .await?
-            .try_collect()
-            .await?;
-        Ok(records
-            .iter()
-            .filter_map(|m| RoomId::parse(&m.room_id).ok())
-            .collect())
+        self.rooms_of_users.read(user).await
     }
 
     pub async fn is_member(&self, room: &RoomRecord, user: UserId) -> mongodb::error::Result<bool> {
@@ -236,5 +234,92 @@ impl Store {
             .delete_one(doc! { "room_id": room.to_string(), "user_id": user.to_string() })
             .await?;
         Ok(result.deleted_count > 0)
+    }
+}
+
+/// Grouped reads of "which rooms is this user in", the one MongoDB query of opening an event
+/// stream. When many streams open at once (every client of a restarted instance reconnects)
+/// one query per stream means one round trip and one command's fixed cost each, in order, on
+/// the store; here one task takes every read that queued up while the previous query ran (up
+/// to [`RoomsOfUsers::MAX_USERS`] users) and answers them all from one
+/// `find({user_id: {$in: [...]}})`. Idle, a group is one user and costs what a plain `find`
+/// does.
+pub(super) struct RoomsOfUsers {
+    requests: mpsc::Sender<RoomsRequest>,
+}
+
+type RoomsAnswer = mongodb::error::Result<Vec<RoomId>>;
+
+struct RoomsRequest {
+    user: String,
+    answer: oneshot::Sender<RoomsAnswer>,
+}
+
+impl RoomsOfUsers {
+    const MAX_USERS: usize = 256;
+    const QUEUE: usize = 4096;
+
+    /// Starts the reading task; it ends when the handle is dropped.
+    pub(super) fn spawn(db: Database, bound: Duration) -> Self {
+        let (requests, queue) = mpsc::channel(Self::QUEUE);
+        tokio::spawn(read_groups(db, bound, queue));
+        Self { requests }
+    }
+
+    async fn read(&self, user: UserId) -> RoomsAnswer {
+        let stopped = || mongodb::error::Error::custom("the membership reader has stopped");
+        let (answer, answered) = oneshot::channel();
+        self.requests
+            .send(RoomsRequest {
+                user: user.to_string(),
+                answer,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+}
+
+async fn read_groups(db: Database, bound: Duration, mut queue: mpsc::Receiver<RoomsRequest>) {
+    let mut group: Vec<RoomsRequest> = Vec::with_capacity(RoomsOfUsers::MAX_USERS);
+    while queue.recv_many(&mut group, RoomsOfUsers::MAX_USERS).await > 0 {
+        let requests = std::mem::take(&mut group);
+        let users: HashSet<&str> = requests.iter().map(|r| r.user.as_str()).collect();
+        let read = async {
+            memberships(&db)
+                .find(doc! { "user_id": { "$in": users.into_iter().collect::<Vec<_>>() } })
+                .await?
+                .try_collect::<Vec<MembershipRecord>>()
+                .await
+        };
+        // A stalled store must not hold every stream opening of the instance forever.
+        let found = tokio::time::timeout(bound, read).await.unwrap_or_else(|_| {
+            Err(mongodb::error::Error::custom(
+                "the membership read took too long",
+            ))
+        });
+        match found {
+            Ok(records) => {
+                let mut rooms: HashMap<&str, Vec<RoomId>> = HashMap::new();
+                for record in &records {
+                    if let Ok(room) = RoomId::parse(&record.room_id) {
+                        rooms.entry(record.user_id.as_str()).or_default().push(room);
+                    }
+                }
+                for request in requests {
+                    let of_user = rooms
+                        .get(request.user.as_str())
+                        .cloned()
+                        .unwrap_or_default();
+                    // A caller that stopped waiting needs no answer.
+                    let _ = request.answer.send(Ok(of_user));
+                }
+            }
+            Err(err) => {
+                for request in requests {
+                    let _ = request.answer.send(Err(err.clone()));
+                }
+            }
+        }
     }
 }

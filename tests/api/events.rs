@@ -92,6 +92,62 @@ async fn concurrent_posts_appended_in_one_group_each_get_the_id_of_their_own_eve
 }
 
 #[tokio::test]
+async fn streams_opened_at_once_each_get_their_own_users_rooms() {
+    const USERS: usize = 12;
+    let app = spawn_app().await;
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        users.push(app.signup(&format!("storm{i}-")).await);
+    }
+    let general = app.general(&users[0].token).await;
+    // Users 0, 3, 6, ... are in room 0; 1, 4, 7, ... in room 1; 2, 5, 8, ... in none.
+    let rooms = [
+        app.create_room(&users[0].token, &unique("even-")).await,
+        app.create_room(&users[1].token, &unique("odd-")).await,
+    ];
+    for (i, user) in users.iter().enumerate().skip(2) {
+        if i % 3 < 2 {
+            app.join_room(&user.token, &rooms[i % 3]).await;
+        }
+    }
+
+    // Opened together, so that their rooms are read in groups of several users.
+    let mut streams =
+        futures_util::future::join_all(users.iter().map(|user| app.ready_events(&user.token)))
+            .await;
+    app.post_to_room(&users[0].token, &rooms[0], "to room 0")
+        .await;
+    app.post_to_room(&users[1].token, &rooms[1], "to room 1")
+        .await;
+    app.post_to_room(&users[2].token, &general, "to everyone")
+        .await;
+
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut bodies = Vec::new();
+        loop {
+            let body = stream.messages(1).await[0].json()["body"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let last = body == "to everyone";
+            bodies.push(body);
+            if last {
+                break;
+            }
+        }
+        let expected = match i % 3 {
+            0 => vec!["to room 0", "to everyone"],
+            1 => vec!["to room 1", "to everyone"],
+            _ => vec!["to everyone"],
+        };
+        assert_eq!(
+            bodies, expected,
+            "user {i} sees exactly the rooms they are in"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_browser_event_source_can_authenticate_with_the_query_or_the_cookie() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
