@@ -308,6 +308,11 @@ pub(crate) fn new_epoch() -> String {
 }
 
 impl Live {
+    /// How many events the log keeps (`EVENT_LOG_MAX_LEN`).
+    pub(crate) fn event_log_max_len(&self) -> usize {
+        self.event_log_max_len
+    }
+
     /// XADD trims exactly for small logs (tests) and approximately (cheaper) for real ones.
     pub(crate) fn trim_mode(&self) -> &'static str {
         if self.event_log_max_len >= 1000 {

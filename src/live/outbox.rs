@@ -41,8 +41,16 @@ impl Outbox {
     pub fn start(live: Live, shutdown: watch::Receiver<bool>) -> Self {
         let (retries, pending) = mpsc::channel(CAPACITY);
         let (requests, queue) = mpsc::channel(CAPACITY);
+        // A group is appended by one atomic script, which trims the log as it goes: a group
+        // longer than the log would trim its own first events before any tailer read them.
+        let max_group = MAX_GROUP.min((live.event_log_max_len() / 4).max(1));
         tokio::spawn(drain(live.clone(), pending, shutdown));
-        tokio::spawn(append_groups(live.clone(), queue, retries.clone()));
+        tokio::spawn(append_groups(
+            live.clone(),
+            queue,
+            max_group,
+            retries.clone(),
+        ));
         Self {
             live,
             requests,
@@ -64,8 +72,17 @@ impl Outbox {
         };
         let (appended, id) = oneshot::channel();
         match self.requests.send(Request { event, appended }).await {
-            Ok(()) => id.await.ok().flatten(),
-            // The group task is gone (only at shutdown): append alone.
+            Ok(()) => id.await.unwrap_or_else(|_| {
+                // Only if the group task ended while holding the request (the runtime is
+                // shutting down): the message is stored, its event was not appended.
+                tracing::error!(
+                    kind = kind.as_str(),
+                    "event neither appended nor queued (shutting down); clients will see it in history"
+                );
+                None
+            }),
+            // The group task has ended, which it does only once every handle is dropped (the
+            // runtime is shutting down): append alone.
             Err(mpsc::error::SendError(request)) => {
                 let event = request.event;
                 match self
@@ -75,7 +92,8 @@ impl Outbox {
                 {
                     Ok(id) => Some(id),
                     Err(err) => {
-                        retry_later(&self.retries, event, &err);
+                        tracing::warn!(error = %err, kind = kind.as_str(), "event not appended; queued for retry");
+                        retry_later(&self.retries, event);
                         None
                     }
                 }
@@ -87,10 +105,11 @@ impl Outbox {
 async fn append_groups(
     live: Live,
     mut queue: mpsc::Receiver<Request>,
+    max_group: usize,
     retries: mpsc::Sender<Pending>,
 ) {
-    let mut group: Vec<Request> = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+    let mut group: Vec<Request> = Vec::with_capacity(max_group);
+    while queue.recv_many(&mut group, max_group).await > 0 {
         let requests = std::mem::take(&mut group);
         let events: Vec<(EventKind, &Audience, &str)> = requests
             .iter()
@@ -104,17 +123,23 @@ async fn append_groups(
                 }
             }
             Err(err) => {
-                for request in requests {
-                    retry_later(&retries, request.event, &err);
+                // Everything queued meanwhile goes to the retries as well, in order, instead
+                // of waiting for its own failed attempt (up to the response timeout per group
+                // while Redis hangs): the POSTs answer now, and the retries deliver later.
+                let mut failed = 0_usize;
+                let queued = std::iter::from_fn(|| queue.try_recv().ok()).take(CAPACITY);
+                for request in requests.into_iter().chain(queued) {
+                    retry_later(&retries, request.event);
                     let _ = request.appended.send(None);
+                    failed += 1;
                 }
+                tracing::warn!(error = %err, events = failed, "events not appended; queued for retry");
             }
         }
     }
 }
 
-fn retry_later(retries: &mpsc::Sender<Pending>, event: Pending, err: &redis::RedisError) {
-    tracing::warn!(error = %err, kind = event.kind.as_str(), "event not appended; queued for retry");
+fn retry_later(retries: &mpsc::Sender<Pending>, event: Pending) {
     let kind = event.kind;
     if retries.try_send(event).is_err() {
         tracing::error!(

@@ -137,6 +137,16 @@ impl Store {
     }
 }
 
+/// A store call that did not finish within its bound. An I/O error, like an unreachable
+/// server: the client gets a 503 and may retry (for a write, its outcome is unknown).
+pub(crate) fn timed_out(what: &str) -> mongodb::error::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("{what} took too long"),
+    )
+    .into()
+}
+
 /// True when a write failed on a unique index.
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};

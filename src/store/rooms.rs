@@ -237,13 +237,15 @@ impl Store {
     }
 }
 
-/// Grouped reads of "which rooms is this user in", the one MongoDB query of opening an event
-/// stream. When many streams open at once (every client of a restarted instance reconnects)
+/// Grouped reads of "which rooms is this user in": the one MongoDB query of opening an event
+/// stream, also used by `GET /rooms`. When many streams open at once (every client of a
+/// restarted instance reconnects)
 /// one query per stream means one round trip and one command's fixed cost each, in order, on
 /// the store; here one task takes every read that queued up while the previous query ran (up
 /// to [`RoomsOfUsers::MAX_USERS`] users) and answers them all from one
 /// `find({user_id: {$in: [...]}})`. Idle, a group is one user and costs what a plain `find`
-/// does.
+/// does. A failed or timed-out read fails the reads queued behind it too, so that a stalled
+/// store costs each caller one bound, not one per group ahead of it.
 pub(super) struct RoomsOfUsers {
     requests: mpsc::Sender<RoomsRequest>,
 }
@@ -293,11 +295,9 @@ async fn read_groups(db: Database, bound: Duration, mut queue: mpsc::Receiver<Ro
                 .await
         };
         // A stalled store must not hold every stream opening of the instance forever.
-        let found = tokio::time::timeout(bound, read).await.unwrap_or_else(|_| {
-            Err(mongodb::error::Error::custom(
-                "the membership read took too long",
-            ))
-        });
+        let found = tokio::time::timeout(bound, read)
+            .await
+            .unwrap_or_else(|_| Err(super::timed_out("the membership read")));
         match found {
             Ok(records) => {
                 let mut rooms: HashMap<&str, Vec<RoomId>> = HashMap::new();
@@ -316,7 +316,8 @@ async fn read_groups(db: Database, bound: Duration, mut queue: mpsc::Receiver<Ro
                 }
             }
             Err(err) => {
-                for request in requests {
+                let queued = std::iter::from_fn(|| queue.try_recv().ok()).take(RoomsOfUsers::QUEUE);
+                for request in requests.into_iter().chain(queued) {
                     let _ = request.answer.send(Err(err.clone()));
                 }
             }

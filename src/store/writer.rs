@@ -115,7 +115,7 @@ async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &
     // whole batch fails (its fate unknown, like a write-concern error).
     let result = tokio::time::timeout(bound, insert)
         .await
-        .unwrap_or_else(|_| Err(Error::custom("the message insert took too long")));
+        .unwrap_or_else(|_| Err(super::timed_out("the message insert")));
     // Which records are stored: all, none, or those the server did not report failed.
     let stored: Vec<bool> = match &result {
         Ok(_) => vec![true; jobs.len()],

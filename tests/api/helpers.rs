@@ -285,6 +285,24 @@ impl ScratchMongo {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the process without closing its sockets (SIGSTOP): a store that hangs instead
+    /// of refusing. `resume` continues it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
 }
 
 impl Drop for ScratchMongo {

@@ -312,6 +312,43 @@ async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
     assert!(!stream.ended);
 }
 
+#[tokio::test]
+async fn a_store_that_hangs_is_503_for_posts_and_stream_opens_within_the_bound() {
+    let mongo = ScratchMongo::start().await;
+    let app = spawn_app_with(&[
+        ("MONGODB_URI", mongo.uri.clone()),
+        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    app.post_to_room(&alice.token, &general, "stored").await;
+
+    mongo.pause();
+    // Both wait on a store call bounded by twice MONGODB_TIMEOUT_MS; a hang is a failure here.
+    let bound = std::time::Duration::from_secs(10);
+    let message = json!({"room_id": general, "body": "hung?"});
+    let post = app.send_message(&alice.token, &message);
+    let res = tokio::time::timeout(bound, post)
+        .await
+        .expect("a post to a hung store is answered");
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(
+        error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
+    let open = app.get_fresh("/events", &alice.token).send();
+    let res = tokio::time::timeout(bound, open)
+        .await
+        .expect("a stream opening on a hung store is answered")
+        .unwrap();
+    assert_eq!(
+        error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
+    mongo.resume();
+}
+
 /// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
 /// history and counted exactly once.
 #[tokio::test]
