@@ -300,9 +300,9 @@ impl Pump {
                     }
                 }
             }
-            HubItem::Resync(position) => {
+            HubItem::Resync(position, cause) => {
                 self.floor = None;
-                Step::Frame(resync_frame(position, "the event log was reset"))
+                Step::Frame(resync_frame(position, cause.reason()))
             }
         }
     }

@@ -22,21 +22,24 @@ use super::Live;
 use crate::domain::{RoomId, UserId};
 
 /// Lua shared by every script that appends to the log: creates the epoch when it is missing,
-/// then XADDs with trimming. Returns `{epoch, entry id}`.
+/// numbers the entry (`n`, one more than the entry before it, so that a tailer can tell when
+/// entries were trimmed before it read them), then XADDs with trimming. Returns
+/// `{epoch, entry id}`.
 pub(crate) const APPEND_LUA: &str = r"
-local function append(stream, epoch_key, candidate, maxlen, mode, kind, audience, data)
+local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data)
     local epoch = redis.call('GET', epoch_key)
     if not epoch then
         redis.call('SET', epoch_key, candidate)
         epoch = candidate
     end
+    local n = redis.call('INCR', count_key)
     local id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
-        'e', epoch, 't', kind, 'a', audience, 'd', data)
+        'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
     return {epoch, id}
 end
 ";
 
-/// KEYS: stream, epoch. ARGV: candidate epoch, maxlen, mode, then kind, audience, data for
+/// KEYS: stream, epoch, count. ARGV: candidate epoch, maxlen, mode, then kind, audience, data for
 /// each event in order. Returns `{epoch, id of the first event, id of the second, ...}`: one
 /// script call appends a whole group, with one epoch (the script is atomic).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
@@ -44,7 +47,7 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
         r"{APPEND_LUA}
         local result = {{}}
         for i = 4, #ARGV, 3 do
-            local appended = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
             result[1] = appended[1]
             result[#result + 1] = appended[2]
         end
@@ -119,6 +122,20 @@ impl EventId {
             return None;
         }
         Self::new(epoch, rest)
+    }
+
+    /// The greatest id before this one (not necessarily an entry's): resuming after it
+    /// starts at this event.
+    pub fn predecessor(&self) -> Self {
+        let (ms, seq) = match self.seq.checked_sub(1) {
+            Some(seq) => (self.ms, seq),
+            None => (self.ms.saturating_sub(1), u64::MAX),
+        };
+        Self {
+            epoch: self.epoch.clone(),
+            ms,
+            seq,
+        }
     }
 
     pub fn stream_id(&self) -> String {
@@ -345,6 +362,7 @@ impl Live {
         invocation
             .key(self.keys.events())
             .key(self.keys.epoch())
+            .key(self.keys.event_count())
             .arg(new_epoch())
             .arg(self.event_log_max_len)
             .arg(self.trim_mode());
@@ -465,6 +483,19 @@ const REPLAY_PAGE: usize = 500;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_predecessor_of_an_id_is_the_greatest_id_before_it() {
+        let id = EventId::parse("0a1b2c3d-1700000000000-5").unwrap();
+        let before = id.predecessor();
+        assert_eq!(before.to_string(), "0a1b2c3d-1700000000000-4");
+        assert_eq!(before.cmp_in_epoch(&id), Some(Ordering::Less));
+        let first_of_its_ms = EventId::parse("0a1b2c3d-1700000000000-0").unwrap();
+        assert_eq!(
+            first_of_its_ms.predecessor().to_string(),
+            format!("0a1b2c3d-1699999999999-{}", u64::MAX)
+        );
+    }
 
     #[test]
     fn event_ids_round_trip_and_order_within_an_epoch() {

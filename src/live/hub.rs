@@ -18,9 +18,27 @@ const BATCH: usize = 512;
 #[derive(Debug)]
 pub enum HubItem {
     Event(LogEvent),
-    /// The log was lost (new epoch): every client must reload history. Carries the new
-    /// position, the start of the new epoch.
-    Resync(EventId),
+    /// Events were lost: every client must reload history. Carries the position after which
+    /// events follow again, and why.
+    Resync(EventId, ResyncCause),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncCause {
+    /// Redis lost the log (new epoch); the position is the start of the new epoch.
+    LogLost,
+    /// Entries were trimmed before this instance read them (it fell further behind than the
+    /// log is long); the position is just before the first entry still there.
+    Trimmed,
+}
+
+impl ResyncCause {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::LogLost => "the event log was reset",
+            Self::Trimmed => "events were dropped from the log before they could be delivered",
+        }
+    }
 }
 
 pub struct Hub {
@@ -76,11 +94,12 @@ async fn tail(live: Live, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
         }
     };
     let mut failures = 0u32;
+    let mut last_number = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let step = tail_once(&live, &hub, &mut conn);
+        let step = tail_once(&live, &hub, &mut conn, &mut last_number);
         let result = tokio::select! {
             result = step => result,
             _ = shutdown.changed() => return,
@@ -107,11 +126,14 @@ async fn tail(live: Live, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// One round: check the epoch, then block for new entries and hand them out.
+/// One round: check the epoch, then block for new entries and hand them out. `last_number`
+/// is the `n` of the last entry handed out (see `APPEND_LUA`): an entry numbered more than one
+/// past it means entries in between were trimmed unread, and streams are told to resync.
 async fn tail_once(
     live: &Live,
     hub: &Hub,
     conn: &mut redis::aio::ConnectionManager,
+    last_number: &mut Option<u64>,
 ) -> redis::RedisResult<()> {
     let epoch = live.epoch_on(conn).await?;
     let position = match hub.position() {
@@ -121,7 +143,11 @@ async fn tail_once(
             // new epoch written before we noticed are read from its start.
             tracing::warn!(old_epoch = %old.epoch, new_epoch = %epoch, "event log was lost; streams will resync");
             let start = EventId::start_of(&epoch);
-            hub.emit(start.clone(), Some(HubItem::Resync(start.clone())));
+            hub.emit(
+                start.clone(),
+                Some(HubItem::Resync(start.clone(), ResyncCause::LogLost)),
+            );
+            *last_number = None;
             start
         }
         None => {
@@ -143,6 +169,23 @@ async fn tail_once(
         .await?;
     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
         let id = EventId::new(&epoch, &entry.id);
+        // Entries of an older version carry no number; a number at or below the last one
+        // means the counter was reset: neither is a gap.
+        let number: Option<u64> = entry.get("n");
+        if let (Some(number), Some(last), Some(id)) = (number, *last_number, &id)
+            && number > last.saturating_add(1)
+        {
+            tracing::warn!(
+                missed = number - last - 1,
+                "event log entries were trimmed before this instance read them; streams will resync"
+            );
+            let before = id.predecessor();
+            hub.emit(
+                before.clone(),
+                Some(HubItem::Resync(before, ResyncCause::Trimmed)),
+            );
+        }
+        *last_number = number;
         match LogEvent::from_entry(&entry) {
             Some(event) if event.id.epoch == epoch => {
                 hub.emit(event.id.clone(), Some(HubItem::Event(event)));

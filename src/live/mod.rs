@@ -15,7 +15,7 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use events::{Audience, EventId, EventKind, LogEvent, MemberChange, sse_frame};
-pub use hub::{Hub, HubItem};
+pub use hub::{Hub, HubItem, ResyncCause};
 pub use outbox::Outbox;
 pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
@@ -61,6 +61,11 @@ impl Keys {
 
     fn epoch(&self) -> String {
         format!("{}events:epoch", self.prefix)
+    }
+
+    /// How many entries were ever appended to the log (numbers each entry).
+    pub(crate) fn event_count(&self) -> String {
+        format!("{}events:count", self.prefix)
     }
 
     fn rate_limit(&self, scope: &str, subject: &str) -> String {

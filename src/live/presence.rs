@@ -23,7 +23,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: revoked, sessions, online, names, events, epoch.
+/// KEYS: revoked, sessions, online, names, events, epoch, event count.
 /// ARGV: jti, user, ttl_ms, username, candidate epoch, maxlen, trim mode.
 /// Returns -1 when the token is revoked, 1 when the user just came online, 0 otherwise.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
@@ -39,7 +39,7 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
         redis.call('ZADD', KEYS[3], 'GT', now, ARGV[2])
         if (not previous) or tonumber(previous) <= now - ttl then
             redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
-            append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
+            append(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
                 cjson.encode({{user_id = ARGV[2], username = ARGV[4], online = true, at = now}}))
             return 1
         end
@@ -48,7 +48,7 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// KEYS: revoked, sessions, online, names, events, epoch.
+/// KEYS: revoked, sessions, online, names, events, epoch, event count.
 /// ARGV: jti, user, ttl_ms, revoke_for_ms, candidate epoch, maxlen, trim mode.
 /// Returns 1 when that was the user's last live session (they are now offline), else 0.
 static REVOKE: LazyLock<Script> = LazyLock::new(|| {
@@ -56,7 +56,7 @@ static REVOKE: LazyLock<Script> = LazyLock::new(|| {
         r"{APPEND_LUA}
         {NOW_LUA}
         redis.call('SET', KEYS[1], '1', 'PX', ARGV[4])
-        append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'session_revoked', 'u:' .. ARGV[2],
+        append(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], 'session_revoked', 'u:' .. ARGV[2],
             cjson.encode({{jti = ARGV[1]}}))
         redis.call('ZREM', KEYS[2], ARGV[1])
         redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
@@ -67,7 +67,7 @@ static REVOKE: LazyLock<Script> = LazyLock::new(|| {
         end
         if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 then
             local name = redis.call('HGET', KEYS[4], ARGV[2]) or ''
-            append(KEYS[5], KEYS[6], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
+            append(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
                 cjson.encode({{user_id = ARGV[2], username = name, online = false, at = now}}))
         end
         return 1
@@ -75,7 +75,8 @@ static REVOKE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
-/// KEYS: online, names, events, epoch. ARGV: ttl_ms, candidate epoch, maxlen, trim mode.
+/// KEYS: online, names, events, epoch, event count. ARGV: ttl_ms, candidate epoch, maxlen,
+/// trim mode.
 /// Takes users silent for the TTL off the online set and announces each one as offline.
 /// ZREM decides which instance announces, so each expiry is announced once.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
@@ -86,7 +87,7 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| {
         for _, user in ipairs(expired) do
             redis.call('ZREM', KEYS[1], user)
             local name = redis.call('HGET', KEYS[2], user) or ''
-            append(KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], 'presence', '*',
+            append(KEYS[3], KEYS[4], KEYS[5], ARGV[2], ARGV[3], ARGV[4], 'presence', '*',
                 cjson.encode({{user_id = user, username = name, online = false, at = now}}))
         end
         return #expired
@@ -148,6 +149,7 @@ impl Live {
             .key(self.keys.names())
             .key(self.keys.events())
             .key(self.keys.epoch())
+            .key(self.keys.event_count())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
@@ -185,6 +187,7 @@ impl Live {
             .key(self.keys.names())
             .key(self.keys.events())
             .key(self.keys.epoch())
+            .key(self.keys.event_count())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
@@ -205,6 +208,7 @@ impl Live {
             .key(self.keys.names())
             .key(self.keys.events())
             .key(self.keys.epoch())
+            .key(self.keys.event_count())
             .arg(self.ttl_ms())
             .arg(new_epoch())
             .arg(self.event_log_max_len)

@@ -581,6 +581,54 @@ async fn shutdown_ends_open_streams() {
 }
 
 #[tokio::test]
+async fn entries_trimmed_before_an_instance_read_them_make_its_streams_resync() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    app.post_to_room(&alice.token, &general, "before").await;
+    assert_eq!(stream.messages(1).await[0].json()["body"], "before");
+
+    // What an instance that fell further behind than the log is long finds: the next entry
+    // it reads is numbered past the last one it saw. Simulated by skipping numbers, as three
+    // appends trimmed away unread would.
+    let redis = redis::Client::open(crate::helpers::test_redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let count_key = format!("{}events:count", app.settings.redis_key_prefix);
+    let _: i64 = redis::cmd("INCRBY")
+        .arg(&count_key)
+        .arg(3)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let sent = app
+        .post_to_room(&alice.token, &general, "after the gap")
+        .await;
+
+    let resync = stream.expect("resync").await;
+    assert!(
+        resync.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dropped from the log"),
+        "{}",
+        resync.data
+    );
+    let message = stream.messages(1).await.remove(0);
+    assert_eq!(message.json()["body"], "after the gap");
+    assert_eq!(message.id.as_deref(), sent["event_id"].as_str());
+    assert!(
+        position(&resync) < position(&message),
+        "resuming after the resync's id starts at the first event after the gap"
+    );
+    // Without a gap, no resync.
+    app.post_to_room(&alice.token, &general, "no gap").await;
+    let next = stream.next().await.unwrap();
+    assert_eq!(next.event, "message");
+    assert_eq!(next.json()["body"], "no gap");
+}
+
+#[tokio::test]
 async fn a_redis_restart_that_loses_the_log_makes_streams_resync_and_recover() {
     let mut redis = ScratchRedis::start().await;
     let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
