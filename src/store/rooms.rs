@@ -239,13 +239,12 @@ impl Store {
 
 /// Grouped reads of "which rooms is this user in": the one MongoDB query of opening an event
 /// stream, also used by `GET /rooms`. When many streams open at once (every client of a
-/// restarted instance reconnects)
-/// one query per stream means one round trip and one command's fixed cost each, in order, on
-/// the store; here one task takes every read that queued up while the previous query ran (up
-/// to [`RoomsOfUsers::MAX_USERS`] users) and answers them all from one
-/// `find({user_id: {$in: [...]}})`. Idle, a group is one user and costs what a plain `find`
-/// does. A failed or timed-out read fails the reads queued behind it too, so that a stalled
-/// store costs each caller one bound, not one per group ahead of it.
+/// restarted instance reconnects), one query per stream means one round trip and one
+/// command's fixed cost each, in order, on the store. Here one task takes every read that
+/// queued up while the previous query ran (up to [`RoomsOfUsers::MAX_USERS`] users) and
+/// answers them all from one `find({user_id: {$in: [...]}})`. Idle, a group is one user and
+/// costs what a plain `find` does. A failed or timed-out read fails the reads queued behind it
+/// too, so that a stalled store costs each caller one bound, not one per group ahead of it.
 pub(super) struct RoomsOfUsers {
     requests: mpsc::Sender<RoomsRequest>,
 }
