@@ -4,9 +4,10 @@
 //! its log meanwhile, the new epoch makes every client resync and reload history instead.
 //!
 //! Appends are grouped like the message writes: one task per instance takes every event that
-//! queued up while the previous group was appended (up to [`MAX_GROUP`]) and appends them with
-//! one script call. Under load that is one Redis round trip and one Lua invocation per group
-//! instead of per message; idle, a group is one event.
+//! queued up while the previous group was appended (up to [`MAX_GROUP`], and at most a quarter
+//! of the log's length) and appends them with one script call. Under load that is one Redis
+//! round trip and one Lua invocation per group instead of per message; idle, a group is one
+//! event. A group that fails goes to the retries with everything queued behind it, at once.
 
 use std::time::Duration;
 
