@@ -33,7 +33,6 @@ struct Request {
 
 #[derive(Clone)]
 pub struct Outbox {
-    live: Live,
     requests: mpsc::Sender<Request>,
     retries: mpsc::Sender<Pending>,
 }
@@ -45,18 +44,14 @@ impl Outbox {
         // A group is appended by one atomic script, which trims the log as it goes: a group
         // longer than the log would trim its own first events before any tailer read them.
         let max_group = MAX_GROUP.min((live.event_log_max_len() / 4).max(1));
-        tokio::spawn(drain(live.clone(), pending, shutdown));
         tokio::spawn(append_groups(
             live.clone(),
             queue,
             max_group,
             retries.clone(),
         ));
-        Self {
-            live,
-            requests,
-            retries,
-        }
+        tokio::spawn(drain(live, pending, shutdown));
+        Self { requests, retries }
     }
 
     /// Appends with the next group, or queues for a retry and returns `None`.
@@ -72,34 +67,27 @@ impl Outbox {
             data,
         };
         let (appended, id) = oneshot::channel();
-        match self.requests.send(Request { event, appended }).await {
-            Ok(()) => id.await.unwrap_or_else(|_| {
-                // Only if the group task ended while holding the request (the runtime is
-                // shutting down): the message is stored, its event was not appended.
-                tracing::error!(
-                    kind = kind.as_str(),
-                    "event neither appended nor queued (shutting down); clients will see it in history"
-                );
-                None
-            }),
-            // The group task has ended, which it does only once every handle is dropped (the
-            // runtime is shutting down): append alone.
-            Err(mpsc::error::SendError(request)) => {
-                let event = request.event;
-                match self
-                    .live
-                    .publish(event.kind, &event.audience, &event.data)
-                    .await
-                {
-                    Ok(id) => Some(id),
-                    Err(err) => {
-                        tracing::warn!(error = %err, kind = kind.as_str(), "event not appended; queued for retry");
-                        retry_later(&self.retries, event);
-                        None
-                    }
-                }
-            }
+        // The group task holds its queue for as long as any handle lives, so it is gone only
+        // if it failed; the retries then deliver what it cannot.
+        if let Err(mpsc::error::SendError(request)) =
+            self.requests.send(Request { event, appended }).await
+        {
+            tracing::error!(
+                kind = kind.as_str(),
+                "event group task gone; event queued for retry"
+            );
+            retry_later(&self.retries, request.event);
+            return None;
         }
+        id.await.unwrap_or_else(|_| {
+            // The group task ended while holding the request (it failed, or the runtime is
+            // shutting down): the message is stored, its event was not appended.
+            tracing::error!(
+                kind = kind.as_str(),
+                "event neither appended nor queued; clients will see it in history"
+            );
+            None
+        })
     }
 }
 

@@ -40,7 +40,7 @@ pub struct Store {
     /// Group commit of new messages (see `writer`).
     writer: writer::MessageWriter,
     /// Grouped reads of users' rooms (see `rooms::RoomsOfUsers`).
-    rooms_of_users: Arc<rooms::RoomsOfUsers>,
+    rooms_of_users: rooms::RoomsOfUsers,
 }
 
 impl Store {
@@ -71,10 +71,7 @@ impl Store {
             i64::try_from(settings.mongodb_timeout.as_millis()).unwrap_or(i64::MAX);
         Ok(Self {
             writer: writer::MessageWriter::spawn(db.clone(), write_timeout_ms),
-            rooms_of_users: Arc::new(rooms::RoomsOfUsers::spawn(
-                db.clone(),
-                write_bound(write_timeout_ms),
-            )),
+            rooms_of_users: rooms::RoomsOfUsers::spawn(db.clone(), write_bound(write_timeout_ms)),
             db,
             write_timeout_ms,
             settled: Arc::default(),

@@ -245,6 +245,7 @@ impl Store {
 /// answers them all from one `find({user_id: {$in: [...]}})`. Idle, a group is one user and
 /// costs what a plain `find` does. A failed or timed-out read fails the reads queued behind it
 /// too, so that a stalled store costs each caller one bound, not one per group ahead of it.
+#[derive(Clone)]
 pub(super) struct RoomsOfUsers {
     requests: mpsc::Sender<RoomsRequest>,
 }

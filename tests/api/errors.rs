@@ -139,11 +139,7 @@ async fn redis_down_means_503_for_authenticated_requests_never_a_pass() {
 #[tokio::test]
 async fn mongodb_down_means_503_with_the_error_body() {
     let mut mongo = ScratchMongo::start().await;
-    let app = spawn_app_with(&[
-        ("MONGODB_URI", mongo.uri.clone()),
-        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
-    ])
-    .await;
+    let app = mongo.app().await;
     let user = app.signup("mongo").await;
     mongo.kill();
 

@@ -40,11 +40,7 @@ async fn readyz_names_redis_when_it_is_down() {
 #[tokio::test]
 async fn readyz_names_mongodb_when_it_is_down() {
     let mut mongo = ScratchMongo::start().await;
-    let app = spawn_app_with(&[
-        ("MONGODB_URI", mongo.uri.clone()),
-        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
-    ])
-    .await;
+    let app = mongo.app().await;
     assert_eq!(
         app.get("/readyz").send().await.unwrap().status(),
         StatusCode::OK

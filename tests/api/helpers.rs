@@ -286,6 +286,16 @@ impl ScratchMongo {
         let _ = self.child.wait();
     }
 
+    /// An app on this server, with a short store timeout (500 ms) so that its failures are
+    /// seen quickly.
+    pub async fn app(&self) -> TestApp {
+        spawn_app_with(&[
+            ("MONGODB_URI", self.uri.clone()),
+            ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+        ])
+        .await
+    }
+
     /// Stops the process without closing its sockets (SIGSTOP): a store that hangs instead
     /// of refusing. `resume` continues it.
     pub fn pause(&self) {

@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ScratchMongo, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{ScratchMongo, error_code, spawn_app};
 
 #[tokio::test]
 async fn a_room_message_is_stored_and_returned_with_its_sender_and_time() {
@@ -285,11 +285,7 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
 #[tokio::test]
 async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
     let mut mongo = ScratchMongo::start().await;
-    let app = spawn_app_with(&[
-        ("MONGODB_URI", mongo.uri.clone()),
-        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
-    ])
-    .await;
+    let app = mongo.app().await;
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
     let mut stream = app.ready_events(&alice.token).await;
@@ -315,11 +311,7 @@ async fn posting_while_mongodb_is_down_is_503_and_stores_nothing() {
 #[tokio::test]
 async fn a_store_that_hangs_is_503_for_posts_and_stream_opens_within_the_bound() {
     let mongo = ScratchMongo::start().await;
-    let app = spawn_app_with(&[
-        ("MONGODB_URI", mongo.uri.clone()),
-        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
-    ])
-    .await;
+    let app = mongo.app().await;
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
     app.post_to_room(&alice.token, &general, "stored").await;
