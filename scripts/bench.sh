@@ -11,7 +11,7 @@
 # idle": which to run), BENCH_STATS=1 (also run
 # scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
 # LOADBENCH_MONGO_PORT (37048), LOADBENCH_API_PORT (18110), LOADBENCH_API2_PORT (18111),
-# LOADBENCH_NCHAN_PORT (18120).
+# LOADBENCH_NCHAN_PORT (18120), RUST_LOG (warn) for the API instances (logs in .work/loadbench).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -182,7 +182,7 @@ export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 export REDIS_KEY_PREFIX="loadbench:"
 JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export JWT_SECRET
-export APP_ENV=development RUST_LOG=warn AUTH_RATE_LIMIT_PER_MINUTE=100000
+export APP_ENV=development RUST_LOG=${RUST_LOG:-warn} AUTH_RATE_LIMIT_PER_MINUTE=100000
 # The in-process broadcast must hold a whole burst for the slowest stream.
 export SSE_BUFFER_EVENTS=65536
 start_api api1 "$API_PORT"

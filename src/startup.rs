@@ -88,7 +88,7 @@ impl Application {
         let (signal, shutdown) = watch::channel(false);
         let hub = Hub::start(live.clone(), settings.sse_buffer_events, shutdown.clone());
         live.spawn_presence_sweeper(shutdown.clone());
-        let outbox = Outbox::start(live.clone(), shutdown.clone());
+        let outbox = Outbox::start(live.clone(), Arc::clone(&hub), shutdown.clone());
         let state = web::Data::new(AppState {
             store,
             live,

@@ -26,28 +26,59 @@ use crate::domain::{RoomId, UserId};
 /// entries were trimmed before it read them), then XADDs with trimming. Returns
 /// `{epoch, entry id}`.
 pub(crate) const APPEND_LUA: &str = r"
-local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data)
+local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data, group)
     local epoch = redis.call('GET', epoch_key)
     if not epoch then
         redis.call('SET', epoch_key, candidate)
         epoch = candidate
     end
     local n = redis.call('INCR', count_key)
-    local id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
-        'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
+    local id
+    if group then
+        id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
+            'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n, 'g', group)
+    else
+        id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
+            'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
+    end
     return {epoch, id}
 end
 ";
 
-/// KEYS: stream, epoch, count. ARGV: candidate epoch, maxlen, mode, then kind, audience, data for
-/// each event in order. Returns `{epoch, id of the first event, id of the second, ...}`: one
-/// script call appends a whole group, with one epoch (the script is atomic).
+/// KEYS: stream, epoch, count. ARGV: candidate epoch, maxlen, mode, the group's token, then
+/// where an earlier attempt at this group could have put it (epoch and stream id; `''` when
+/// there was none, `'-'` for anywhere in the log), then kind, audience, data for each event in
+/// order. The token is stored with the group's first entry. When an earlier attempt is named,
+/// the log after that point is searched for the token first: found, nothing is appended and
+/// the reply is `{epoch}` alone. Otherwise the reply is `{epoch, id of the first event, id of
+/// the second, ...}`: one script call appends a whole group, with one epoch (it is atomic).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
+        local token, after_epoch, after = ARGV[4], ARGV[5], ARGV[6]
+        if after ~= '' then
+            local epoch = redis.call('GET', KEYS[2])
+            local start = '-'
+            if epoch == after_epoch and after ~= '-' then start = '(' .. after end
+            while true do
+                local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 512)
+                for _, entry in ipairs(entries) do
+                    local fields = entry[2]
+                    for i = 1, #fields, 2 do
+                        if fields[i] == 'g' and fields[i + 1] == token then
+                            return {{epoch}}
+                        end
+                    end
+                end
+                if #entries < 512 then break end
+                start = '(' .. entries[#entries][1]
+            end
+        end
         local result = {{}}
-        for i = 4, #ARGV, 3 do
-            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+        for i = 7, #ARGV, 3 do
+            local group = nil
+            if i == 7 then group = token end
+            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2], group)
             result[1] = appended[1]
             result[#result + 1] = appended[2]
         end
@@ -320,6 +351,41 @@ pub fn sse_frame(id: Option<&EventId>, event: &str, data: &str) -> Bytes {
     Bytes::from(frame)
 }
 
+/// Marks a group of events in the log (stored with its first entry), so that retrying a group
+/// whose reply was lost does not append it twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupToken(String);
+
+impl GroupToken {
+    /// 128 random bits: unique across instances and restarts.
+    pub fn new() -> Self {
+        Self(format!("{:032x}", rand::thread_rng().r#gen::<u128>()))
+    }
+}
+
+impl Default for GroupToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An earlier attempt at appending a group whose outcome is unknown (its reply was lost to a
+/// timeout or a dropped connection): if it went through, its entries are after `after` (an
+/// entry that was in the log before the attempt was sent), or anywhere in the log when `None`.
+#[derive(Clone, Debug)]
+pub struct EarlierAttempt {
+    pub after: Option<EventId>,
+}
+
+/// What [`Live::append_group`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Appended now: the ids of the group's events, in order.
+    Now(Vec<EventId>),
+    /// Already in the log, from the earlier attempt; nothing was appended.
+    Earlier,
+}
+
 pub(crate) fn new_epoch() -> String {
     format!("{:08x}", rand::thread_rng().r#gen::<u32>())
 }
@@ -339,25 +405,16 @@ impl Live {
         }
     }
 
-    /// Appends an event and returns its id.
-    pub async fn publish(
+    /// Appends `events` in order with one script call (one round trip, one Lua invocation).
+    /// `token` marks the group in the log (see [`GroupToken`]); pass the same token and the
+    /// [`EarlierAttempt`] when retrying a group whose earlier attempt may have gone through,
+    /// and it is not appended twice.
+    pub async fn append_group(
         &self,
-        kind: EventKind,
-        audience: &Audience,
-        data: &str,
-    ) -> redis::RedisResult<EventId> {
-        let ids = self.publish_all(&[(kind, audience, data)]).await?;
-        ids.into_iter().next().ok_or_else(|| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "no id for the appended event"))
-        })
-    }
-
-    /// Appends `events` in order with one script call (one round trip, one Lua invocation)
-    /// and returns their ids, in the same order.
-    pub async fn publish_all(
-        &self,
+        token: &GroupToken,
         events: &[(EventKind, &Audience, &str)],
-    ) -> redis::RedisResult<Vec<EventId>> {
+        earlier: Option<&EarlierAttempt>,
+    ) -> redis::RedisResult<Appended> {
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
             .key(self.keys.events())
@@ -365,7 +422,13 @@ impl Live {
             .key(self.keys.event_count())
             .arg(new_epoch())
             .arg(self.event_log_max_len)
-            .arg(self.trim_mode());
+            .arg(self.trim_mode())
+            .arg(&token.0);
+        match earlier.map(|attempt| attempt.after.as_ref()) {
+            None => invocation.arg("").arg(""),
+            Some(None) => invocation.arg("").arg("-"),
+            Some(Some(after)) => invocation.arg(&after.epoch).arg(after.stream_id()),
+        };
         for (kind, audience, data) in events {
             invocation
                 .arg(kind.as_str())
@@ -384,6 +447,9 @@ impl Live {
         let (epoch, stream_ids) = reply
             .split_first()
             .ok_or_else(|| unexpected("an empty reply"))?;
+        if stream_ids.is_empty() && earlier.is_some() && !events.is_empty() {
+            return Ok(Appended::Earlier);
+        }
         if stream_ids.len() != events.len() {
             return Err(unexpected(&format!(
                 "{} ids for {} events",
@@ -394,7 +460,8 @@ impl Live {
         stream_ids
             .iter()
             .map(|stream_id| EventId::new(epoch, stream_id).ok_or_else(|| unexpected(stream_id)))
-            .collect()
+            .collect::<redis::RedisResult<_>>()
+            .map(Appended::Now)
     }
 
     /// The current epoch of the log, created when missing.

@@ -14,7 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-pub use events::{Audience, EventId, EventKind, LogEvent, MemberChange, sse_frame};
+pub use events::{
+    Appended, Audience, EarlierAttempt, EventId, EventKind, GroupToken, LogEvent, MemberChange,
+    sse_frame,
+};
 pub use hub::{Hub, HubItem, ResyncCause};
 pub use outbox::Outbox;
 pub use presence::{OnlineEntry, TouchOutcome};

@@ -8,14 +8,27 @@
 //! of the log's length) and appends them with one script call. Under load that is one Redis
 //! round trip and one Lua invocation per group instead of per message; idle, a group is one
 //! event. A group that fails goes to the retries with everything queued behind it, at once.
+//!
+//! A failed attempt may still have gone through: Redis ran the script, and the reply was lost
+//! to a timeout or a dropped connection. Appending the group again would show its messages
+//! twice on every stream. So each group carries a random token, stored with its first entry,
+//! and a retry of a group that was sent before first searches the log after the position the
+//! instance had read before that attempt (in the same script, so the search and the append are
+//! one atomic step): found, it is not appended again. The search misses only if the log was
+//! trimmed past the group meanwhile (more than `EVENT_LOG_MAX_LEN` events during the outage);
+//! the group is then appended again, and clients that had seen it see it twice, rather than
+//! clients that had not never seeing it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Live;
-use super::events::{Audience, EventId, EventKind};
+use super::events::{Appended, Audience, EarlierAttempt, EventId, EventKind, GroupToken};
+use super::{Hub, Live};
 
+/// Events waiting in the retries at most; past it they are dropped (and logged).
 const CAPACITY: usize = 10_000;
 /// Events appended by one script call at most.
 const MAX_GROUP: usize = 128;
@@ -31,26 +44,69 @@ struct Request {
     appended: oneshot::Sender<Option<EventId>>,
 }
 
+/// A group waiting to be appended again.
+struct Retry {
+    token: GroupToken,
+    events: Vec<Pending>,
+    /// Set once an attempt was sent whose outcome is unknown.
+    earlier: Option<EarlierAttempt>,
+}
+
+/// The retry queue, bounded in events rather than groups.
+#[derive(Clone)]
+struct Retries {
+    groups: mpsc::UnboundedSender<Retry>,
+    events: Arc<AtomicUsize>,
+}
+
+impl Retries {
+    fn push(&self, retry: Retry) {
+        let count = retry.events.len();
+        if self.events.fetch_add(count, Ordering::AcqRel) + count > CAPACITY {
+            self.events.fetch_sub(count, Ordering::AcqRel);
+            tracing::error!(
+                events = count,
+                "event outbox full; events dropped (clients will see them in history)"
+            );
+            return;
+        }
+        if let Err(mpsc::error::SendError(retry)) = self.groups.send(retry) {
+            self.events.fetch_sub(retry.events.len(), Ordering::AcqRel);
+            tracing::error!(
+                events = retry.events.len(),
+                "event outbox stopped; events dropped (clients will see them in history)"
+            );
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Outbox {
     requests: mpsc::Sender<Request>,
-    retries: mpsc::Sender<Pending>,
+    retries: Retries,
 }
 
 impl Outbox {
-    pub fn start(live: Live, shutdown: watch::Receiver<bool>) -> Self {
-        let (retries, pending) = mpsc::channel(CAPACITY);
+    /// `hub` tells where a group that is sent now will be in the log (after the hub's
+    /// position), which a retry of a group whose reply was lost searches.
+    pub fn start(live: Live, hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Self {
+        let (groups, pending) = mpsc::unbounded_channel();
+        let retries = Retries {
+            groups,
+            events: Arc::default(),
+        };
         let (requests, queue) = mpsc::channel(CAPACITY);
         // A group is appended by one atomic script, which trims the log as it goes: a group
         // longer than the log would trim its own first events before any tailer read them.
         let max_group = MAX_GROUP.min((live.event_log_max_len() / 4).max(1));
         tokio::spawn(append_groups(
             live.clone(),
+            Arc::clone(&hub),
             queue,
             max_group,
             retries.clone(),
         ));
-        tokio::spawn(drain(live, pending, shutdown));
+        tokio::spawn(drain(live, hub, pending, retries.clone(), shutdown));
         Self { requests, retries }
     }
 
@@ -76,7 +132,11 @@ impl Outbox {
                 kind = kind.as_str(),
                 "event group task gone; event queued for retry"
             );
-            retry_later(&self.retries, request.event);
+            self.retries.push(Retry {
+                token: GroupToken::new(),
+                events: vec![request.event],
+                earlier: None,
+            });
             return None;
         }
         id.await.unwrap_or_else(|_| {
@@ -91,36 +151,77 @@ impl Outbox {
     }
 }
 
+fn borrowed(events: &[Pending]) -> Vec<(EventKind, &Audience, &str)> {
+    events
+        .iter()
+        .map(|event| (event.kind, &event.audience, event.data.as_str()))
+        .collect()
+}
+
 async fn append_groups(
     live: Live,
+    hub: Arc<Hub>,
     mut queue: mpsc::Receiver<Request>,
     max_group: usize,
-    retries: mpsc::Sender<Pending>,
+    retries: Retries,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(max_group);
     while queue.recv_many(&mut group, max_group).await > 0 {
-        let requests = std::mem::take(&mut group);
-        let events: Vec<(EventKind, &Audience, &str)> = requests
-            .iter()
-            .map(|r| (r.event.kind, &r.event.audience, r.event.data.as_str()))
-            .collect();
-        match live.publish_all(&events).await {
-            Ok(ids) => {
-                for (request, id) in requests.into_iter().zip(ids) {
+        let (events, answers): (Vec<Pending>, Vec<_>) = std::mem::take(&mut group)
+            .into_iter()
+            .map(|request| (request.event, request.appended))
+            .unzip();
+        let token = GroupToken::new();
+        // Read before sending: if the group goes through, its entries come after this one.
+        let after = hub.position();
+        match live.append_group(&token, &borrowed(&events), None).await {
+            Ok(Appended::Now(ids)) => {
+                for (answer, id) in answers.into_iter().zip(ids) {
                     // A request that gave up waiting still had its event appended.
-                    let _ = request.appended.send(Some(id));
+                    let _ = answer.send(Some(id));
                 }
             }
+            // Only an append that names an earlier attempt can find one.
+            Ok(Appended::Earlier) => answers.into_iter().for_each(|answer| {
+                let _ = answer.send(None);
+            }),
             Err(err) => {
-                // Everything queued meanwhile goes to the retries as well, in order, instead
-                // of waiting for its own failed attempt (up to the response timeout per group
-                // while Redis hangs): the POSTs answer now, and the retries deliver later.
-                let mut failed = 0_usize;
-                let queued = std::iter::from_fn(|| queue.try_recv().ok()).take(CAPACITY);
-                for request in requests.into_iter().chain(queued) {
-                    retry_later(&retries, request.event);
+                // The group may have gone through with its reply lost: its retry first looks
+                // for it in the log. Everything queued meanwhile was never sent; it goes to
+                // the retries as well, in order, instead of waiting for its own failed attempt
+                // (up to the response timeout per group while Redis hangs): the POSTs answer
+                // now, and the retries deliver later.
+                let mut failed = events.len();
+                retries.push(Retry {
+                    token,
+                    events,
+                    earlier: Some(EarlierAttempt { after }),
+                });
+                answers.into_iter().for_each(|answer| {
+                    let _ = answer.send(None);
+                });
+                let mut queued = Vec::new();
+                while let Ok(request) = queue.try_recv() {
+                    queued.push(request.event);
                     let _ = request.appended.send(None);
                     failed += 1;
+                    if queued.len() == max_group {
+                        retries.push(Retry {
+                            token: GroupToken::new(),
+                            events: std::mem::take(&mut queued),
+                            earlier: None,
+                        });
+                    }
+                    if failed >= CAPACITY {
+                        break;
+                    }
+                }
+                if !queued.is_empty() {
+                    retries.push(Retry {
+                        token: GroupToken::new(),
+                        events: queued,
+                        earlier: None,
+                    });
                 }
                 tracing::warn!(error = %err, events = failed, "events not appended; queued for retry");
             }
@@ -128,19 +229,12 @@ async fn append_groups(
     }
 }
 
-fn retry_later(retries: &mpsc::Sender<Pending>, event: Pending) {
-    let kind = event.kind;
-    if retries.try_send(event).is_err() {
-        tracing::error!(
-            kind = kind.as_str(),
-            "event outbox full; event dropped (clients will see it in history)"
-        );
-    }
-}
-
+/// Appends the retried groups, one at a time and in order, until Redis takes each.
 async fn drain(
     live: Live,
-    mut pending: mpsc::Receiver<Pending>,
+    hub: Arc<Hub>,
+    mut pending: mpsc::UnboundedReceiver<Retry>,
+    retries: Retries,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -148,15 +242,37 @@ async fn drain(
             next = pending.recv() => next,
             _ = shutdown.changed() => return,
         };
-        let Some(event) = next else { return };
+        let Some(mut retry) = next else { return };
         let mut delay = Duration::from_millis(100);
-        while let Err(err) = live.publish(event.kind, &event.audience, &event.data).await {
-            tracing::debug!(error = %err, "outbox: Redis still unavailable");
+        loop {
+            let after = hub.position();
+            let events = borrowed(&retry.events);
+            match live
+                .append_group(&retry.token, &events, retry.earlier.as_ref())
+                .await
+            {
+                Ok(Appended::Now(_)) => break,
+                Ok(Appended::Earlier) => {
+                    tracing::info!(
+                        events = events.len(),
+                        "a retried group was already in the event log (an attempt's reply was lost); not appended again"
+                    );
+                    break;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "outbox: Redis still unavailable");
+                    // From now on the group may be in the log: later attempts look first.
+                    retry.earlier.get_or_insert(EarlierAttempt { after });
+                }
+            }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+        retries
+            .events
+            .fetch_sub(retry.events.len(), Ordering::AcqRel);
     }
 }

@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{ScratchRedis, TestUser, error_code, spawn_app, spawn_app_with, unique};
+use crate::helpers::{
+    ScratchMongo, ScratchRedis, TestUser, error_code, spawn_app, spawn_app_with, unique,
+};
 use crate::sse::SseEvent;
 
 /// `(ms, seq)` of an event id `<epoch>-<ms>-<seq>`, for order checks.
@@ -626,6 +628,169 @@ async fn entries_trimmed_before_an_instance_read_them_make_its_streams_resync() 
     let next = stream.next().await.unwrap();
     assert_eq!(next.event, "message");
     assert_eq!(next.json()["body"], "no gap");
+}
+
+#[tokio::test]
+async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
+    use chat_server::domain::RoomId;
+    use chat_server::live::{Appended, Audience, EarlierAttempt, EventKind, GroupToken, Live};
+
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    let live = Live::connect(&app.settings).unwrap();
+    let redis = redis::Client::open(crate::helpers::test_redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let log = format!("{}events", app.settings.redis_key_prefix);
+    let audience = Audience::Room(RoomId::parse(&general).unwrap());
+    let body = |text: &str| serde_json::json!({ "body": text }).to_string();
+    let (one, two, three) = (body("one"), body("two"), body("three"));
+    let group = [
+        (EventKind::Message, &audience, one.as_str()),
+        (EventKind::Message, &audience, two.as_str()),
+    ];
+
+    let token = GroupToken::new();
+    let Appended::Now(ids) = live.append_group(&token, &group, None).await.unwrap() else {
+        panic!("a first attempt appends");
+    };
+    assert_eq!(ids.len(), 2);
+    let length: usize = redis::cmd("XLEN")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    // Its retries, as after a lost reply: searched after the position read before the first
+    // attempt, or in the whole log (the instance had not read it yet). Neither appends.
+    let before = ids[0].predecessor();
+    for after in [Some(before.clone()), None] {
+        let retried = live
+            .append_group(&token, &group, Some(&EarlierAttempt { after }))
+            .await
+            .unwrap();
+        assert_eq!(retried, Appended::Earlier);
+    }
+    let unchanged: usize = redis::cmd("XLEN")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, length, "nothing was appended again");
+
+    // A retried group that had not gone through is appended.
+    let lone = [(EventKind::Message, &audience, three.as_str())];
+    let retried = live
+        .append_group(
+            &GroupToken::new(),
+            &lone,
+            Some(&EarlierAttempt {
+                after: Some(before),
+            }),
+        )
+        .await
+        .unwrap();
+    let Appended::Now(third) = retried else {
+        panic!("a group not in the log is appended: {retried:?}");
+    };
+
+    let seen = stream.messages(3).await;
+    let bodies: Vec<_> = seen.iter().map(|e| e.json()["body"].clone()).collect();
+    assert_eq!(bodies, ["one", "two", "three"]);
+    let seen_ids: Vec<_> = seen.iter().map(|e| e.id.clone().unwrap()).collect();
+    let sent_ids: Vec<_> = ids.iter().chain(&third).map(ToString::to_string).collect();
+    assert_eq!(seen_ids, sent_ids);
+    stream
+        .assert_no_message_within(Duration::from_millis(300))
+        .await;
+}
+
+/// Keeps Redis busy for `ARGV[1]` microseconds.
+const BUSY_LUA: &str = "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end \
+    local start = now() while now() - start < tonumber(ARGV[1]) do end return 1";
+
+/// A command in the Redis protocol.
+fn resp(parts: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for part in parts {
+        out.extend_from_slice(format!("${}\r\n{part}\r\n", part.len()).as_bytes());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_once() {
+    let mongo = ScratchMongo::start().await;
+    let redis = ScratchRedis::start().await;
+    let app = spawn_app_with(&[
+        ("MONGODB_URI", mongo.uri.clone()),
+        ("REDIS_URL", redis.url()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    // Redis knows the append script from then on (a first call would only send its hash).
+    app.post_to_room(&alice.token, &general, "before").await;
+    assert_eq!(stream.messages(1).await[0].json()["body"], "before");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let online = format!("{}online", app.settings.redis_key_prefix);
+    let last_seen = |mut conn: redis::aio::MultiplexedConnection| {
+        let (online, user) = (online.clone(), alice.id.clone());
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(online)
+                .arg(user)
+                .query_async::<Option<f64>>(&mut conn)
+                .await
+                .unwrap()
+                .unwrap_or(0.0)
+        }
+    };
+    let before = last_seen(conn.clone()).await;
+
+    // The store hangs, so the post waits there once its token was checked (which refreshes
+    // Alice's presence in Redis)...
+    mongo.pause();
+    let post = tokio::spawn(
+        app.post("/messages")
+            .bearer_auth(&alice.token)
+            .json(&serde_json::json!({"room_id": general, "body": "once"}))
+            .send(),
+    );
+    let checked = crate::helpers::eventually(Duration::from_secs(5), || {
+        let conn = conn.clone();
+        async { last_seen(conn).await > before }
+    })
+    .await;
+    assert!(checked, "the post's token was checked");
+    // ...then Redis is busy for 4 s, longer than the API waits for a reply (2 s), and the store
+    // goes on. The append is sent within the first 2 s and times out; Redis runs it when it is
+    // free again (before it sees the connection closed), and the outbox's retry, sent after
+    // the timeout, has to find it in the log.
+    let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "4000000"]))
+        .await
+        .unwrap();
+    mongo.resume();
+    let response = post.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let sent: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        sent["event_id"].is_null(),
+        "the append's reply was lost: {sent}"
+    );
+
+    let first = stream.messages(1).await.remove(0);
+    assert_eq!(first.json()["id"], sent["id"]);
+    app.post_to_room(&alice.token, &general, "next").await;
+    let next = stream.messages(1).await.remove(0);
+    assert_eq!(next.json()["body"], "next", "the first message came once");
+    let mut reply = [0u8; 4];
+    busy.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b":1\r\n", "the busy script ran to its end");
 }
 
 #[tokio::test]
