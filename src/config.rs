@@ -51,7 +51,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `HTTP_WORKERS`: worker threads of the HTTP server (0 = one per CPU core).
     pub http_workers: usize,
-    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take to finish on shutdown.
+    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take to finish on shutdown, and
+    /// then events still waiting for Redis to be appended.
     pub shutdown_timeout: Duration,
     /// `COOKIE_SECURE`: mark the session cookie `Secure` (only sent over HTTPS).
     pub cookie_secure: bool,

@@ -53,6 +53,9 @@ pub struct Application {
     shutdown: Shutdown,
     /// Kept to write the pending statistics counters once the server has stopped.
     store: Store,
+    /// Kept to append the events still waiting for Redis once the server has stopped.
+    outbox: Outbox,
+    shutdown_timeout: Duration,
 }
 
 /// Stops an instance the way SIGTERM does: open event streams end, in-flight requests
@@ -88,7 +91,7 @@ impl Application {
         let (signal, shutdown) = watch::channel(false);
         let hub = Hub::start(live.clone(), settings.sse_buffer_events, shutdown.clone());
         live.spawn_presence_sweeper(shutdown.clone());
-        let outbox = Outbox::start(live.clone(), Arc::clone(&hub), shutdown.clone());
+        let outbox = Outbox::start(live.clone());
         let state = web::Data::new(AppState {
             store,
             live,
@@ -113,6 +116,7 @@ impl Application {
         let max_body = settings.max_body_bytes;
         let openapi = ApiDoc::openapi();
         let store = state.store.clone();
+        let outbox = state.outbox.clone();
 
         let app_state = state.clone();
         let app = move || {
@@ -148,6 +152,8 @@ impl Application {
             },
             server,
             store,
+            outbox,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -159,8 +165,10 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams and
-    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`.
+    /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams,
+    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, writes the pending
+    /// statistics counters and gives the events still waiting for Redis up to
+    /// `SHUTDOWN_TIMEOUT_SECS` more to be appended.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -171,6 +179,13 @@ impl Application {
         let served = self.server.await;
         if let Err(err) = self.store.flush_counters().await {
             tracing::error!(error = %err, "statistics counters not written at shutdown");
+        }
+        let unannounced = self.outbox.settle(self.shutdown_timeout).await;
+        if unannounced > 0 {
+            tracing::error!(
+                events = unannounced,
+                "events not appended at shutdown; clients will see their messages in history only"
+            );
         }
         served
     }

@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use actix_web::web::Bytes;
 use chrono::DateTime;
@@ -26,61 +27,44 @@ use crate::domain::{RoomId, UserId};
 /// entries were trimmed before it read them), then XADDs with trimming. Returns
 /// `{epoch, entry id}`.
 pub(crate) const APPEND_LUA: &str = r"
-local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data, group)
+local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data)
     local epoch = redis.call('GET', epoch_key)
     if not epoch then
         redis.call('SET', epoch_key, candidate)
         epoch = candidate
     end
     local n = redis.call('INCR', count_key)
-    local id
-    if group then
-        id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
-            'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n, 'g', group)
-    else
-        id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
-            'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
-    end
+    local id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
+        'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
     return {epoch, id}
 end
 ";
 
-/// KEYS: stream, epoch, count. ARGV: candidate epoch, maxlen, mode, the group's token, then
-/// where an earlier attempt at this group could have put it (epoch and stream id; `''` when
-/// there was none, `'-'` for anywhere in the log), then kind, audience, data for each event in
-/// order. The token is stored with the group's first entry. When an earlier attempt is named,
-/// the log after that point is searched for the token first: found, nothing is appended and
-/// the reply is `{epoch}` alone. Otherwise the reply is `{epoch, id of the first event, id of
-/// the second, ...}`: one script call appends a whole group, with one epoch (it is atomic).
+/// KEYS: stream, epoch, count, this group's marker, the marker of a group whose reply arrived
+/// (to drop; this group's own marker when there is none). ARGV: candidate epoch, maxlen, mode,
+/// the markers' lifetime in seconds, then kind, audience, data for each event in order.
+///
+/// If the marker is set, an earlier attempt at this same group went through (its reply was
+/// lost), and nothing is appended; the reply is then empty. Otherwise the events are appended
+/// and the marker set (last, so that a script stopped half-way by an error leaves no marker:
+/// its retry appends again rather than never), and the reply is `{epoch, id of the first event,
+/// id of the second, ...}`: one script call appends a whole group, with one epoch (the script
+/// is atomic).
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
-        local token, after_epoch, after = ARGV[4], ARGV[5], ARGV[6]
-        if after ~= '' then
-            local epoch = redis.call('GET', KEYS[2])
-            local start = '-'
-            if epoch == after_epoch and after ~= '-' then start = '(' .. after end
-            while true do
-                local entries = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 512)
-                for _, entry in ipairs(entries) do
-                    local fields = entry[2]
-                    for i = 1, #fields, 2 do
-                        if fields[i] == 'g' and fields[i + 1] == token then
-                            return {{epoch}}
-                        end
-                    end
-                end
-                if #entries < 512 then break end
-                start = '(' .. entries[#entries][1]
-            end
+        if redis.call('EXISTS', KEYS[4]) == 1 then
+            return {{}}
         end
         local result = {{}}
-        for i = 7, #ARGV, 3 do
-            local group = nil
-            if i == 7 then group = token end
-            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2], group)
+        for i = 5, #ARGV, 3 do
+            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
             result[1] = appended[1]
             result[#result + 1] = appended[2]
+        end
+        redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
+        if KEYS[5] ~= KEYS[4] then
+            redis.call('DEL', KEYS[5])
         end
         return result
         "
@@ -351,8 +335,15 @@ pub fn sse_frame(id: Option<&EventId>, event: &str, data: &str) -> Bytes {
     Bytes::from(frame)
 }
 
-/// Marks a group of events in the log (stored with its first entry), so that retrying a group
-/// whose reply was lost does not append it twice.
+/// How long the marker of a group whose reply was lost is kept: a retry within that time is
+/// recognised (retries go on, with backoff, for as long as Redis is unreachable).
+pub const GROUP_MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Names one group of events across its attempts. The append script sets a marker for it
+/// before appending, so that a retry of a group whose reply was lost (a timeout while Redis was
+/// busy, a dropped connection) finds the marker and appends nothing, in whichever order the
+/// attempts run. The next group's script drops the marker of a group whose reply arrived, so
+/// markers outlive only groups that were retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupToken(String);
 
@@ -369,20 +360,12 @@ impl Default for GroupToken {
     }
 }
 
-/// An earlier attempt at appending a group whose outcome is unknown (its reply was lost to a
-/// timeout or a dropped connection): if it went through, its entries are after `after` (an
-/// entry that was in the log before the attempt was sent), or anywhere in the log when `None`.
-#[derive(Clone, Debug)]
-pub struct EarlierAttempt {
-    pub after: Option<EventId>,
-}
-
 /// What [`Live::append_group`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Appended {
     /// Appended now: the ids of the group's events, in order.
     Now(Vec<EventId>),
-    /// Already in the log, from the earlier attempt; nothing was appended.
+    /// Already appended by an earlier attempt with the same token; nothing was appended.
     Earlier,
 }
 
@@ -405,30 +388,29 @@ impl Live {
         }
     }
 
-    /// Appends `events` in order with one script call (one round trip, one Lua invocation).
-    /// `token` marks the group in the log (see [`GroupToken`]); pass the same token and the
-    /// [`EarlierAttempt`] when retrying a group whose earlier attempt may have gone through,
-    /// and it is not appended twice.
+    /// Appends `events` in order with one script call (one round trip, one Lua invocation),
+    /// unless an earlier attempt with the same `token` went through (see [`GroupToken`]).
+    /// `acknowledged` is the token of a group whose reply arrived: its marker is dropped.
     pub async fn append_group(
         &self,
         token: &GroupToken,
         events: &[(EventKind, &Audience, &str)],
-        earlier: Option<&EarlierAttempt>,
+        acknowledged: Option<&GroupToken>,
     ) -> redis::RedisResult<Appended> {
+        let marker = self.keys.group_marker(&token.0);
+        let drop =
+            acknowledged.map_or_else(|| marker.clone(), |done| self.keys.group_marker(&done.0));
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
             .key(self.keys.events())
             .key(self.keys.epoch())
             .key(self.keys.event_count())
+            .key(marker)
+            .key(drop)
             .arg(new_epoch())
             .arg(self.event_log_max_len)
             .arg(self.trim_mode())
-            .arg(&token.0);
-        match earlier.map(|attempt| attempt.after.as_ref()) {
-            None => invocation.arg("").arg(""),
-            Some(None) => invocation.arg("").arg("-"),
-            Some(Some(after)) => invocation.arg(&after.epoch).arg(after.stream_id()),
-        };
+            .arg(GROUP_MARKER_TTL.as_secs());
         for (kind, audience, data) in events {
             invocation
                 .arg(kind.as_str())
@@ -444,12 +426,9 @@ impl Live {
                 what.to_owned(),
             ))
         };
-        let (epoch, stream_ids) = reply
-            .split_first()
-            .ok_or_else(|| unexpected("an empty reply"))?;
-        if stream_ids.is_empty() && earlier.is_some() && !events.is_empty() {
+        let Some((epoch, stream_ids)) = reply.split_first() else {
             return Ok(Appended::Earlier);
-        }
+        };
         if stream_ids.len() != events.len() {
             return Err(unexpected(&format!(
                 "{} ids for {} events",

@@ -15,8 +15,7 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use events::{
-    Appended, Audience, EarlierAttempt, EventId, EventKind, GroupToken, LogEvent, MemberChange,
-    sse_frame,
+    Appended, Audience, EventId, EventKind, GroupToken, LogEvent, MemberChange, sse_frame,
 };
 pub use hub::{Hub, HubItem, ResyncCause};
 pub use outbox::Outbox;
@@ -64,6 +63,11 @@ impl Keys {
 
     fn epoch(&self) -> String {
         format!("{}events:epoch", self.prefix)
+    }
+
+    /// Set by the script that appends a group of events (see `outbox`).
+    fn group_marker(&self, token: &str) -> String {
+        format!("{}events:group:{token}", self.prefix)
     }
 
     /// How many entries were ever appended to the log (numbers each entry).

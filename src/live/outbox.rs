@@ -11,22 +11,21 @@
 //!
 //! A failed attempt may still have gone through: Redis ran the script, and the reply was lost
 //! to a timeout or a dropped connection. Appending the group again would show its messages
-//! twice on every stream. So each group carries a random token, stored with its first entry,
-//! and a retry of a group that was sent before first searches the log after the position the
-//! instance had read before that attempt (in the same script, so the search and the append are
-//! one atomic step): found, it is not appended again. The search misses only if the log was
-//! trimmed past the group meanwhile (more than `EVENT_LOG_MAX_LEN` events during the outage);
-//! the group is then appended again, and clients that had seen it see it twice, rather than
-//! clients that had not never seeing it.
+//! twice on every stream. So every group has a random token, the script that appends it also
+//! sets a marker key for that token (in the same atomic step), and a script that finds its
+//! group's marker set appends nothing. A retry keeps its group's token, so whichever of the
+//! lost attempt and the retry runs second does nothing. The next group's script drops the
+//! marker of a group whose reply arrived; a retried group's marker expires after a day
+//! ([`GROUP_MARKER_TTL`](super::events::GROUP_MARKER_TTL)), so markers stay few.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::events::{Appended, Audience, EarlierAttempt, EventId, EventKind, GroupToken};
-use super::{Hub, Live};
+use super::Live;
+use super::events::{Appended, Audience, EventId, EventKind, GroupToken};
 
 /// Events waiting in the retries at most; past it they are dropped (and logged).
 const CAPACITY: usize = 10_000;
@@ -44,22 +43,28 @@ struct Request {
     appended: oneshot::Sender<Option<EventId>>,
 }
 
-/// A group waiting to be appended again.
+/// A group waiting to be appended again, under the token of its first attempt.
 struct Retry {
     token: GroupToken,
     events: Vec<Pending>,
-    /// Set once an attempt was sent whose outcome is unknown.
-    earlier: Option<EarlierAttempt>,
 }
 
 /// The retry queue, bounded in events rather than groups.
 #[derive(Clone)]
 struct Retries {
     groups: mpsc::UnboundedSender<Retry>,
+    /// Events queued or being retried.
     events: Arc<AtomicUsize>,
+    /// Notified whenever a retried group is done with.
+    done: Arc<Notify>,
 }
 
 impl Retries {
+    fn finished(&self, count: usize) {
+        self.events.fetch_sub(count, Ordering::AcqRel);
+        self.done.notify_waiters();
+    }
+
     fn push(&self, retry: Retry) {
         let count = retry.events.len();
         if self.events.fetch_add(count, Ordering::AcqRel) + count > CAPACITY {
@@ -87,13 +92,12 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// `hub` tells where a group that is sent now will be in the log (after the hub's
-    /// position), which a retry of a group whose reply was lost searches.
-    pub fn start(live: Live, hub: Arc<Hub>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn start(live: Live) -> Self {
         let (groups, pending) = mpsc::unbounded_channel();
         let retries = Retries {
             groups,
             events: Arc::default(),
+            done: Arc::default(),
         };
         let (requests, queue) = mpsc::channel(CAPACITY);
         // A group is appended by one atomic script, which trims the log as it goes: a group
@@ -101,13 +105,29 @@ impl Outbox {
         let max_group = MAX_GROUP.min((live.event_log_max_len() / 4).max(1));
         tokio::spawn(append_groups(
             live.clone(),
-            Arc::clone(&hub),
             queue,
             max_group,
             retries.clone(),
         ));
-        tokio::spawn(drain(live, hub, pending, retries.clone(), shutdown));
+        tokio::spawn(drain(live, pending, retries.clone()));
         Self { requests, retries }
+    }
+
+    /// Waits until no event is waiting for a retry, for at most `bound` (at shutdown, once no
+    /// request can queue more). Returns how many still wait.
+    pub async fn settle(&self, bound: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            // Created before the count is read, so a group finished in between still wakes it.
+            let done = self.retries.done.notified();
+            let waiting = self.retries.events.load(Ordering::Acquire);
+            if waiting == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, done).await.is_err() {
+                return self.retries.events.load(Ordering::Acquire);
+            }
+        }
     }
 
     /// Appends with the next group, or queues for a retry and returns `None`.
@@ -135,7 +155,6 @@ impl Outbox {
             self.retries.push(Retry {
                 token: GroupToken::new(),
                 events: vec![request.event],
-                earlier: None,
             });
             return None;
         }
@@ -160,43 +179,42 @@ fn borrowed(events: &[Pending]) -> Vec<(EventKind, &Audience, &str)> {
 
 async fn append_groups(
     live: Live,
-    hub: Arc<Hub>,
     mut queue: mpsc::Receiver<Request>,
     max_group: usize,
     retries: Retries,
 ) {
     let mut group: Vec<Request> = Vec::with_capacity(max_group);
+    // The last group whose reply arrived: the next append drops its marker.
+    let mut acknowledged: Option<GroupToken> = None;
     while queue.recv_many(&mut group, max_group).await > 0 {
         let (events, answers): (Vec<Pending>, Vec<_>) = std::mem::take(&mut group)
             .into_iter()
             .map(|request| (request.event, request.appended))
             .unzip();
         let token = GroupToken::new();
-        // Read before sending: if the group goes through, its entries come after this one.
-        let after = hub.position();
-        match live.append_group(&token, &borrowed(&events), None).await {
+        match live
+            .append_group(&token, &borrowed(&events), acknowledged.as_ref())
+            .await
+        {
             Ok(Appended::Now(ids)) => {
                 for (answer, id) in answers.into_iter().zip(ids) {
                     // A request that gave up waiting still had its event appended.
                     let _ = answer.send(Some(id));
                 }
+                acknowledged = Some(token);
             }
-            // Only an append that names an earlier attempt can find one.
+            // A new token has no marker yet.
             Ok(Appended::Earlier) => answers.into_iter().for_each(|answer| {
                 let _ = answer.send(None);
             }),
             Err(err) => {
-                // The group may have gone through with its reply lost: its retry first looks
-                // for it in the log. Everything queued meanwhile was never sent; it goes to
-                // the retries as well, in order, instead of waiting for its own failed attempt
-                // (up to the response timeout per group while Redis hangs): the POSTs answer
-                // now, and the retries deliver later.
+                // The group may have gone through with its reply lost: its retry keeps its
+                // token, and appends nothing if so. Everything queued meanwhile was never sent;
+                // it goes to the retries as well, in order, instead of waiting for its own
+                // failed attempt (up to the response timeout per group while Redis hangs): the
+                // POSTs answer now, and the retries deliver later.
                 let mut failed = events.len();
-                retries.push(Retry {
-                    token,
-                    events,
-                    earlier: Some(EarlierAttempt { after }),
-                });
+                retries.push(Retry { token, events });
                 answers.into_iter().for_each(|answer| {
                     let _ = answer.send(None);
                 });
@@ -209,7 +227,6 @@ async fn append_groups(
                         retries.push(Retry {
                             token: GroupToken::new(),
                             events: std::mem::take(&mut queued),
-                            earlier: None,
                         });
                     }
                     if failed >= CAPACITY {
@@ -220,7 +237,6 @@ async fn append_groups(
                     retries.push(Retry {
                         token: GroupToken::new(),
                         events: queued,
-                        earlier: None,
                     });
                 }
                 tracing::warn!(error = %err, events = failed, "events not appended; queued for retry");
@@ -229,50 +245,29 @@ async fn append_groups(
     }
 }
 
-/// Appends the retried groups, one at a time and in order, until Redis takes each.
-async fn drain(
-    live: Live,
-    hub: Arc<Hub>,
-    mut pending: mpsc::UnboundedReceiver<Retry>,
-    retries: Retries,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let next = tokio::select! {
-            next = pending.recv() => next,
-            _ = shutdown.changed() => return,
-        };
-        let Some(mut retry) = next else { return };
+/// Appends the retried groups, one at a time and in order, until Redis takes each. It keeps
+/// going through shutdown, which waits for it (see [`Outbox::settle`]).
+async fn drain(live: Live, mut pending: mpsc::UnboundedReceiver<Retry>, retries: Retries) {
+    while let Some(retry) = pending.recv().await {
         let mut delay = Duration::from_millis(100);
         loop {
-            let after = hub.position();
+            // A retried group's marker is left to expire: its lost attempt may still be on its
+            // way to Redis, and must find it.
             let events = borrowed(&retry.events);
-            match live
-                .append_group(&retry.token, &events, retry.earlier.as_ref())
-                .await
-            {
+            match live.append_group(&retry.token, &events, None).await {
                 Ok(Appended::Now(_)) => break,
                 Ok(Appended::Earlier) => {
                     tracing::info!(
                         events = events.len(),
-                        "a retried group was already in the event log (an attempt's reply was lost); not appended again"
+                        "a retried group had been appended by an attempt whose reply was lost; not appended again"
                     );
                     break;
                 }
-                Err(err) => {
-                    tracing::debug!(error = %err, "outbox: Redis still unavailable");
-                    // From now on the group may be in the log: later attempts look first.
-                    retry.earlier.get_or_insert(EarlierAttempt { after });
-                }
+                Err(err) => tracing::debug!(error = %err, "outbox: Redis still unavailable"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return,
-            }
+            tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        retries
-            .events
-            .fetch_sub(retry.events.len(), Ordering::AcqRel);
+        retries.finished(retry.events.len());
     }
 }

@@ -633,7 +633,7 @@ async fn entries_trimmed_before_an_instance_read_them_make_its_streams_resync() 
 #[tokio::test]
 async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     use chat_server::domain::RoomId;
-    use chat_server::live::{Appended, Audience, EarlierAttempt, EventKind, GroupToken, Live};
+    use chat_server::live::{Appended, Audience, EventKind, GroupToken, Live};
 
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
@@ -643,6 +643,7 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     let redis = redis::Client::open(crate::helpers::test_redis_url()).unwrap();
     let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
     let log = format!("{}events", app.settings.redis_key_prefix);
+    let markers = format!("{}events:group:*", app.settings.redis_key_prefix);
     let audience = Audience::Room(RoomId::parse(&general).unwrap());
     let body = |text: &str| serde_json::json!({ "body": text }).to_string();
     let (one, two, three) = (body("one"), body("two"), body("three"));
@@ -662,16 +663,9 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
         .await
         .unwrap();
 
-    // Its retries, as after a lost reply: searched after the position read before the first
-    // attempt, or in the whole log (the instance had not read it yet). Neither appends.
-    let before = ids[0].predecessor();
-    for after in [Some(before.clone()), None] {
-        let retried = live
-            .append_group(&token, &group, Some(&EarlierAttempt { after }))
-            .await
-            .unwrap();
-        assert_eq!(retried, Appended::Earlier);
-    }
+    // Its retry, as after a lost reply, appends nothing.
+    let retried = live.append_group(&token, &group, None).await.unwrap();
+    assert_eq!(retried, Appended::Earlier);
     let unchanged: usize = redis::cmd("XLEN")
         .arg(&log)
         .query_async(&mut conn)
@@ -679,21 +673,28 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
         .unwrap();
     assert_eq!(unchanged, length, "nothing was appended again");
 
-    // A retried group that had not gone through is appended.
+    // The next group is appended, and drops the marker of the one whose reply arrived: one
+    // marker is left, its own, with an expiry.
     let lone = [(EventKind::Message, &audience, three.as_str())];
-    let retried = live
-        .append_group(
-            &GroupToken::new(),
-            &lone,
-            Some(&EarlierAttempt {
-                after: Some(before),
-            }),
-        )
+    let next = live
+        .append_group(&GroupToken::new(), &lone, Some(&token))
         .await
         .unwrap();
-    let Appended::Now(third) = retried else {
-        panic!("a group not in the log is appended: {retried:?}");
+    let Appended::Now(third) = next else {
+        panic!("a new group is appended: {next:?}");
     };
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(&markers)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{left:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&left[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "markers expire: {ttl}");
 
     let seen = stream.messages(3).await;
     let bodies: Vec<_> = seen.iter().map(|e| e.json()["body"].clone()).collect();
@@ -704,6 +705,34 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     stream
         .assert_no_message_within(Duration::from_millis(300))
         .await;
+}
+
+/// When Redis last saw a user (the score that every check of their token refreshes).
+struct Presence {
+    conn: redis::aio::MultiplexedConnection,
+    online: String,
+    user: String,
+}
+
+impl Presence {
+    async fn of(app: &crate::helpers::TestApp, redis: &ScratchRedis, user: &TestUser) -> Self {
+        let client = redis::Client::open(redis.url()).unwrap();
+        Presence {
+            conn: client.get_multiplexed_async_connection().await.unwrap(),
+            online: format!("{}online", app.settings.redis_key_prefix),
+            user: user.id.clone(),
+        }
+    }
+
+    async fn last_seen(&self) -> f64 {
+        redis::cmd("ZSCORE")
+            .arg(&self.online)
+            .arg(&self.user)
+            .query_async::<Option<f64>>(&mut self.conn.clone())
+            .await
+            .unwrap()
+            .unwrap_or(0.0)
+    }
 }
 
 /// Keeps Redis busy for `ARGV[1]` microseconds.
@@ -734,22 +763,8 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
     // Redis knows the append script from then on (a first call would only send its hash).
     app.post_to_room(&alice.token, &general, "before").await;
     assert_eq!(stream.messages(1).await[0].json()["body"], "before");
-    let client = redis::Client::open(redis.url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
-    let online = format!("{}online", app.settings.redis_key_prefix);
-    let last_seen = |mut conn: redis::aio::MultiplexedConnection| {
-        let (online, user) = (online.clone(), alice.id.clone());
-        async move {
-            redis::cmd("ZSCORE")
-                .arg(online)
-                .arg(user)
-                .query_async::<Option<f64>>(&mut conn)
-                .await
-                .unwrap()
-                .unwrap_or(0.0)
-        }
-    };
-    let before = last_seen(conn.clone()).await;
+    let presence = Presence::of(&app, &redis, &alice).await;
+    let before = presence.last_seen().await;
 
     // The store hangs, so the post waits there once its token was checked (which refreshes
     // Alice's presence in Redis)...
@@ -760,18 +775,22 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
             .json(&serde_json::json!({"room_id": general, "body": "once"}))
             .send(),
     );
-    let checked = crate::helpers::eventually(Duration::from_secs(5), || {
-        let conn = conn.clone();
-        async { last_seen(conn).await > before }
+    let checked = crate::helpers::eventually(Duration::from_secs(5), || async {
+        presence.last_seen().await > before
     })
     .await;
     assert!(checked, "the post's token was checked");
-    // ...then Redis is busy for 4 s, longer than the API waits for a reply (2 s), and the store
-    // goes on. The append is sent within the first 2 s and times out; Redis runs it when it is
-    // free again (before it sees the connection closed), and the outbox's retry, sent after
-    // the timeout, has to find it in the log.
+    // ...then Redis is busy for 5 s, longer than the API waits for a reply (2 s), and the store
+    // goes on. The append is sent within the first 3 s and times out; Redis runs it when it is
+    // free again, and the outbox's retry, sent after the timeout, finds its group's marker.
     let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
-    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "4000000"]))
+    busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 5];
+    busy.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "5000000"]))
         .await
         .unwrap();
     mongo.resume();
@@ -791,6 +810,80 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
     let mut reply = [0u8; 4];
     busy.read_exact(&mut reply).await.unwrap();
     assert_eq!(&reply, b":1\r\n", "the busy script ran to its end");
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_events_still_waiting_for_redis() {
+    let mongo = ScratchMongo::start().await;
+    let mut redis = ScratchRedis::start().await;
+    let mut app = spawn_app_with(&[
+        ("MONGODB_URI", mongo.uri.clone()),
+        ("REDIS_URL", redis.url()),
+        ("SHUTDOWN_TIMEOUT_SECS", "10".to_owned()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let presence = Presence::of(&app, &redis, &alice).await;
+    let before = presence.last_seen().await;
+
+    // Redis goes away once the post's token was checked (the post waits in the hung store
+    // meanwhile): its event cannot be appended, and waits for a retry.
+    mongo.pause();
+    let post = tokio::spawn(
+        app.post("/messages")
+            .bearer_auth(&alice.token)
+            .json(&serde_json::json!({"room_id": general, "body": "last words"}))
+            .send(),
+    );
+    let checked = crate::helpers::eventually(Duration::from_secs(5), || async {
+        presence.last_seen().await > before
+    })
+    .await;
+    assert!(checked, "the post's token was checked");
+    redis.kill();
+    mongo.resume();
+    let response = post.await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let sent: serde_json::Value = response.json().await.unwrap();
+    assert!(sent["event_id"].is_null(), "not appended yet: {sent}");
+
+    // The instance stops serving, and only then Redis comes back: the instance is still
+    // running, and ends once the event is appended.
+    let shutdown = app.shutdown.clone();
+    tokio::spawn(async move { shutdown.trigger().await });
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let closed = crate::helpers::eventually(Duration::from_secs(10), || {
+        let address = address.clone();
+        async move { TcpStream::connect(address).await.is_err() }
+    })
+    .await;
+    assert!(closed, "the instance stopped serving");
+    assert!(!app.run.is_finished(), "the instance waits for its event");
+    redis.restart().await;
+    tokio::time::timeout(Duration::from_secs(20), &mut app.run)
+        .await
+        .expect("the instance ends once the event is appended")
+        .unwrap()
+        .unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}events", app.settings.redis_key_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let id = sent["id"].as_str().unwrap();
+    let appended = log
+        .ids
+        .iter()
+        .filter_map(|entry| entry.get::<String>("d"))
+        .filter(|data| data.contains(id))
+        .count();
+    assert_eq!(appended, 1, "the message's event is in the log once");
 }
 
 #[tokio::test]

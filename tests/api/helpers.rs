@@ -42,6 +42,8 @@ pub struct TestApp {
     /// (re)connecting does: its streams are served by the front door, not by actix-web.
     pub fresh_client: reqwest::Client,
     pub shutdown: chat_server::startup::Shutdown,
+    /// The server task: ends once the instance has stopped (see `run_until_stopped`).
+    pub run: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 pub struct TestUser {
@@ -92,7 +94,7 @@ async fn start(settings: Settings) -> TestApp {
     let app = Application::build(&settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_handle();
-    tokio::spawn(app.run_until_stopped());
+    let run = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
         settings,
@@ -107,6 +109,7 @@ async fn start(settings: Settings) -> TestApp {
             .build()
             .unwrap(),
         shutdown,
+        run,
     }
 }
 
