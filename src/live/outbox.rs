@@ -7,7 +7,9 @@
 //! queued up while the previous group was appended (up to [`MAX_GROUP`], and at most a quarter
 //! of the log's length) and appends them with one script call. Under load that is one Redis
 //! round trip and one Lua invocation per group instead of per message; idle, a group is one
-//! event. A group that fails goes to the retries with everything queued behind it, at once.
+//! event. A group that fails goes to the retries with everything queued behind it, at once,
+//! and later groups follow it there until the retries are done, so the log keeps the order in
+//! which messages were stored.
 //!
 //! A failed attempt may still have gone through: Redis ran the script, and the reply was lost
 //! to a timeout or a dropped connection. Appending the group again would show its messages
@@ -192,6 +194,15 @@ async fn append_groups(
             .map(|request| (request.event, request.appended))
             .unzip();
         let token = GroupToken::new();
+        // While earlier events wait for a retry, later ones queue behind them, so the log
+        // keeps the order in which their messages were stored.
+        if retries.events.load(Ordering::Acquire) > 0 {
+            retries.push(Retry { token, events });
+            answers.into_iter().for_each(|answer| {
+                let _ = answer.send(None);
+            });
+            continue;
+        }
         match live
             .append_group(&token, &borrowed(&events), acknowledged.as_ref())
             .await

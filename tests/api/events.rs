@@ -813,6 +813,68 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
 }
 
 #[tokio::test]
+async fn events_after_a_failed_append_queue_behind_its_retry() {
+    use chat_server::domain::RoomId;
+    use chat_server::live::{Audience, EventKind, Live, Outbox};
+
+    let redis = ScratchRedis::start().await;
+    // A log of 10 entries makes groups of at most 2 events (a quarter of it).
+    let app = spawn_app_with(&[
+        ("REDIS_URL", redis.url()),
+        ("EVENT_LOG_MAX_LEN", "10".to_owned()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let live = Live::connect(&app.settings).unwrap();
+    let outbox = Outbox::start(live);
+    let audience = Audience::Room(RoomId::parse(&general).unwrap());
+    // Redis knows the append script from then on (a first call would only send its hash).
+    assert!(
+        outbox
+            .publish(EventKind::Message, audience.clone(), "0".to_owned())
+            .await
+            .is_some()
+    );
+
+    // Redis is busy past the reply timeout: the group "1", "2" is sent and fails; "3", never
+    // sent (queued behind it), goes to the retries with it; "4" comes after the failure, while
+    // Redis is still busy, and must not overtake "3".
+    let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 5];
+    busy.read_exact(&mut ok).await.unwrap();
+    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "5000000"]))
+        .await
+        .unwrap();
+    let publish =
+        |data: &str| outbox.publish(EventKind::Message, audience.clone(), data.to_owned());
+    let failed = tokio::join!(publish("1"), publish("2"), publish("3"));
+    assert_eq!(failed, (None, None, None), "all failed");
+    assert_eq!(publish("4").await, None, "it waits behind the retries");
+
+    assert_eq!(outbox.settle(Duration::from_secs(20)).await, 0);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}events", app.settings.redis_key_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let messages: Vec<String> = log
+        .ids
+        .iter()
+        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
+        .filter_map(|entry| entry.get("d"))
+        .collect();
+    assert_eq!(messages, ["0", "1", "2", "3", "4"], "each once, in order");
+}
+
+#[tokio::test]
 async fn shutdown_waits_for_events_still_waiting_for_redis() {
     let mongo = ScratchMongo::start().await;
     let mut redis = ScratchRedis::start().await;
