@@ -255,7 +255,7 @@
 
   async function refreshSide() {
     try {
-      await Promise.all([loadRooms(), loadOnline()]);
+      await Promise.all([loadRooms(), loadOnline(), loadConversations()]);
       showError("side-error", null);
     } catch (err) {
       showError("side-error", err);
@@ -266,6 +266,18 @@
     const data = await api("GET", "/rooms");
     state.rooms = data.rooms;
     keepFocus(renderRooms);
+  }
+
+  // The server's list of direct conversations (most recent first) comes first, so they show on
+  // every device; conversations only opened here, with nothing sent yet, follow.
+  async function loadConversations() {
+    const data = await api("GET", "/conversations?limit=50");
+    const names = data.conversations.map((c) => c.with.username);
+    const listed = new Set(names.map((n) => n.toLowerCase()));
+    const local = state.dms.filter((n) => !listed.has(n.toLowerCase()));
+    state.dms = [...names, ...local].slice(0, 50);
+    localStorage.setItem(dmStorageKey(), JSON.stringify(state.dms));
+    keepFocus(renderDms);
   }
 
   async function loadOnline() {

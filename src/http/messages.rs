@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
-use crate::domain::{MessageBody, MessageId, RoomId};
+use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::users::find_by_name;
 use crate::live::{Audience, EventKind};
@@ -278,6 +278,95 @@ pub async fn conversation_messages(
     let conversation = direct_conversation(user.user_id, other.user_id());
     let page = history_page(&state, &conversation, &query).await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+const DEFAULT_CONVERSATIONS: usize = 20;
+const MAX_CONVERSATIONS: usize = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ConversationsQuery {
+    /// How many conversations, 1 to 100 (default 20).
+    pub limit: Option<usize>,
+}
+
+/// One of the caller's direct conversations.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationSummary {
+    /// The other user.
+    pub with: UserRef,
+    /// Messages exchanged, both ways.
+    #[schema(example = 42)]
+    pub messages: i64,
+    /// When the latest of them was stored.
+    pub last_activity: Option<DateTime<Utc>>,
+    /// The latest message (absent only while a just-counted message is not yet readable).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<MessageResponse>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConversationList {
+    /// Most recent first.
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// The caller's direct conversations, most recent first, each with its latest message: what a
+/// chat client lists beside its rooms. Built from the per-pair statistics counters, so a message
+/// stored through another instance shows up within a quarter of a second; through this
+/// instance, at once.
+#[utoipa::path(get, path = "/conversations", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(ConversationsQuery),
+    responses(
+        (status = 200, description = "The caller's conversations, most recent first", body = ConversationList),
+        (status = 400, description = "Malformed limit", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 422, description = "Limit out of range", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn list_conversations(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    query: web::Query<ConversationsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_CONVERSATIONS);
+    if !(1..=MAX_CONVERSATIONS).contains(&limit) {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_CONVERSATIONS}"),
+        ));
+    }
+    let partners = state
+        .store
+        .partners_of(&user.user_id.to_string(), limit)
+        .await?;
+    let latest = futures_util::future::try_join_all(partners.iter().map(|(partner, _)| {
+        let store = &state.store;
+        let conversation = UserId::parse(partner)
+            .ok()
+            .map(|partner| direct_conversation(user.user_id, partner));
+        async move {
+            match conversation {
+                Some(conversation) => store.history(&conversation, None, 1).await,
+                None => Ok(Vec::new()),
+            }
+        }
+    }))
+    .await?;
+    let conversations = partners
+        .into_iter()
+        .zip(latest)
+        .map(|((partner, tally), latest)| ConversationSummary {
+            with: UserRef {
+                id: partner,
+                username: tally.name,
+            },
+            messages: tally.n,
+            last_activity: tally.last,
+            last_message: latest.first().map(MessageResponse::from),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ConversationList { conversations }))
 }
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {

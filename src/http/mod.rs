@@ -44,6 +44,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/rooms/{room_id}/messages").route(web::get().to(rooms::room_messages)),
         )
         .service(web::resource("/messages").route(web::post().to(messages::create_message)))
+        .service(web::resource("/conversations").route(web::get().to(messages::list_conversations)))
         .service(
             web::resource("/conversations/{username}/messages")
                 .route(web::get().to(messages::conversation_messages)),

@@ -30,6 +30,7 @@ use crate::http::{auth, events, health, messages, rooms, stats, users};
         rooms::room_messages,
         messages::create_message,
         messages::conversation_messages,
+        messages::list_conversations,
         events::events,
         stats::most_active,
         stats::most_solicited,

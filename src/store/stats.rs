@@ -530,6 +530,42 @@ impl Store {
             .collect())
     }
 
+    /// The partners `user` exchanged direct messages with, most recent first (at most
+    /// `limit`), with the all-time tally of each conversation: one range of the all-time pair
+    /// counters, which hold one document per partner. Like every statistics read, it first
+    /// writes the increments this instance holds.
+    pub async fn partners_of(
+        &self,
+        user: &str,
+        limit: usize,
+    ) -> mongodb::error::Result<Vec<(String, Tally)>> {
+        self.flush_before_reading().await;
+        let subjects = Subjects::Prefix(format!("{user}|"));
+        let (low, high) = id_range(Level::All, Kind::Pair, &subjects, 0, 1);
+        let counters: Vec<Counter> = self
+            .db
+            .collection::<Counter>(counter_collection(Level::All, Kind::Pair))
+            .find(doc! { "key": { "$gte": &low, "$lt": &high } })
+            .sort(doc! { "last": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await?
+            .try_collect()
+            .await?;
+        Ok(counters
+            .into_iter()
+            .filter_map(|c| {
+                let partner = c.subject.strip_prefix(&format!("{user}|"))?.to_owned();
+                let tally = Tally {
+                    n: c.n,
+                    first: bson_time(c.first),
+                    last: bson_time(c.last),
+                    name: c.name.unwrap_or_default(),
+                };
+                Some((partner, tally))
+            })
+            .collect())
+    }
+
     /// Sums of one range of counters per subject. Sums over a settled range are remembered
     /// and served from memory.
     async fn counter_sums(&self, key: RangeKey, settled: bool) -> mongodb::error::Result<Tallies> {

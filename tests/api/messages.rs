@@ -141,6 +141,103 @@ async fn a_direct_conversation_is_visible_to_its_two_users_only() {
 }
 
 #[tokio::test]
+async fn each_user_lists_their_own_conversations_most_recent_first() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let carol = app.signup("carol").await;
+    let dave = app.signup("dave").await;
+    let general = app.general(&alice.token).await;
+    app.post_to_room(&alice.token, &general, "rooms are not conversations")
+        .await;
+    app.post_to_user(&alice.token, &bob.username, "one").await;
+    app.post_to_user(&bob.token, &alice.username, "two").await;
+    let latest = app
+        .post_to_user(&carol.token, &alice.username, "three")
+        .await;
+
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let res = app.get_authed("/conversations", &token).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Value>().await.unwrap()["conversations"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let mine = list(alice.token.clone()).await;
+    let summary: Vec<(&str, i64, &str)> = mine
+        .iter()
+        .map(|c| {
+            (
+                c["with"]["username"].as_str().unwrap(),
+                c["messages"].as_i64().unwrap(),
+                c["last_message"]["body"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (carol.username.as_str(), 1, "three"),
+            (bob.username.as_str(), 2, "two")
+        ]
+    );
+    assert_eq!(mine[0]["with"]["id"], carol.id.as_str());
+    let mut stored = latest.clone();
+    stored.as_object_mut().unwrap().remove("event_id");
+    assert_eq!(mine[0]["last_message"], stored);
+    assert_eq!(mine[0]["last_activity"], latest["created_at"]);
+
+    // Nobody sees anyone else's.
+    let bobs = list(bob.token.clone()).await;
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["with"]["username"], alice.username.as_str());
+    assert_eq!(list(dave.token.clone()).await, Vec::<Value>::new());
+
+    // `limit` keeps the most recent ones, and is checked.
+    let res = app.get_authed("/conversations?limit=1", &alice.token).await;
+    let one: Value = res.json().await.unwrap();
+    assert_eq!(one["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        one["conversations"][0]["with"]["username"],
+        carol.username.as_str()
+    );
+    for (query, status, code) in [
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_limit"),
+        (
+            "limit=101",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_limit",
+        ),
+        ("limit=many", StatusCode::BAD_REQUEST, "invalid_query"),
+    ] {
+        let res = app
+            .get_authed(&format!("/conversations?{query}"), &alice.token)
+            .await;
+        assert_eq!(error_code(res, status).await, code, "{query}");
+    }
+    let res = app.get("/conversations").send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    // A message stored through another instance shows up too (its counters are written
+    // behind, within a quarter of a second).
+    let sibling = app.spawn_sibling().await;
+    sibling
+        .post_to_user(&dave.token, &alice.username, "four")
+        .await;
+    let shows = crate::helpers::eventually(std::time::Duration::from_secs(5), || async {
+        let mine = list(alice.token.clone()).await;
+        mine[0]["with"]["username"] == dave.username.as_str()
+            && mine[0]["last_message"]["body"] == "four"
+    })
+    .await;
+    assert!(shows, "the conversation with Dave comes first");
+}
+
+#[tokio::test]
 async fn invalid_messages_are_rejected_with_clear_codes() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;

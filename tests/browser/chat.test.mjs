@@ -296,6 +296,17 @@ test("a direct conversation: opened by name, appears for the other, answered fro
   await send(bob.page, reply);
   await bodiesExactly(alice.page, reply).waitFor();
   await shot(bob.page, "desktop-direct-bob.png");
+
+  // On another device (nothing stored in the browser), Alice's conversations come from the
+  // server: Bob is listed.
+  const other = await newUser();
+  await other.page.goto(BASE + "/");
+  await other.page.getByLabel("Username", { exact: true }).fill(ALICE);
+  await other.page.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await other.page.getByRole("button", { name: "Log in" }).click();
+  await other.page.locator("#dm-list button", { hasText: BOB }).waitFor();
+  assert.deepEqual(other.problems, []);
+  await other.context.close();
 });
 
 test("HTML in a message is shown as text and never runs", async () => {
