@@ -38,11 +38,13 @@ ensure_nx() {
     "$WORK/venv/bin/pip" install -q --disable-pip-version-check "nx-27017==$NX_VERSION" "PyYAML==6.0.2"
 }
 
-# wait_for_port PORT SECONDS: true once something accepts connections on 127.0.0.1:PORT.
+# wait_for_port PORT SECONDS [PID]: true once something accepts connections on
+# 127.0.0.1:PORT; false after SECONDS, or as soon as PID (the server being started) has exited.
 wait_for_port() {
-    local port=$1 deadline=$((SECONDS + $2))
+    local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
     while [ "$SECONDS" -lt "$deadline" ]; do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        if [ -n "$pid" ] && ! alive "$pid"; then return 1; fi
         sleep 0.1
     done
     return 1
@@ -89,11 +91,25 @@ start_mongo() {
     mkdir -p "$dir"
     stop_pidfile "$dir/mongo.pid"
     port_is_free "$port" || die "port $port is taken; set another one (see README)"
-    "$WORK/venv/bin/nx-27017" --db memory --host 127.0.0.1 -p "$port" \
-        --log-file "$dir/mongo.log" --pid-file "$dir/nx.pid" >"$dir/mongo.out" 2>&1 &
-    echo $! >"$dir/mongo.pid"
-    wait_for_port "$port" 30 || die "nx-27017 did not start on port $port (see $dir/mongo.out)"
-    log "nx-27017 (MongoDB wire protocol) on 127.0.0.1:$port"
+    # The port can stay taken for a moment after a server on it stopped (sockets of its
+    # connections still closing); nx-27017 then exits at once, and is started again.
+    local attempt pid
+    for attempt in 1 2 3 4 5; do
+        "$WORK/venv/bin/nx-27017" --db memory --host 127.0.0.1 -p "$port" \
+            --log-file "$dir/mongo.log" --pid-file "$dir/nx.pid" >"$dir/mongo.out" 2>&1 &
+        pid=$!
+        echo "$pid" >"$dir/mongo.pid"
+        # Listening, and by this process (not one that exited, nor a connection to itself).
+        if wait_for_port "$port" 30 "$pid" && alive "$pid"; then
+            log "nx-27017 (MongoDB wire protocol) on 127.0.0.1:$port"
+            return 0
+        fi
+        stop_pidfile "$dir/mongo.pid"
+        grep -qs "address already in use" "$dir/mongo.out" || break
+        log "port $port is still being released; starting nx-27017 again ($attempt)"
+        sleep 1
+    done
+    die "nx-27017 did not start on port $port (see $dir/mongo.out)"
 }
 
 stop_services() {

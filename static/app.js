@@ -211,6 +211,7 @@
     showView("chat");
     connectEvents();
     refreshSide();
+    loadConversations();
     clearInterval(state.refreshTimer);
     state.refreshTimer = setInterval(refreshSide, REFRESH_MS);
     let open = null;
@@ -255,7 +256,7 @@
 
   async function refreshSide() {
     try {
-      await Promise.all([loadRooms(), loadOnline(), loadConversations()]);
+      await Promise.all([loadRooms(), loadOnline()]);
       showError("side-error", null);
     } catch (err) {
       showError("side-error", err);
@@ -268,16 +269,24 @@
     keepFocus(renderRooms);
   }
 
-  // The server's list of direct conversations (most recent first) comes first, so they show on
-  // every device; conversations only opened here, with nothing sent yet, follow.
+  // The server's list of direct conversations (most recent first), so they show on every
+  // device; read on entering and after a resync only, since the event stream keeps the list
+  // current meanwhile (rememberDm). Conversations only opened here, with nothing sent yet,
+  // follow; the open one is always kept.
   async function loadConversations() {
-    const data = await api("GET", "/conversations?limit=50");
-    const names = data.conversations.map((c) => c.with.username);
-    const listed = new Set(names.map((n) => n.toLowerCase()));
-    const local = state.dms.filter((n) => !listed.has(n.toLowerCase()));
-    state.dms = [...names, ...local].slice(0, 50);
-    localStorage.setItem(dmStorageKey(), JSON.stringify(state.dms));
-    keepFocus(renderDms);
+    try {
+      const data = await api("GET", "/conversations?limit=50");
+      const names = data.conversations.map((c) => c.with.username);
+      const listed = new Set(names.map((n) => n.toLowerCase()));
+      const local = state.dms.filter((n) => !listed.has(n.toLowerCase()));
+      const open = state.current && state.current.kind === "dm" ? state.current.name : null;
+      if (open && !listed.has(open.toLowerCase()) && !local.includes(open)) local.unshift(open);
+      state.dms = [...names, ...local.slice(0, 20)];
+      localStorage.setItem(dmStorageKey(), JSON.stringify(state.dms));
+      keepFocus(renderDms);
+    } catch (err) {
+      showError("side-error", err);
+    }
   }
 
   async function loadOnline() {
@@ -658,6 +667,7 @@
       const conv = state.current;
       if (conv) openConversation(conv, false);
       refreshSide();
+      loadConversations();
     });
     on("logout", () => endSession("You have been logged out."));
   }

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -282,10 +283,13 @@ pub async fn conversation_messages(
 
 const DEFAULT_CONVERSATIONS: usize = 20;
 const MAX_CONVERSATIONS: usize = 100;
+/// Latest-message reads of `GET /conversations` in flight at once.
+const PREVIEW_READS: usize = 8;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct ConversationsQuery {
     /// How many conversations, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
 }
 
@@ -299,7 +303,7 @@ pub struct ConversationSummary {
     pub messages: i64,
     /// When the latest of them was stored.
     pub last_activity: Option<DateTime<Utc>>,
-    /// The latest message (absent only while a just-counted message is not yet readable).
+    /// The latest message, read from the history.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessageResponse>,
 }
@@ -311,9 +315,11 @@ pub struct ConversationList {
 }
 
 /// The caller's direct conversations, most recent first, each with its latest message: what a
-/// chat client lists beside its rooms. Built from the per-pair statistics counters, so a message
-/// stored through another instance shows up within a quarter of a second; through this
-/// instance, at once.
+/// chat client lists beside its rooms. Listed from the per-pair statistics counters, which are
+/// written behind: a message stored through this instance counts at once, through another
+/// within a quarter of a second (until then its conversation may sit lower in the list, with
+/// the new message already as its latest). A counter increment lost to a crash or a failed
+/// write leaves that conversation's count low (or, for a first message, the conversation out).
 #[utoipa::path(get, path = "/conversations", tag = "messages",
     security(("bearer_auth" = [])),
     params(ConversationsQuery),
@@ -340,7 +346,8 @@ pub async fn list_conversations(
         .store
         .partners_of(&user.user_id.to_string(), limit)
         .await?;
-    let latest = futures_util::future::try_join_all(partners.iter().map(|(partner, _)| {
+    // A few reads at a time, so that a long list does not take every pooled connection.
+    let latest: Vec<Vec<MessageRecord>> = stream::iter(partners.iter().map(|(partner, _)| {
         let store = &state.store;
         let conversation = UserId::parse(partner)
             .ok()
@@ -352,18 +359,29 @@ pub async fn list_conversations(
             }
         }
     }))
+    .buffered(PREVIEW_READS)
+    .try_collect()
     .await?;
     let conversations = partners
         .into_iter()
         .zip(latest)
-        .map(|((partner, tally), latest)| ConversationSummary {
-            with: UserRef {
-                id: partner,
-                username: tally.name,
-            },
-            messages: tally.n,
-            last_activity: tally.last,
-            last_message: latest.first().map(MessageResponse::from),
+        .map(|((partner, tally), latest)| {
+            let last_message = latest.first().map(MessageResponse::from);
+            // The history may already hold a message the counters have not counted yet.
+            let last_activity = tally
+                .last
+                .into_iter()
+                .chain(last_message.as_ref().map(|m| m.created_at))
+                .max();
+            ConversationSummary {
+                with: UserRef {
+                    id: partner,
+                    username: tally.name,
+                },
+                messages: tally.n,
+                last_activity,
+                last_message,
+            }
         })
         .collect();
     Ok(HttpResponse::Ok().json(ConversationList { conversations }))

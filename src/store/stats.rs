@@ -532,8 +532,9 @@ impl Store {
 
     /// The partners `user` exchanged direct messages with, most recent first (at most
     /// `limit`), with the all-time tally of each conversation: one range of the all-time pair
-    /// counters, which hold one document per partner. Like every statistics read, it first
-    /// writes the increments this instance holds.
+    /// counters, which hold one document per partner (read whole and sorted by the store: fine
+    /// for the hundreds of partners a person has, not for millions). Like every statistics
+    /// read, it first writes the increments this instance holds.
     pub async fn partners_of(
         &self,
         user: &str,
@@ -546,7 +547,7 @@ impl Store {
             .db
             .collection::<Counter>(counter_collection(Level::All, Kind::Pair))
             .find(doc! { "key": { "$gte": &low, "$lt": &high } })
-            .sort(doc! { "last": -1 })
+            .sort(doc! { "last": -1, "key": 1 })
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await?
             .try_collect()
