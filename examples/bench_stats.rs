@@ -44,18 +44,25 @@ async fn main() {
         "from={}",
         (Utc::now() - chrono::Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
+    // `/conversations` is read from the same counters (the user's partners), with no window.
     let endpoints = [
-        "/stats/most-active",
-        "/stats/most-solicited",
-        "/stats/rooms",
-        "/stats/summary",
-        "/stats/users/user00000",
-        "/stats/activity?bucket=day",
+        ("/stats/most-active", true),
+        ("/stats/most-solicited", true),
+        ("/stats/rooms", true),
+        ("/stats/summary", true),
+        ("/stats/users/user00000", true),
+        ("/stats/activity?bucket=day", true),
+        ("/conversations?limit=20", false),
     ];
     println!("| endpoint | window | first (cold) ms | p50 ms | p95 ms | max ms |");
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
-    for endpoint in endpoints {
-        for (label, window) in [("all time", String::new()), ("7 days", week.clone())] {
+    for (endpoint, windowed) in endpoints {
+        let windows = if windowed {
+            vec![("all time", String::new()), ("7 days", week.clone())]
+        } else {
+            vec![("latest 20", String::new())]
+        };
+        for (label, window) in windows {
             let separator = if endpoint.contains('?') { '&' } else { '?' };
             let mut url = format!("{base}{endpoint}");
             if !window.is_empty() {

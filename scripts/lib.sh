@@ -106,6 +106,7 @@ start_mongo() {
         fi
         stop_pidfile "$dir/mongo.pid"
         grep -qs "address already in use" "$dir/mongo.out" || break
+        [ "$attempt" -lt 5 ] || break
         log "port $port is still being released; starting nx-27017 again ($attempt)"
         sleep 1
     done

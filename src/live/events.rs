@@ -340,7 +340,7 @@ pub fn sse_frame(id: Option<&EventId>, event: &str, data: &str) -> Bytes {
 pub const GROUP_MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Names one group of events across its attempts. The append script sets a marker for it
-/// before appending, so that a retry of a group whose reply was lost (a timeout while Redis was
+/// in the same atomic step as the appends, so that a retry of a group whose reply was lost (a timeout while Redis was
 /// busy, a dropped connection) finds the marker and appends nothing, in whichever order the
 /// attempts run. The next group's script drops the marker of a group whose reply arrived, so
 /// markers outlive only groups that were retried.

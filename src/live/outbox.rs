@@ -17,8 +17,12 @@
 //! sets a marker key for that token (in the same atomic step), and a script that finds its
 //! group's marker set appends nothing. A retry keeps its group's token, so whichever of the
 //! lost attempt and the retry runs second does nothing. The next group's script drops the
-//! marker of a group whose reply arrived; a retried group's marker expires after a day
-//! ([`GROUP_MARKER_TTL`](super::events::GROUP_MARKER_TTL)), so markers stay few.
+//! marker of a group whose reply arrived; the markers of groups appended from the retries
+//! expire after a day ([`GROUP_MARKER_TTL`](super::events::GROUP_MARKER_TTL)), so markers stay
+//! few.
+//!
+//! Shutdown waits for every event given to the outbox to be appended (see [`Outbox::settle`]);
+//! a crash loses those still waiting (their messages are in history, not on live streams).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,32 +49,48 @@ struct Request {
     appended: oneshot::Sender<Option<EventId>>,
 }
 
-/// A group waiting to be appended again, under the token of its first attempt.
+/// A group waiting in the retries.
 struct Retry {
     token: GroupToken,
     events: Vec<Pending>,
+    /// An attempt was sent, with an unknown outcome: the group keeps its token, and stays
+    /// whole. Groups never sent are merged on the way out, as the group task would have.
+    sent: bool,
+}
+
+/// Counts shared by the outbox's handles and tasks.
+#[derive(Default)]
+struct Counts {
+    /// Events given to [`Outbox::publish`] and neither appended nor dropped yet: what
+    /// shutdown waits for.
+    unsettled: AtomicUsize,
+    /// Of those, the events in the retry queue (at most [`CAPACITY`]).
+    retrying: AtomicUsize,
+    /// Notified whenever events are settled.
+    settled: Notify,
+}
+
+impl Counts {
+    fn settle(&self, events: usize) {
+        self.unsettled.fetch_sub(events, Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
 }
 
 /// The retry queue, bounded in events rather than groups.
 #[derive(Clone)]
 struct Retries {
     groups: mpsc::UnboundedSender<Retry>,
-    /// Events queued or being retried.
-    events: Arc<AtomicUsize>,
-    /// Notified whenever a retried group is done with.
-    done: Arc<Notify>,
+    counts: Arc<Counts>,
 }
 
 impl Retries {
-    fn finished(&self, count: usize) {
-        self.events.fetch_sub(count, Ordering::AcqRel);
-        self.done.notify_waiters();
-    }
-
     fn push(&self, retry: Retry) {
         let count = retry.events.len();
-        if self.events.fetch_add(count, Ordering::AcqRel) + count > CAPACITY {
-            self.events.fetch_sub(count, Ordering::AcqRel);
+        let retrying = &self.counts.retrying;
+        if retrying.fetch_add(count, Ordering::AcqRel) + count > CAPACITY {
+            retrying.fetch_sub(count, Ordering::AcqRel);
+            self.counts.settle(count);
             tracing::error!(
                 events = count,
                 "event outbox full; events dropped (clients will see them in history)"
@@ -78,12 +98,17 @@ impl Retries {
             return;
         }
         if let Err(mpsc::error::SendError(retry)) = self.groups.send(retry) {
-            self.events.fetch_sub(retry.events.len(), Ordering::AcqRel);
+            retrying.fetch_sub(count, Ordering::AcqRel);
+            self.counts.settle(count);
             tracing::error!(
                 events = retry.events.len(),
                 "event outbox stopped; events dropped (clients will see them in history)"
             );
         }
+    }
+
+    fn pending(&self) -> bool {
+        self.counts.retrying.load(Ordering::Acquire) > 0
     }
 }
 
@@ -98,8 +123,7 @@ impl Outbox {
         let (groups, pending) = mpsc::unbounded_channel();
         let retries = Retries {
             groups,
-            events: Arc::default(),
-            done: Arc::default(),
+            counts: Arc::default(),
         };
         let (requests, queue) = mpsc::channel(CAPACITY);
         // A group is appended by one atomic script, which trims the log as it goes: a group
@@ -111,23 +135,23 @@ impl Outbox {
             max_group,
             retries.clone(),
         ));
-        tokio::spawn(drain(live, pending, retries.clone()));
+        tokio::spawn(drain(live, pending, max_group, retries.clone()));
         Self { requests, retries }
     }
 
-    /// Waits until no event is waiting for a retry, for at most `bound` (at shutdown, once no
-    /// request can queue more). Returns how many still wait.
+    /// Waits until every event given to [`Outbox::publish`] is appended (or dropped), for at
+    /// most `bound` (at shutdown, once no request can give more). Returns how many are not.
     pub async fn settle(&self, bound: Duration) -> usize {
+        let counts = &self.retries.counts;
         let deadline = tokio::time::Instant::now() + bound;
         loop {
-            // Created before the count is read, so a group finished in between still wakes it.
-            let done = self.retries.done.notified();
-            let waiting = self.retries.events.load(Ordering::Acquire);
-            if waiting == 0 {
+            // Created before the count is read, so events settled in between still wake it.
+            let settled = counts.settled.notified();
+            if counts.unsettled.load(Ordering::Acquire) == 0 {
                 return 0;
             }
-            if tokio::time::timeout_at(deadline, done).await.is_err() {
-                return self.retries.events.load(Ordering::Acquire);
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return counts.unsettled.load(Ordering::Acquire);
             }
         }
     }
@@ -145,6 +169,7 @@ impl Outbox {
             data,
         };
         let (appended, id) = oneshot::channel();
+        self.retries.counts.unsettled.fetch_add(1, Ordering::AcqRel);
         // The group task holds its queue for as long as any handle lives, so it is gone only
         // if it failed; the retries then deliver what it cannot.
         if let Err(mpsc::error::SendError(request)) =
@@ -157,12 +182,14 @@ impl Outbox {
             self.retries.push(Retry {
                 token: GroupToken::new(),
                 events: vec![request.event],
+                sent: false,
             });
             return None;
         }
         id.await.unwrap_or_else(|_| {
             // The group task ended while holding the request (it failed, or the runtime is
             // shutting down): the message is stored, its event was not appended.
+            self.retries.counts.settle(1);
             tracing::error!(
                 kind = kind.as_str(),
                 "event neither appended nor queued; clients will see it in history"
@@ -177,6 +204,12 @@ fn borrowed(events: &[Pending]) -> Vec<(EventKind, &Audience, &str)> {
         .iter()
         .map(|event| (event.kind, &event.audience, event.data.as_str()))
         .collect()
+}
+
+fn answer_none(answers: Vec<oneshot::Sender<Option<EventId>>>) {
+    for answer in answers {
+        let _ = answer.send(None);
+    }
 }
 
 async fn append_groups(
@@ -196,13 +229,16 @@ async fn append_groups(
         let token = GroupToken::new();
         // While earlier events wait for a retry, later ones queue behind them, so the log
         // keeps the order in which their messages were stored.
-        if retries.events.load(Ordering::Acquire) > 0 {
-            retries.push(Retry { token, events });
-            answers.into_iter().for_each(|answer| {
-                let _ = answer.send(None);
+        if retries.pending() {
+            retries.push(Retry {
+                token,
+                events,
+                sent: false,
             });
+            answer_none(answers);
             continue;
         }
+        let count = events.len();
         match live
             .append_group(&token, &borrowed(&events), acknowledged.as_ref())
             .await
@@ -213,22 +249,30 @@ async fn append_groups(
                     let _ = answer.send(Some(id));
                 }
                 acknowledged = Some(token);
+                retries.counts.settle(count);
             }
-            // A new token has no marker yet.
-            Ok(Appended::Earlier) => answers.into_iter().for_each(|answer| {
-                let _ = answer.send(None);
-            }),
+            Ok(Appended::Earlier) => {
+                // A new token with a marker: only a collision of 128 random bits does that.
+                tracing::error!(
+                    events = count,
+                    "a new event group found its marker set; events not appended (clients will see them in history)"
+                );
+                answer_none(answers);
+                retries.counts.settle(count);
+            }
             Err(err) => {
                 // The group may have gone through with its reply lost: its retry keeps its
                 // token, and appends nothing if so. Everything queued meanwhile was never sent;
                 // it goes to the retries as well, in order, instead of waiting for its own
                 // failed attempt (up to the response timeout per group while Redis hangs): the
                 // POSTs answer now, and the retries deliver later.
-                let mut failed = events.len();
-                retries.push(Retry { token, events });
-                answers.into_iter().for_each(|answer| {
-                    let _ = answer.send(None);
+                retries.push(Retry {
+                    token,
+                    events,
+                    sent: true,
                 });
+                answer_none(answers);
+                let mut failed = count;
                 let mut queued = Vec::new();
                 while let Ok(request) = queue.try_recv() {
                     queued.push(request.event);
@@ -238,6 +282,7 @@ async fn append_groups(
                         retries.push(Retry {
                             token: GroupToken::new(),
                             events: std::mem::take(&mut queued),
+                            sent: false,
                         });
                     }
                     if failed >= CAPACITY {
@@ -248,6 +293,7 @@ async fn append_groups(
                     retries.push(Retry {
                         token: GroupToken::new(),
                         events: queued,
+                        sent: false,
                     });
                 }
                 tracing::warn!(error = %err, events = failed, "events not appended; queued for retry");
@@ -256,10 +302,36 @@ async fn append_groups(
     }
 }
 
-/// Appends the retried groups, one at a time and in order, until Redis takes each. It keeps
+/// Appends the retried groups in order, until Redis takes each: a group that was sent alone,
+/// under its token; consecutive groups never sent together, up to `max_group` events. It keeps
 /// going through shutdown, which waits for it (see [`Outbox::settle`]).
-async fn drain(live: Live, mut pending: mpsc::UnboundedReceiver<Retry>, retries: Retries) {
-    while let Some(retry) = pending.recv().await {
+async fn drain(
+    live: Live,
+    mut pending: mpsc::UnboundedReceiver<Retry>,
+    max_group: usize,
+    retries: Retries,
+) {
+    let mut next: Option<Retry> = None;
+    loop {
+        let mut retry = match next.take() {
+            Some(retry) => retry,
+            None => match pending.recv().await {
+                Some(retry) => retry,
+                None => return,
+            },
+        };
+        while !retry.sent && retry.events.len() < max_group {
+            match pending.try_recv() {
+                Ok(more) if !more.sent && retry.events.len() + more.events.len() <= max_group => {
+                    retry.events.extend(more.events);
+                }
+                Ok(more) => {
+                    next = Some(more);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
         let mut delay = Duration::from_millis(100);
         loop {
             // A retried group's marker is left to expire: its lost attempt may still be on its
@@ -274,11 +346,16 @@ async fn drain(live: Live, mut pending: mpsc::UnboundedReceiver<Retry>, retries:
                     );
                     break;
                 }
-                Err(err) => tracing::debug!(error = %err, "outbox: Redis still unavailable"),
+                Err(err) => {
+                    tracing::debug!(error = %err, "outbox: Redis still unavailable");
+                    retry.sent = true;
+                }
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        retries.finished(retry.events.len());
+        let count = retry.events.len();
+        retries.counts.retrying.fetch_sub(count, Ordering::AcqRel);
+        retries.counts.settle(count);
     }
 }

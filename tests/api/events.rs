@@ -739,6 +739,20 @@ impl Presence {
 const BUSY_LUA: &str = "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end \
     local start = now() while now() - start < tonumber(ARGV[1]) do end return 1";
 
+/// Waits (bounded) until Redis on `port` runs the busy script: a PING gets no answer in 200 ms.
+async fn wait_until_busy(port: u16) {
+    let busy = crate::helpers::eventually(Duration::from_secs(5), || async move {
+        let mut ping = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        ping.write_all(&resp(&["PING"])).await.unwrap();
+        let mut reply = [0u8; 7];
+        tokio::time::timeout(Duration::from_millis(200), ping.read_exact(&mut reply))
+            .await
+            .is_err()
+    })
+    .await;
+    assert!(busy, "Redis runs the busy script");
+}
+
 /// A command in the Redis protocol.
 fn resp(parts: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", parts.len()).into_bytes();
@@ -780,8 +794,8 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
     })
     .await;
     assert!(checked, "the post's token was checked");
-    // ...then Redis is busy for 5 s, longer than the API waits for a reply (2 s), and the store
-    // goes on. The append is sent within the first 3 s and times out; Redis runs it when it is
+    // ...then Redis is busy for 7 s, longer than the API waits for a reply (2 s), and the store
+    // goes on. The append is sent within the first 5 s and times out; Redis runs it when it is
     // free again, and the outbox's retry, sent after the timeout, finds its group's marker.
     let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
     busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
@@ -790,9 +804,10 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
     let mut ok = [0u8; 5];
     busy.read_exact(&mut ok).await.unwrap();
     assert_eq!(&ok, b"+OK\r\n");
-    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "5000000"]))
+    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "7000000"]))
         .await
         .unwrap();
+    wait_until_busy(redis.port).await;
     mongo.resume();
     let response = post.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -849,6 +864,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "5000000"]))
         .await
         .unwrap();
+    wait_until_busy(redis.port).await;
     let publish =
         |data: &str| outbox.publish(EventKind::Message, audience.clone(), data.to_owned());
     let failed = tokio::join!(publish("1"), publish("2"), publish("3"));
@@ -872,6 +888,14 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
         .filter_map(|entry| entry.get("d"))
         .collect();
     assert_eq!(messages, ["0", "1", "2", "3", "4"], "each once, in order");
+    // "3" and "4", never sent, went out together: the markers left are those of "1, 2" and of
+    // "3, 4" (that of "0" was dropped by the next append).
+    let markers: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}events:group:*", app.settings.redis_key_prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(markers.len(), 2, "{markers:?}");
 }
 
 #[tokio::test]
@@ -921,7 +945,8 @@ async fn shutdown_waits_for_events_still_waiting_for_redis() {
     })
     .await;
     assert!(closed, "the instance stopped serving");
-    assert!(!app.run.is_finished(), "the instance waits for its event");
+    let waits = tokio::time::timeout(Duration::from_millis(500), &mut app.run).await;
+    assert!(waits.is_err(), "the instance waits for its event");
     redis.restart().await;
     tokio::time::timeout(Duration::from_secs(20), &mut app.run)
         .await
