@@ -247,9 +247,9 @@ impl Store {
     ) -> mongodb::error::Result<Vec<MessageRecord>> {
         let filter = match before {
             Some(before) => {
-                doc! { "conversation": conversation, "seq": { "$lt": before.to_string() } }
+                doc! { "conversation": { "$eq": conversation }, "seq": { "$lt": before.to_string() } }
             }
-            None => doc! { "conversation": conversation },
+            None => doc! { "conversation": { "$eq": conversation } },
         };
         messages(&self.db)
             .find(filter)

@@ -112,7 +112,7 @@ impl Store {
     /// Finds or creates the default room; safe when several instances start at once (the
     /// unique name index lets exactly one insert win).
     pub async fn ensure_default_room(&self) -> mongodb::error::Result<RoomRecord> {
-        let filter = doc! { "name_lower": DEFAULT_ROOM };
+        let filter = doc! { "name_lower": { "$eq": DEFAULT_ROOM } };
         if let Some(room) = rooms(&self.db).find_one(filter.clone()).await? {
             return Ok(room);
         }
@@ -208,7 +208,7 @@ impl Store {
             return Ok(true);
         }
         let found = memberships(&self.db)
-            .find_one(doc! { "room_id": room.room_id().to_string(), "user_id": user.to_string() })
+            .find_one(doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$eq": user.to_string() } })
             .await?;
         Ok(found.is_some())
     }
@@ -231,7 +231,7 @@ impl Store {
     /// Returns whether `user` was a member.
     pub async fn leave_room(&self, room: RoomId, user: UserId) -> mongodb::error::Result<bool> {
         let result = memberships(&self.db)
-            .delete_one(doc! { "room_id": room.to_string(), "user_id": user.to_string() })
+            .delete_one(doc! { "room_id": { "$eq": room.to_string() }, "user_id": { "$eq": user.to_string() } })
             .await?;
         Ok(result.deleted_count > 0)
     }

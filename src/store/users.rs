@@ -84,7 +84,7 @@ impl Store {
         username: &Username,
     ) -> mongodb::error::Result<Option<UserRecord>> {
         users(&self.db)
-            .find_one(doc! { "username_lower": username.normalized() })
+            .find_one(doc! { "username_lower": { "$eq": username.normalized() } })
             .await
     }
 
