@@ -169,22 +169,26 @@ impl Outbox {
             data,
         };
         let (appended, id) = oneshot::channel();
+        // Counted once a queue slot is held, so that a caller dropped while waiting for one
+        // (a client that hung up) leaves no count behind for shutdown to wait on.
+        let slot = self.requests.reserve().await;
         self.retries.counts.unsettled.fetch_add(1, Ordering::AcqRel);
-        // The group task holds its queue for as long as any handle lives, so it is gone only
-        // if it failed; the retries then deliver what it cannot.
-        if let Err(mpsc::error::SendError(request)) =
-            self.requests.send(Request { event, appended }).await
-        {
-            tracing::error!(
-                kind = kind.as_str(),
-                "event group task gone; event queued for retry"
-            );
-            self.retries.push(Retry {
-                token: GroupToken::new(),
-                events: vec![request.event],
-                sent: false,
-            });
-            return None;
+        match slot {
+            Ok(slot) => slot.send(Request { event, appended }),
+            // The group task holds its queue for as long as any handle lives, so it is gone
+            // only if it failed; the retries then deliver what it cannot.
+            Err(_) => {
+                tracing::error!(
+                    kind = kind.as_str(),
+                    "event group task gone; event queued for retry"
+                );
+                self.retries.push(Retry {
+                    token: GroupToken::new(),
+                    events: vec![event],
+                    sent: false,
+                });
+                return None;
+            }
         }
         id.await.unwrap_or_else(|_| {
             // The group task ended while holding the request (it failed, or the runtime is
