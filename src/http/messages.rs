@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::limit_param;
 use crate::http::users::find_by_name;
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
@@ -107,13 +108,7 @@ pub(crate) async fn history_page(
     conversation: &str,
     query: &HistoryQuery,
 ) -> Result<MessagePage, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = limit_param(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
     let before = query
         .before
         .as_deref()
@@ -335,13 +330,7 @@ pub async fn list_conversations(
     user: AuthUser,
     query: web::Query<ConversationsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_CONVERSATIONS);
-    if !(1..=MAX_CONVERSATIONS).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_CONVERSATIONS}"),
-        ));
-    }
+    let limit = limit_param(query.limit, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)?;
     let partners = state
         .store
         .partners_of(&user.user_id.to_string(), limit)

@@ -91,6 +91,22 @@ fn json_error(err: &JsonPayloadError) -> ApiError {
     }
 }
 
+/// The `limit` of a list request: `default` when absent, otherwise 1 to `max`, or 422
+/// `invalid_limit`.
+pub(crate) fn limit_param<T>(raw: Option<T>, default: T, max: T) -> Result<T, ApiError>
+where
+    T: Copy + PartialOrd + From<u8> + std::fmt::Display,
+{
+    let limit = raw.unwrap_or(default);
+    if limit < T::from(1) || limit > max {
+        return Err(ApiError::unprocessable(
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        ));
+    }
+    Ok(limit)
+}
+
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|err, _req| query_error(&err).into())
 }

@@ -11,6 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::RoomId;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::limit_param;
 use crate::http::users::find_by_name;
 use crate::startup::AppState;
 use crate::store::stats::{Kind, Level, Subjects, Tally, Window};
@@ -147,14 +148,7 @@ fn window(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<Wind
 }
 
 fn limit(raw: Option<usize>) -> Result<usize, ApiError> {
-    let limit = raw.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    Ok(limit)
+    limit_param(raw, DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 /// Most first, then by name (case-insensitively), then by id: deterministic.

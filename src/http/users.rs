@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::Username;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::limit_param;
 use crate::startup::AppState;
 use crate::store::UserRecord;
 
@@ -122,13 +123,7 @@ pub async fn online(
     _user: AuthUser,
     query: web::Query<OnlineQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_ONLINE_LIMIT);
-    if !(1..=MAX_ONLINE_LIMIT).contains(&limit) {
-        return Err(ApiError::unprocessable(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_ONLINE_LIMIT}"),
-        ));
-    }
+    let limit = limit_param(query.limit, DEFAULT_ONLINE_LIMIT, MAX_ONLINE_LIMIT)?;
     let entries = state.live.online_users(limit).await?;
     let ids: Vec<_> = entries.iter().map(|e| e.user_id).collect();
     let records: HashMap<_, _> = state
