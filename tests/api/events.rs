@@ -735,6 +735,51 @@ impl Presence {
     }
 }
 
+/// Posts `body` to `room` as `user` with the store hung (SIGSTOP), and returns once the post's
+/// token was checked (which refreshes the user's presence in Redis): the post then waits in the
+/// store until the caller resumes it.
+async fn post_held_in_the_store(
+    app: &crate::helpers::TestApp,
+    mongo: &ScratchMongo,
+    redis: &ScratchRedis,
+    user: &TestUser,
+    room: &str,
+    body: &str,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let presence = Presence::of(app, redis, user).await;
+    let before = presence.last_seen().await;
+    mongo.pause();
+    let post = tokio::spawn(
+        app.post("/messages")
+            .bearer_auth(&user.token)
+            .json(&serde_json::json!({"room_id": room, "body": body}))
+            .send(),
+    );
+    let checked = crate::helpers::eventually(Duration::from_secs(5), || async {
+        presence.last_seen().await > before
+    })
+    .await;
+    assert!(checked, "the post's token was checked");
+    post
+}
+
+/// Makes Redis run a Lua loop for `micros` microseconds (answering nothing meanwhile), and
+/// returns once it does; the returned connection gets the loop's reply at its end.
+async fn keep_busy(redis: &ScratchRedis, micros: &str) -> TcpStream {
+    let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
+    busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
+        .await
+        .unwrap();
+    let mut ok = [0u8; 5];
+    busy.read_exact(&mut ok).await.unwrap();
+    assert_eq!(&ok, b"+OK\r\n");
+    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", micros]))
+        .await
+        .unwrap();
+    wait_until_busy(redis.port).await;
+    busy
+}
+
 /// Keeps Redis busy for `ARGV[1]` microseconds.
 const BUSY_LUA: &str = "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end \
     local start = now() while now() - start < tonumber(ARGV[1]) do end return 1";
@@ -777,37 +822,12 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
     // Redis knows the append script from then on (a first call would only send its hash).
     app.post_to_room(&alice.token, &general, "before").await;
     assert_eq!(stream.messages(1).await[0].json()["body"], "before");
-    let presence = Presence::of(&app, &redis, &alice).await;
-    let before = presence.last_seen().await;
-
-    // The store hangs, so the post waits there once its token was checked (which refreshes
-    // Alice's presence in Redis)...
-    mongo.pause();
-    let post = tokio::spawn(
-        app.post("/messages")
-            .bearer_auth(&alice.token)
-            .json(&serde_json::json!({"room_id": general, "body": "once"}))
-            .send(),
-    );
-    let checked = crate::helpers::eventually(Duration::from_secs(5), || async {
-        presence.last_seen().await > before
-    })
-    .await;
-    assert!(checked, "the post's token was checked");
+    // The store hangs, so the post waits there once its token was checked...
+    let post = post_held_in_the_store(&app, &mongo, &redis, &alice, &general, "once").await;
     // ...then Redis is busy for 7 s, longer than the API waits for a reply (2 s), and the store
     // goes on. The append is sent within the first 5 s and times out; Redis runs it when it is
     // free again, and the outbox's retry, sent after the timeout, finds its group's marker.
-    let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
-    busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
-        .await
-        .unwrap();
-    let mut ok = [0u8; 5];
-    busy.read_exact(&mut ok).await.unwrap();
-    assert_eq!(&ok, b"+OK\r\n");
-    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "7000000"]))
-        .await
-        .unwrap();
-    wait_until_busy(redis.port).await;
+    let mut busy = keep_busy(&redis, "7000000").await;
     mongo.resume();
     let response = post.await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
@@ -855,16 +875,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     // Redis is busy past the reply timeout: the group "1", "2" is sent and fails; "3", never
     // sent (queued behind it), goes to the retries with it; "4" comes after the failure, while
     // Redis is still busy, and must not overtake "3".
-    let mut busy = TcpStream::connect(("127.0.0.1", redis.port)).await.unwrap();
-    busy.write_all(&resp(&["CONFIG", "SET", "busy-reply-threshold", "10000"]))
-        .await
-        .unwrap();
-    let mut ok = [0u8; 5];
-    busy.read_exact(&mut ok).await.unwrap();
-    busy.write_all(&resp(&["EVAL", BUSY_LUA, "0", "5000000"]))
-        .await
-        .unwrap();
-    wait_until_busy(redis.port).await;
+    let _busy = keep_busy(&redis, "5000000").await;
     let publish =
         |data: &str| outbox.publish(EventKind::Message, audience.clone(), data.to_owned());
     let failed = tokio::join!(publish("1"), publish("2"), publish("3"));
@@ -910,23 +921,9 @@ async fn shutdown_waits_for_events_still_waiting_for_redis() {
     .await;
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
-    let presence = Presence::of(&app, &redis, &alice).await;
-    let before = presence.last_seen().await;
-
     // Redis goes away once the post's token was checked (the post waits in the hung store
     // meanwhile): its event cannot be appended, and waits for a retry.
-    mongo.pause();
-    let post = tokio::spawn(
-        app.post("/messages")
-            .bearer_auth(&alice.token)
-            .json(&serde_json::json!({"room_id": general, "body": "last words"}))
-            .send(),
-    );
-    let checked = crate::helpers::eventually(Duration::from_secs(5), || async {
-        presence.last_seen().await > before
-    })
-    .await;
-    assert!(checked, "the post's token was checked");
+    let post = post_held_in_the_store(&app, &mongo, &redis, &alice, &general, "last words").await;
     redis.kill();
     mongo.resume();
     let response = post.await.unwrap().unwrap();
