@@ -541,8 +541,14 @@ impl Store {
         limit: usize,
     ) -> mongodb::error::Result<Vec<(String, Tally)>> {
         self.flush_before_reading().await;
-        let subjects = Subjects::Prefix(format!("{user}|"));
-        let (low, high) = id_range(Level::All, Kind::Pair, &subjects, 0, 1);
+        let prefix = format!("{user}|");
+        let (low, high) = id_range(
+            Level::All,
+            Kind::Pair,
+            &Subjects::Prefix(prefix.clone()),
+            0,
+            1,
+        );
         let counters: Vec<Counter> = self
             .db
             .collection::<Counter>(counter_collection(Level::All, Kind::Pair))
@@ -555,7 +561,7 @@ impl Store {
         Ok(counters
             .into_iter()
             .filter_map(|c| {
-                let partner = c.subject.strip_prefix(&format!("{user}|"))?.to_owned();
+                let partner = c.subject.strip_prefix(&prefix)?.to_owned();
                 let tally = Tally {
                     n: c.n,
                     first: bson_time(c.first),
