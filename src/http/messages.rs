@@ -60,7 +60,8 @@ pub struct MessageResponse {
     /// Server time of storage.
     pub created_at: DateTime<Utc>,
     /// Id of the `message` event on the SSE stream, when known (the response to the request
-    /// that stored it), so the sender can recognise its own message there.
+    /// that stored it, or to a retry with its idempotency key), so the sender can recognise
+    /// its own message there. Absent when the event is still waiting for Redis.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
 }
@@ -129,15 +130,16 @@ pub(crate) async fn history_page(
 }
 
 /// Send a message to a room or to a user. Honors an `Idempotency-Key` header: the same key
-/// from the same user within a day returns the message stored the first time (200).
+/// from the same user within a day returns the message stored the first time (200), and
+/// announces it live if no earlier attempt did (a message is announced once).
 #[utoipa::path(post, path = "/messages", tag = "messages",
     security(("bearer_auth" = [])),
     request_body = CreateMessageRequest,
     params(("Idempotency-Key" = Option<String>, Header,
-        description = "Up to 128 printable characters; retries with the same key store one message")),
+        description = "Up to 128 printable characters; retries with the same key store and announce one message")),
     responses(
         (status = 201, description = "Stored and delivered live", body = MessageResponse),
-        (status = 200, description = "A retry: the message stored the first time with this key", body = MessageResponse),
+        (status = 200, description = "A retry: the message stored the first time with this key, and the id of the event that announced it", body = MessageResponse),
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 403, description = "Not a member of the room", body = ErrorBody),
@@ -232,24 +234,34 @@ async fn store_and_announce(
     new: NewMessage,
     audience: Audience,
 ) -> Result<Stored, StoreFailure> {
-    match state
+    // A message posted with an idempotency key may be announced by a retry as well (below):
+    // its event names it, so that whichever comes second appends nothing.
+    let keyed = new.idempotency_key.is_some();
+    let (record, created) = match state
         .store
         .insert_message(new)
         .await
         .map_err(StoreFailure::Insert)?
     {
-        Inserted::Created(record) => {
-            let mut response = MessageResponse::from(&record);
-            let data = serde_json::to_string(&response).map_err(StoreFailure::Encode)?;
-            let event_id = state
-                .outbox
-                .publish(EventKind::Message, audience, data)
-                .await;
-            response.event_id = event_id.map(|id| id.to_string());
-            Ok(Stored::Created(response))
-        }
-        Inserted::Replayed(record) => Ok(Stored::Replayed(MessageResponse::from(&record))),
-    }
+        Inserted::Created(record) => (record, true),
+        // The first attempt may have stored the message without announcing it (its write
+        // outlived the request's bound, or its instance stopped in between): announced now,
+        // unless it was before.
+        Inserted::Replayed(record) => (record, false),
+    };
+    let mut response = MessageResponse::from(&record);
+    let data = serde_json::to_string(&response).map_err(StoreFailure::Encode)?;
+    let announces = keyed.then(|| record.message_id());
+    let event_id = state
+        .outbox
+        .publish(EventKind::Message, audience, data, announces)
+        .await;
+    response.event_id = event_id.map(|id| id.to_string());
+    Ok(if created {
+        Stored::Created(response)
+    } else {
+        Stored::Replayed(response)
+    })
 }
 
 /// The conversation between the caller and another user, newest first.

@@ -90,7 +90,12 @@ async fn announce_membership(state: &AppState, room: &RoomRecord, user: &AuthUse
     let data = json!(event).to_string();
     state
         .outbox
-        .publish(EventKind::RoomMember, Audience::Room(room.room_id()), data)
+        .publish(
+            EventKind::RoomMember,
+            Audience::Room(room.room_id()),
+            data,
+            None,
+        )
         .await;
 }
 

@@ -20,7 +20,8 @@ use redis::streams::StreamId;
 use serde_json::{Value, json};
 
 use super::Live;
-use crate::domain::{RoomId, UserId};
+use crate::domain::{MessageId, RoomId, UserId};
+use crate::store::IDEMPOTENCY_WINDOW;
 
 /// Lua shared by every script that appends to the log: creates the epoch when it is missing,
 /// numbers the entry (`n`, one more than the entry before it, so that a tailer can tell when
@@ -41,15 +42,19 @@ end
 ";
 
 /// KEYS: stream, epoch, count, this group's marker, the marker of a group whose reply arrived
-/// (to drop; this group's own marker when there is none). ARGV: candidate epoch, maxlen, mode,
-/// the markers' lifetime in seconds, then kind, audience, data for each event in order.
+/// (to drop; this group's own marker when there is none), then the announcement keys of the
+/// group's messages that have one. ARGV: candidate epoch, maxlen, mode, the lifetimes in
+/// seconds of group markers and of announcement keys, then kind, audience, data and the index
+/// of its announcement key (0 for none) for each event in order.
 ///
 /// If the marker is set, an earlier attempt at this same group went through (its reply was
 /// lost), and nothing is appended; the reply is then empty. Otherwise the events are appended
 /// and the marker set (last, so that a script stopped half-way by an error leaves no marker:
-/// its retry appends again rather than never), and the reply is `{epoch, id of the first event,
-/// id of the second, ...}`: one script call appends a whole group, with one epoch (the script
-/// is atomic).
+/// its retry appends again rather than never), and the reply holds the id of each event in
+/// order, `<epoch>-<ms>-<seq>`: one script call appends a whole group, with one epoch (the
+/// script is atomic). An event with an announcement key is appended only if the key is not
+/// set, and sets it to its id; when it is set, the message was announced before, and its id
+/// there stands for the event.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
@@ -57,10 +62,22 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
             return {{}}
         end
         local result = {{}}
-        for i = 5, #ARGV, 3 do
-            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
-            result[1] = appended[1]
-            result[#result + 1] = appended[2]
+        for i = 6, #ARGV, 4 do
+            local announced = tonumber(ARGV[i + 3])
+            local earlier = false
+            if announced > 0 then
+                earlier = redis.call('GET', KEYS[5 + announced])
+            end
+            if earlier then
+                result[#result + 1] = earlier
+            else
+                local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+                local id = appended[1] .. '-' .. appended[2]
+                if announced > 0 then
+                    redis.call('SET', KEYS[5 + announced], id, 'EX', ARGV[5])
+                end
+                result[#result + 1] = id
+            end
         end
         redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
         if KEYS[5] ~= KEYS[4] then
@@ -360,13 +377,39 @@ impl Default for GroupToken {
     }
 }
 
+/// An event to append.
+#[derive(Clone, Copy, Debug)]
+pub struct NewEvent<'a> {
+    pub kind: EventKind,
+    pub audience: &'a Audience,
+    /// The JSON sent to clients.
+    pub data: &'a str,
+    /// The message this event announces, when a retry of its request may announce it again
+    /// (it was posted with an idempotency key): the event is then appended only if no event
+    /// announced that message before (within [`ANNOUNCEMENT_TTL`]).
+    pub announces: Option<MessageId>,
+}
+
+/// How long the announcement of a message posted with an idempotency key is remembered: as
+/// long as the key, so that a retry with it never announces the message a second time.
+pub const ANNOUNCEMENT_TTL: Duration = IDEMPOTENCY_WINDOW;
+
 /// What [`Live::append_group`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Appended {
-    /// Appended now: the ids of the group's events, in order.
+    /// Appended now: the ids of the group's events, in order (for an event whose message
+    /// was announced before, the id of that earlier event).
     Now(Vec<EventId>),
     /// Already appended by an earlier attempt with the same token; nothing was appended.
     Earlier,
+}
+
+fn unexpected_reply(what: &str) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected reply to an append",
+        what.to_owned(),
+    ))
 }
 
 pub(crate) fn new_epoch() -> String {
@@ -394,7 +437,7 @@ impl Live {
     pub async fn append_group(
         &self,
         token: &GroupToken,
-        events: &[(EventKind, &Audience, &str)],
+        events: &[NewEvent<'_>],
         acknowledged: Option<&GroupToken>,
     ) -> redis::RedisResult<Appended> {
         let marker = self.keys.group_marker(&token.0);
@@ -410,35 +453,39 @@ impl Live {
             .arg(new_epoch())
             .arg(self.event_log_max_len)
             .arg(self.trim_mode())
-            .arg(GROUP_MARKER_TTL.as_secs());
-        for (kind, audience, data) in events {
+            .arg(GROUP_MARKER_TTL.as_secs())
+            .arg(ANNOUNCEMENT_TTL.as_secs());
+        let mut announcements = 0_usize;
+        for event in events {
+            let index = match event.announces {
+                Some(message) => {
+                    invocation.key(self.keys.announcement(message));
+                    announcements += 1;
+                    announcements
+                }
+                None => 0,
+            };
             invocation
-                .arg(kind.as_str())
-                .arg(audience.encode())
-                .arg(*data);
+                .arg(event.kind.as_str())
+                .arg(event.audience.encode())
+                .arg(event.data)
+                .arg(index);
         }
         let mut conn = self.redis.clone();
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        let unexpected = |what: &str| {
-            redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "unexpected reply to an append",
-                what.to_owned(),
-            ))
-        };
-        let Some((epoch, stream_ids)) = reply.split_first() else {
+        if reply.is_empty() {
             return Ok(Appended::Earlier);
-        };
-        if stream_ids.len() != events.len() {
-            return Err(unexpected(&format!(
+        }
+        if reply.len() != events.len() {
+            return Err(unexpected_reply(&format!(
                 "{} ids for {} events",
-                stream_ids.len(),
+                reply.len(),
                 events.len()
             )));
         }
-        stream_ids
+        reply
             .iter()
-            .map(|stream_id| EventId::new(epoch, stream_id).ok_or_else(|| unexpected(stream_id)))
+            .map(|id| EventId::parse(id).ok_or_else(|| unexpected_reply(id)))
             .collect::<redis::RedisResult<_>>()
             .map(Appended::Now)
     }

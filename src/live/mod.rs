@@ -15,7 +15,8 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use events::{
-    Appended, Audience, EventId, EventKind, GroupToken, LogEvent, MemberChange, sse_frame,
+    ANNOUNCEMENT_TTL, Appended, Audience, EventId, EventKind, GroupToken, LogEvent, MemberChange,
+    NewEvent, sse_frame,
 };
 pub use hub::{Hub, HubItem, ResyncCause};
 pub use outbox::Outbox;
@@ -23,6 +24,7 @@ pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
 
 use crate::config::Settings;
+use crate::domain::MessageId;
 
 #[derive(Clone)]
 pub struct Live {
@@ -68,6 +70,11 @@ impl Keys {
     /// Set by the script that appends a group of events (see `outbox`).
     fn group_marker(&self, token: &str) -> String {
         format!("{}events:group:{token}", self.prefix)
+    }
+
+    /// The id of the event that announced `message` (see `NewEvent::announces`).
+    fn announcement(&self, message: MessageId) -> String {
+        format!("{}events:message:{message}", self.prefix)
     }
 
     /// How many entries were ever appended to the log (numbers each entry).

@@ -21,6 +21,12 @@
 //! expire after a day ([`GROUP_MARKER_TTL`](super::events::GROUP_MARKER_TTL)), so markers stay
 //! few.
 //!
+//! A message posted with an idempotency key may be announced twice over: by the request that
+//! stored it and by a retry with the same key, which announces it in case the first attempt
+//! never did (see `store_and_announce`). Its event names the message ([`NewEvent::announces`]);
+//! the script appends such an event only if no event announced that message before, and
+//! answers with the earlier event's id otherwise.
+//!
 //! Shutdown waits for every event given to the outbox to be appended (see [`Outbox::settle`]);
 //! a crash loses those still waiting (their messages are in history, not on live streams).
 
@@ -31,7 +37,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::Live;
-use super::events::{Appended, Audience, EventId, EventKind, GroupToken};
+use super::events::{Appended, Audience, EventId, EventKind, GroupToken, NewEvent};
+use crate::domain::MessageId;
 
 /// Events waiting in the retries at most; past it they are dropped (and logged).
 const CAPACITY: usize = 10_000;
@@ -42,6 +49,7 @@ struct Pending {
     kind: EventKind,
     audience: Audience,
     data: String,
+    announces: Option<MessageId>,
 }
 
 struct Request {
@@ -156,17 +164,21 @@ impl Outbox {
         }
     }
 
-    /// Appends with the next group, or queues for a retry and returns `None`.
+    /// Appends with the next group, or queues for a retry and returns `None`. An event that
+    /// `announces` a message is appended only if that message was not announced before; its
+    /// id is then the earlier event's (see [`NewEvent::announces`]).
     pub async fn publish(
         &self,
         kind: EventKind,
         audience: Audience,
         data: String,
+        announces: Option<MessageId>,
     ) -> Option<EventId> {
         let event = Pending {
             kind,
             audience,
             data,
+            announces,
         };
         let (appended, id) = oneshot::channel();
         // Counted once a queue slot is held, so that a caller dropped while waiting for one
@@ -203,10 +215,15 @@ impl Outbox {
     }
 }
 
-fn borrowed(events: &[Pending]) -> Vec<(EventKind, &Audience, &str)> {
+fn borrowed(events: &[Pending]) -> Vec<NewEvent<'_>> {
     events
         .iter()
-        .map(|event| (event.kind, &event.audience, event.data.as_str()))
+        .map(|event| NewEvent {
+            kind: event.kind,
+            audience: &event.audience,
+            data: &event.data,
+            announces: event.announces,
+        })
         .collect()
 }
 

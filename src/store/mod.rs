@@ -24,8 +24,8 @@ use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::{Client, Database};
 
 pub use messages::{
-    InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
-    room_conversation,
+    IDEMPOTENCY_WINDOW, InsertMessageError, Inserted, MessageRecord, NewMessage, Target,
+    direct_conversation, room_conversation,
 };
 pub use rooms::{CreateRoomError, DEFAULT_ROOM, RoomRecord};
 pub use users::{InsertUserError, NewUser, UserRecord};

@@ -633,7 +633,7 @@ async fn entries_trimmed_before_an_instance_read_them_make_its_streams_resync() 
 #[tokio::test]
 async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     use chat_server::domain::RoomId;
-    use chat_server::live::{Appended, Audience, EventKind, GroupToken, Live};
+    use chat_server::live::{Appended, Audience, EventKind, GroupToken, Live, NewEvent};
 
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
@@ -647,10 +647,13 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     let audience = Audience::Room(RoomId::parse(&general).unwrap());
     let body = |text: &str| serde_json::json!({ "body": text }).to_string();
     let (one, two, three) = (body("one"), body("two"), body("three"));
-    let group = [
-        (EventKind::Message, &audience, one.as_str()),
-        (EventKind::Message, &audience, two.as_str()),
-    ];
+    let event = |data| NewEvent {
+        kind: EventKind::Message,
+        audience: &audience,
+        data,
+        announces: None,
+    };
+    let group = [event(&one), event(&two)];
 
     let token = GroupToken::new();
     let Appended::Now(ids) = live.append_group(&token, &group, None).await.unwrap() else {
@@ -675,7 +678,7 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
 
     // The next group is appended, and drops the marker of the one whose reply arrived: one
     // marker is left, its own, with an expiry.
-    let lone = [(EventKind::Message, &audience, three.as_str())];
+    let lone = [event(&three)];
     let next = live
         .append_group(&GroupToken::new(), &lone, Some(&token))
         .await
@@ -705,6 +708,75 @@ async fn a_retried_group_that_had_gone_through_is_not_appended_again() {
     stream
         .assert_no_message_within(Duration::from_millis(300))
         .await;
+}
+
+/// An event that announces a message (one posted with an idempotency key) is appended once,
+/// in whichever group it comes: later ones get the first event's id, while the other events
+/// of their group are appended as usual.
+#[tokio::test]
+async fn a_message_announced_before_is_not_announced_again() {
+    use chat_server::domain::{MessageId, RoomId};
+    use chat_server::live::{
+        ANNOUNCEMENT_TTL, Appended, Audience, EventKind, GroupToken, Live, NewEvent,
+    };
+
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
+    let live = Live::connect(&app.settings).unwrap();
+    let audience = Audience::Room(RoomId::parse(&general).unwrap());
+    let body = |text: &str| serde_json::json!({ "body": text }).to_string();
+    let (keyed, plain) = (body("keyed"), body("plain"));
+    let message = MessageId::new();
+    let event = |data, announces| NewEvent {
+        kind: EventKind::Message,
+        audience: &audience,
+        data,
+        announces,
+    };
+
+    let Appended::Now(first) = live
+        .append_group(&GroupToken::new(), &[event(&keyed, Some(message))], None)
+        .await
+        .unwrap()
+    else {
+        panic!("a first announcement is appended");
+    };
+    let group = [event(&keyed, Some(message)), event(&plain, None)];
+    let Appended::Now(second) = live
+        .append_group(&GroupToken::new(), &group, None)
+        .await
+        .unwrap()
+    else {
+        panic!("a new group is appended");
+    };
+    assert_eq!(
+        second[0], first[0],
+        "the earlier announcement stands for it"
+    );
+    assert_ne!(second[1], first[0]);
+
+    let seen = stream.messages(2).await;
+    let bodies: Vec<_> = seen.iter().map(|e| e.json()["body"].clone()).collect();
+    assert_eq!(bodies, ["keyed", "plain"]);
+    assert_eq!(seen[0].id, Some(first[0].to_string()));
+    assert_eq!(seen[1].id, Some(second[1].to_string()));
+    stream
+        .assert_no_message_within(Duration::from_millis(300))
+        .await;
+
+    // The announcement is remembered as long as an idempotency key, not for good.
+    let redis = redis::Client::open(crate::helpers::test_redis_url()).unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}events:message:{message}", app.settings.redis_key_prefix);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let lifetime = i64::try_from(ANNOUNCEMENT_TTL.as_secs()).unwrap();
+    assert!(ttl > lifetime - 60 && ttl <= lifetime, "{ttl}");
 }
 
 /// When Redis last saw a user (the score that every check of their token refreshes).
@@ -867,7 +939,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     // Redis knows the append script from then on (a first call would only send its hash).
     assert!(
         outbox
-            .publish(EventKind::Message, audience.clone(), "0".to_owned())
+            .publish(EventKind::Message, audience.clone(), "0".to_owned(), None)
             .await
             .is_some()
     );
@@ -877,7 +949,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     // Redis is still busy, and must not overtake "3".
     let _busy = keep_busy(&redis, "5000000").await;
     let publish =
-        |data: &str| outbox.publish(EventKind::Message, audience.clone(), data.to_owned());
+        |data: &str| outbox.publish(EventKind::Message, audience.clone(), data.to_owned(), None);
     let failed = tokio::join!(publish("1"), publish("2"), publish("3"));
     assert_eq!(failed, (None, None, None), "all failed");
     assert_eq!(publish("4").await, None, "it waits behind the retries");

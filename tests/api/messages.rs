@@ -1,5 +1,10 @@
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use chat_server::domain::{MessageBody, UserId};
+use chat_server::store::{Inserted, NewMessage, Store, Target};
 
 use crate::helpers::{ScratchMongo, error_code, spawn_app};
 
@@ -315,6 +320,7 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
+    let mut stream = app.ready_events(&alice.token).await;
     let send = |key: &'static str, body: &'static str| {
         app.post("/messages")
             .bearer_auth(&alice.token)
@@ -326,12 +332,19 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
     assert_eq!(first.status(), StatusCode::CREATED);
     let first: Value = first.json().await.unwrap();
 
+    assert!(first["event_id"].is_string(), "{first}");
+
     let retries = futures_util::future::join_all((0..5).map(|_| send("k-1", "once"))).await;
     for retry in retries {
         let retry = retry.unwrap();
         assert_eq!(retry.status(), StatusCode::OK);
-        assert_eq!(retry.json::<Value>().await.unwrap()["id"], first["id"]);
+        let retry: Value = retry.json().await.unwrap();
+        assert_eq!(retry["id"], first["id"]);
+        // The retry points at the event of the first attempt; it announced nothing new.
+        assert_eq!(retry["event_id"], first["event_id"]);
     }
+    let event = stream.expect("message").await;
+    assert_eq!(event.json()["id"], first["id"]);
     let res = send("k-1", "something else").await.unwrap();
     assert_eq!(
         error_code(res, StatusCode::UNPROCESSABLE_ENTITY).await,
@@ -348,6 +361,12 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
+    // Announced once, whichever attempt announced it.
+    let event = stream.expect("message").await;
+    assert_eq!(event.json()["id"], ids[0]);
+    stream
+        .assert_no_message_within(Duration::from_millis(500))
+        .await;
 
     let page: Value = app
         .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
@@ -377,6 +396,62 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
         error_code(res, StatusCode::BAD_REQUEST).await,
         "invalid_idempotency_key"
     );
+}
+
+/// A first attempt can store its message and never announce it: its write outlived the
+/// request's time bound (503, outcome unknown), or its instance died before appending the
+/// event. The retry with the same key, which the 503 asks for, announces it then, and once: a
+/// message that only history knows would reach the others in the conversation only when they
+/// reload.
+#[tokio::test]
+async fn a_retry_announces_a_message_its_first_attempt_stored_but_never_announced() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let mut bobs = app.ready_events(&bob.token).await;
+    // The first attempt, up to where the handler would announce it.
+    let store = Store::connect(&app.settings).await.unwrap();
+    let first = store
+        .insert_message(NewMessage {
+            sender: UserId::parse(&alice.id).unwrap(),
+            sender_name: alice.username.clone(),
+            target: Target::Direct {
+                user: UserId::parse(&bob.id).unwrap(),
+                username: bob.username.clone(),
+            },
+            body: MessageBody::parse("stored, not announced").unwrap(),
+            idempotency_key: Some("k-1".to_owned()),
+        })
+        .await
+        .unwrap();
+    let Inserted::Created(first) = first else {
+        panic!("a new key stores a new message");
+    };
+    bobs.assert_no_message_within(Duration::from_millis(300))
+        .await;
+
+    let retry = || {
+        app.post("/messages")
+            .bearer_auth(&alice.token)
+            .header("idempotency-key", "k-1")
+            .json(&json!({"to": bob.username, "body": "stored, not announced"}))
+            .send()
+    };
+    let res = retry().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let replayed: Value = res.json().await.unwrap();
+    assert_eq!(replayed["id"], first.id.to_hex());
+    let event = bobs.expect("message").await;
+    assert_eq!(event.json()["id"], replayed["id"]);
+    assert_eq!(event.json()["body"], "stored, not announced");
+    assert_eq!(replayed["event_id"].as_str(), event.id.as_deref());
+
+    // Announced once: later retries give the same event id and announce nothing.
+    let again: Value = retry().await.unwrap().json().await.unwrap();
+    assert_eq!(again["id"], replayed["id"]);
+    assert_eq!(again["event_id"], replayed["event_id"]);
+    bobs.assert_no_message_within(Duration::from_millis(500))
+        .await;
 }
 
 #[tokio::test]
