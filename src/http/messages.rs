@@ -139,7 +139,7 @@ pub(crate) async fn history_page(
         description = "Up to 128 printable characters; retries with the same key store and announce one message")),
     responses(
         (status = 201, description = "Stored and delivered live", body = MessageResponse),
-        (status = 200, description = "A retry: the message stored the first time with this key, and the id of the event that announced it", body = MessageResponse),
+        (status = 200, description = "A retry: the message stored the first time with this key, and the id of the event that announced it when known", body = MessageResponse),
         (status = 400, description = "Malformed JSON or idempotency key", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 403, description = "Not a member of the room", body = ErrorBody),

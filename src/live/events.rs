@@ -391,8 +391,10 @@ pub struct NewEvent<'a> {
 }
 
 /// How long the announcement of a message posted with an idempotency key is remembered: as
-/// long as the key, so that a retry with it never announces the message a second time.
-pub const ANNOUNCEMENT_TTL: Duration = IDEMPOTENCY_WINDOW;
+/// long as the key, so that a retry with it never announces the message a second time, plus
+/// an hour for clocks that differ (the key's age is read on the API's clock, this lifetime
+/// counted on Redis's).
+pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(IDEMPOTENCY_WINDOW.as_secs() + 60 * 60);
 
 /// What [`Live::append_group`] did.
 #[derive(Debug, PartialEq, Eq)]

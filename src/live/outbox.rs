@@ -28,10 +28,12 @@
 //! answers with the earlier event's id otherwise.
 //!
 //! Shutdown waits for every event given to the outbox to be appended (see [`Outbox::settle`]);
-//! a crash loses those still waiting (their messages are in history, not on live streams).
+//! a crash loses those still waiting (their messages are in history, not on live streams),
+//! except that a message posted with an idempotency key is announced by a retry of its post.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -76,12 +78,46 @@ struct Counts {
     retrying: AtomicUsize,
     /// Notified whenever events are settled.
     settled: Notify,
+    /// How many of the unsettled events announce each message: while events wait for a
+    /// retry, a replay of one of these messages is not given another (a client retrying in a
+    /// loop while Redis is down would otherwise fill the retries with copies of one event).
+    announcing: Mutex<HashMap<MessageId, usize>>,
 }
 
 impl Counts {
-    fn settle(&self, events: usize) {
-        self.unsettled.fetch_sub(events, Ordering::AcqRel);
+    fn settle(&self, events: &[Pending]) {
+        self.forget(events.iter().filter_map(|event| event.announces));
+        self.unsettled.fetch_sub(events.len(), Ordering::AcqRel);
         self.settled.notify_waiters();
+    }
+
+    /// Takes on an announcement of `message`, unless `only_first` and one is under way.
+    fn start_announcing(&self, message: MessageId, only_first: bool) -> bool {
+        let mut announcing = self
+            .announcing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let under_way = announcing.entry(message).or_default();
+        if only_first && *under_way > 0 {
+            return false;
+        }
+        *under_way += 1;
+        true
+    }
+
+    fn forget(&self, messages: impl Iterator<Item = MessageId>) {
+        let mut announcing = self
+            .announcing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for message in messages {
+            if let Some(under_way) = announcing.get_mut(&message) {
+                *under_way -= 1;
+                if *under_way == 0 {
+                    announcing.remove(&message);
+                }
+            }
+        }
     }
 }
 
@@ -98,7 +134,7 @@ impl Retries {
         let retrying = &self.counts.retrying;
         if retrying.fetch_add(count, Ordering::AcqRel) + count > CAPACITY {
             retrying.fetch_sub(count, Ordering::AcqRel);
-            self.counts.settle(count);
+            self.counts.settle(&retry.events);
             tracing::error!(
                 events = count,
                 "event outbox full; events dropped (clients will see them in history)"
@@ -107,7 +143,7 @@ impl Retries {
         }
         if let Err(mpsc::error::SendError(retry)) = self.groups.send(retry) {
             retrying.fetch_sub(count, Ordering::AcqRel);
-            self.counts.settle(count);
+            self.counts.settle(&retry.events);
             tracing::error!(
                 events = retry.events.len(),
                 "event outbox stopped; events dropped (clients will see them in history)"
@@ -166,7 +202,9 @@ impl Outbox {
 
     /// Appends with the next group, or queues for a retry and returns `None`. An event that
     /// `announces` a message is appended only if that message was not announced before; its
-    /// id is then the earlier event's (see [`NewEvent::announces`]).
+    /// id is then the earlier event's (see [`NewEvent::announces`]). While events wait for a
+    /// retry, one that announces a message already announced by an event of this outbox still
+    /// waiting is not queued again, and `None` returned.
     pub async fn publish(
         &self,
         kind: EventKind,
@@ -174,6 +212,17 @@ impl Outbox {
         data: String,
         announces: Option<MessageId>,
     ) -> Option<EventId> {
+        let counts = &self.retries.counts;
+        if let Some(message) = announces
+            && !counts.start_announcing(message, self.retries.pending())
+        {
+            return None;
+        }
+        // Until the event is handed over, dropping this call forgets the announcement.
+        let mut taken_on = Announcing {
+            counts,
+            message: announces,
+        };
         let event = Pending {
             kind,
             audience,
@@ -184,7 +233,8 @@ impl Outbox {
         // Counted once a queue slot is held, so that a caller dropped while waiting for one
         // (a client that hung up) leaves no count behind for shutdown to wait on.
         let slot = self.requests.reserve().await;
-        self.retries.counts.unsettled.fetch_add(1, Ordering::AcqRel);
+        taken_on.message = None;
+        counts.unsettled.fetch_add(1, Ordering::AcqRel);
         match slot {
             Ok(slot) => slot.send(Request { event, appended }),
             // The group task holds its queue for as long as any handle lives, so it is gone
@@ -205,13 +255,28 @@ impl Outbox {
         id.await.unwrap_or_else(|_| {
             // The group task ended while holding the request (it failed, or the runtime is
             // shutting down): the message is stored, its event was not appended.
-            self.retries.counts.settle(1);
+            counts.forget(announces.into_iter());
+            counts.unsettled.fetch_sub(1, Ordering::AcqRel);
+            counts.settled.notify_waiters();
             tracing::error!(
                 kind = kind.as_str(),
                 "event neither appended nor queued; clients will see it in history"
             );
             None
         })
+    }
+}
+
+/// An announcement taken on by [`Outbox::publish`] and not yet handed over with its event:
+/// forgotten when the call ends early (its caller dropped it while waiting for a queue slot).
+struct Announcing<'a> {
+    counts: &'a Counts,
+    message: Option<MessageId>,
+}
+
+impl Drop for Announcing<'_> {
+    fn drop(&mut self) {
+        self.counts.forget(self.message.take().into_iter());
     }
 }
 
@@ -265,12 +330,14 @@ async fn append_groups(
             .await
         {
             Ok(Appended::Now(ids)) => {
+                // Settled first, so that a replay answered after its original finds the
+                // announcement no longer under way, and gets the event's id from Redis.
+                retries.counts.settle(&events);
                 for (answer, id) in answers.into_iter().zip(ids) {
                     // A request that gave up waiting still had its event appended.
                     let _ = answer.send(Some(id));
                 }
                 acknowledged = Some(token);
-                retries.counts.settle(count);
             }
             Ok(Appended::Earlier) => {
                 // A new token with a marker: only a collision of 128 random bits does that.
@@ -279,7 +346,7 @@ async fn append_groups(
                     "a new event group found its marker set; events not appended (clients will see them in history)"
                 );
                 answer_none(answers);
-                retries.counts.settle(count);
+                retries.counts.settle(&events);
             }
             Err(err) => {
                 // The group may have gone through with its reply lost: its retry keeps its
@@ -375,8 +442,10 @@ async fn drain(
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(5));
         }
-        let count = retry.events.len();
-        retries.counts.retrying.fetch_sub(count, Ordering::AcqRel);
-        retries.counts.settle(count);
+        retries
+            .counts
+            .retrying
+            .fetch_sub(retry.events.len(), Ordering::AcqRel);
+        retries.counts.settle(&retry.events);
     }
 }
