@@ -125,7 +125,6 @@ impl Application {
                 .wrap(from_fn(http::request_log::log_request))
                 .app_data(app_state.clone())
                 .app_data(http::json_config(max_body))
-                .app_data(http::query_config())
                 .app_data(http::path_config())
                 .configure(http::routes)
                 .service(web::resource("/docs").route(web::get().to(|| async {

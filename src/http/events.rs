@@ -22,6 +22,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::Query;
 use crate::live::{Admission, EventId, HubItem, Subscription, TouchOutcome, sse_frame};
 use crate::startup::AppState;
 
@@ -88,7 +89,7 @@ pub async fn events(
     state: web::Data<AppState>,
     user: AuthUser,
     req: HttpRequest,
-    query: web::Query<EventsQuery>,
+    query: Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let from_header = req
         .headers()

@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use crate::auth::{authenticate, token_from};
 use crate::error::ApiError;
 use crate::http::events::{EventsQuery, Pump, STREAM_HEADERS, parse_last_event_id};
-use crate::http::{query_error, request_log};
+use crate::http::{parse_query, request_log};
 use crate::startup::AppState;
 
 /// How long a new connection may take to send its first bytes, and actix-web a request head
@@ -252,8 +252,7 @@ async fn open(state: &web::Data<AppState>, request: StreamRequest) -> Result<Pum
         &request.query,
     )?;
     let user = authenticate(state, &token).await?;
-    let query =
-        web::Query::<EventsQuery>::from_query(&request.query).map_err(|err| query_error(&err))?;
+    let query: EventsQuery = parse_query(&request.query)?;
     let last = request.last_event_id.as_deref();
     let last = parse_last_event_id(last.or(query.last_event_id.as_deref()))?;
     Pump::open(state.clone().into_inner(), user, last).await

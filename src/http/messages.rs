@@ -10,8 +10,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::limit_param;
 use crate::http::users::find_by_name;
+use crate::http::{Query, limit_param};
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
 use crate::store::{
@@ -280,7 +280,7 @@ pub async fn conversation_messages(
     state: web::Data<AppState>,
     user: AuthUser,
     path: web::Path<String>,
-    query: web::Query<HistoryQuery>,
+    query: Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let other = find_by_name(&state, &path).await?;
     let conversation = direct_conversation(user.user_id, other.user_id());
@@ -340,7 +340,7 @@ pub struct ConversationList {
 pub async fn list_conversations(
     state: web::Data<AppState>,
     user: AuthUser,
-    query: web::Query<ConversationsQuery>,
+    query: Query<ConversationsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)?;
     let partners = state

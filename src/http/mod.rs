@@ -15,11 +15,13 @@ pub mod stats;
 pub mod users;
 
 use actix_web::body::MessageBody;
+use actix_web::dev::Payload;
 use actix_web::dev::ServiceResponse;
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::{JsonPayloadError, PathError};
 use actix_web::http::header;
 use actix_web::middleware::ErrorHandlerResponse;
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
@@ -91,6 +93,13 @@ fn json_error(err: &JsonPayloadError) -> ApiError {
     }
 }
 
+/// The current time to the millisecond, like every time the API shows (the store keeps
+/// milliseconds).
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
 /// The `limit` of a list request: `default` when absent, otherwise 1 to `max`, or 422
 /// `invalid_limit`.
 pub(crate) fn limit_param<T>(raw: Option<T>, default: T, max: T) -> Result<T, ApiError>
@@ -107,13 +116,50 @@ where
     Ok(limit)
 }
 
-pub fn query_config() -> web::QueryConfig {
-    web::QueryConfig::default().error_handler(|err, _req| query_error(&err).into())
+/// A query string deserialized into `T`, as `web::Query` does, except that a query string that
+/// does not parse is a 400 `invalid_query` naming the parameter at fault.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T> Query<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
 }
 
-/// A query string that does not parse: 400 `invalid_query`.
-pub fn query_error(err: &QueryPayloadError) -> ApiError {
-    ApiError::bad_request("invalid_query", format!("invalid query string: {err}"))
+impl<T> std::ops::Deref for Query<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest for Query<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(parse_query(req.query_string()).map(Query))
+    }
+}
+
+/// Deserializes a raw query string; see [`Query`].
+pub fn parse_query<T: DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
+    let pairs = serde_urlencoded::Deserializer::new(form_urlencoded::parse(raw.as_bytes()));
+    serde_path_to_error::deserialize(pairs).map_err(|err| {
+        let parameter = err.path().to_string();
+        let message = if parameter == "." {
+            // Not about one parameter: a missing one, or an unknown one.
+            format!("invalid query string: {}", err.into_inner())
+        } else {
+            format!(
+                "invalid query parameter `{parameter}`: {}",
+                err.into_inner()
+            )
+        };
+        ApiError::bad_request("invalid_query", message)
+    })
 }
 
 pub fn path_config() -> web::PathConfig {
@@ -160,4 +206,43 @@ pub fn jsonify_error<B: MessageBody + 'static>(
     let (req, _) = res.into_parts();
     let res = ServiceResponse::new(req, body.map_into_boxed_body()).map_into_right_body::<B>();
     Ok(ErrorHandlerResponse::Response(res))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use serde::Deserialize;
+
+    use super::parse_query;
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Window {
+        bucket: String,
+        from: Option<DateTime<Utc>>,
+        limit: Option<u32>,
+    }
+
+    fn error_of(raw: &str) -> String {
+        parse_query::<Window>(raw)
+            .map(|window| panic!("{raw} parsed: {window:?}"))
+            .unwrap_or_else(|err| err.to_string())
+    }
+
+    #[test]
+    fn a_query_that_does_not_parse_names_the_parameter_at_fault() {
+        assert!(parse_query::<Window>("bucket=day&limit=5&from=2026-11-24T00:00:00Z").is_ok());
+        assert_eq!(
+            error_of("bucket=day&limit=-1"),
+            "invalid_query: invalid query parameter `limit`: invalid digit found in string"
+        );
+        assert_eq!(
+            error_of("bucket=day&from=yesterday"),
+            "invalid_query: invalid query parameter `from`: input contains invalid characters"
+        );
+        assert_eq!(
+            error_of("limit=5"),
+            "invalid_query: invalid query string: missing field `bucket`"
+        );
+    }
 }

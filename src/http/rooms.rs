@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use crate::auth::AuthUser;
 use crate::domain::{RoomId, RoomName};
 use crate::error::{ApiError, ErrorBody};
+use crate::http::Query;
 use crate::http::messages::{HistoryQuery, MessagePage, history_page};
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
@@ -85,7 +86,7 @@ async fn announce_membership(state: &AppState, room: &RoomRecord, user: &AuthUse
         user_id: user.user_id.to_string(),
         username: user.username.clone(),
         action: if joined { "joined" } else { "left" }.to_owned(),
-        at: Utc::now(),
+        at: crate::http::now(),
     };
     let data = json!(event).to_string();
     state
@@ -225,7 +226,7 @@ pub async fn room_messages(
     state: web::Data<AppState>,
     user: AuthUser,
     path: web::Path<String>,
-    query: web::Query<HistoryQuery>,
+    query: Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let room = find_room(&state, &path).await?;
     if !state.store.is_member(&room, user.user_id).await? {

@@ -11,8 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::RoomId;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::limit_param;
 use crate::http::users::find_by_name;
+use crate::http::{Query, limit_param, now};
 use crate::startup::AppState;
 use crate::store::stats::{Kind, Level, Subjects, Tally, Window};
 
@@ -203,7 +203,7 @@ async fn user_ranking(
 pub async fn most_active(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<StatsQuery>,
+    query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     user_ranking(&state, Kind::Sent, &query).await
 }
@@ -222,7 +222,7 @@ pub async fn most_active(
 pub async fn most_solicited(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<StatsQuery>,
+    query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     user_ranking(&state, Kind::Received, &query).await
 }
@@ -241,7 +241,7 @@ pub async fn most_solicited(
 pub async fn rooms(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<StatsQuery>,
+    query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;
@@ -288,13 +288,13 @@ pub async fn rooms(
 pub async fn activity(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<ActivityQuery>,
+    query: Query<ActivityQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (level, step) = match query.bucket {
         Bucket::Hour => (Level::Hour, Duration::hours(1)),
         Bucket::Day => (Level::Day, Duration::days(1)),
     };
-    let to = query.to.unwrap_or_else(Utc::now);
+    let to = query.to.unwrap_or_else(now);
     let from = query.from.unwrap_or_else(|| {
         let default = if matches!(query.bucket, Bucket::Hour) {
             24
@@ -355,10 +355,10 @@ fn bucket_start(level: Level, t: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn summary(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<StatsQuery>,
+    query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
-    let now = Utc::now();
+    let now = now();
     // Open-ended: nothing is stored after now, and the current hour is then read from its
     // counters rather than from the messages themselves.
     let day = Window {
@@ -404,7 +404,7 @@ pub async fn user_stats(
     state: web::Data<AppState>,
     _user: AuthUser,
     path: web::Path<String>,
-    query: web::Query<StatsQuery>,
+    query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;

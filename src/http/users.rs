@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::Username;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::limit_param;
+use crate::http::{Query, limit_param};
 use crate::startup::AppState;
 use crate::store::UserRecord;
 
@@ -121,7 +121,7 @@ pub(crate) async fn find_by_name(state: &AppState, raw: &str) -> Result<UserReco
 pub async fn online(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: web::Query<OnlineQuery>,
+    query: Query<OnlineQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit, DEFAULT_ONLINE_LIMIT, MAX_ONLINE_LIMIT)?;
     let entries = state.live.online_users(limit).await?;

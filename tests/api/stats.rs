@@ -278,6 +278,16 @@ async fn every_statistic_equals_a_brute_force_count_for_any_window() {
     assert_eq!(total, sent.len() as i64);
     let body = get(&app, token, "/stats/activity?bucket=day").await;
     assert_eq!(body["points"].as_array().unwrap().len(), 31);
+    // The default window ends now, to the millisecond, like every time the API shows.
+    for bound in ["from", "to"] {
+        let shown = body[bound].as_str().unwrap();
+        let at = DateTime::parse_from_rfc3339(shown).unwrap();
+        assert_eq!(
+            at.timestamp_subsec_nanos() % 1_000_000,
+            0,
+            "{bound}: {shown}"
+        );
+    }
     let total: i64 = body["points"]
         .as_array()
         .unwrap()
@@ -417,6 +427,22 @@ async fn bad_statistics_parameters_are_rejected() {
     ] {
         let res = app.get_authed(path, &user.token).await;
         assert_eq!(error_code(res, status).await, code, "{path}");
+    }
+    // A query string that does not parse names the parameter at fault.
+    for (path, names) in [
+        (
+            "/stats/most-active?from=yesterday",
+            "query parameter `from`",
+        ),
+        ("/stats/rooms?limit=-1", "query parameter `limit`"),
+        ("/stats/activity?bucket=week", "query parameter `bucket`"),
+        ("/stats/activity", "missing field `bucket`"),
+    ] {
+        let res = app.get_authed(path, &user.token).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+        let body: Value = res.json().await.unwrap();
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(names), "{path}: {message}");
     }
     let res = app.get("/stats/summary").send().await.unwrap();
     assert_eq!(
