@@ -12,21 +12,29 @@ RUN_MONGO_PORT="${RUN_MONGO_PORT:-37017}"
 trap 'stop_services run' EXIT
 trap 'exit 130' INT TERM
 
+fresh_stores=false
 if [ -z "${REDIS_URL:-}" ]; then
     ensure_redis
     start_redis run "$RUN_REDIS_PORT"
     export REDIS_URL="redis://127.0.0.1:$RUN_REDIS_PORT"
+    fresh_stores=true
 fi
 if [ -z "${MONGODB_URI:-}" ]; then
     ensure_nx
     start_mongo run "$RUN_MONGO_PORT"
     export MONGODB_URI="mongodb://127.0.0.1:$RUN_MONGO_PORT/?directConnection=true"
+    fresh_stores=true
 fi
 export APP_ENV="${APP_ENV:-development}"
 if [ -z "${JWT_SECRET:-}" ]; then
-    # One local secret, kept across runs, so tokens survive a restart and extra instances
-    # started by hand (JWT_SECRET=$(cat .work/jwt-secret)) accept them too.
-    [ -s "$WORK/jwt-secret" ] || (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/jwt-secret")
+    # The servers started above keep nothing across runs: a new run has no accounts and no
+    # revocations, so a token of an earlier run would act for an account that no longer
+    # exists, or come back to life after its logout. Tokens are therefore good for one run
+    # (a new secret each time), unless both stores are your own: then the secret is kept.
+    # Extra instances started by hand read it from .work/jwt-secret (see README).
+    if $fresh_stores || [ ! -s "$WORK/jwt-secret" ]; then
+        (umask 077 && python3 -c 'import secrets; print(secrets.token_hex(32))' >"$WORK/jwt-secret")
+    fi
     JWT_SECRET="$(cat "$WORK/jwt-secret")"
     export JWT_SECRET
 fi
