@@ -8,7 +8,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 BENCH_REDIS_PORT="${BENCH_REDIS_PORT:-16400}"
-BENCH_MONGO_PORT="${BENCH_MONGO_PORT:-37038}"
+BENCH_MONGO_PORT="${BENCH_MONGO_PORT:-27138}"
 BENCH_API_PORT="${BENCH_API_PORT:-18100}"
 PIDFILE="$WORK/bench/server.pid"
 trap 'stop_pidfile "$PIDFILE"; stop_services bench' EXIT

@@ -85,7 +85,10 @@ start_redis() {
     log "redis-server on 127.0.0.1:$port"
 }
 
-# start_mongo NAME PORT: nx-27017 with an in-memory database in .work/NAME.
+# start_mongo NAME PORT: nx-27017 with an in-memory database in .work/NAME. The scripts' fixed
+# ports (Redis 163xx-164xx, nx-27017 271xx, the API 18xxx) lie below Linux's ephemeral range
+# (32768-60999): a port in it can be held for a minute by a client socket in TIME_WAIT (the
+# benchmark opens 10,000 streams), and a server then cannot bind it.
 start_mongo() {
     local dir="$WORK/$1" port=$2
     mkdir -p "$dir"

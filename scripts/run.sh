@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 RUN_REDIS_PORT="${RUN_REDIS_PORT:-16379}"
-RUN_MONGO_PORT="${RUN_MONGO_PORT:-37017}"
+RUN_MONGO_PORT="${RUN_MONGO_PORT:-27117}"
 
 trap 'stop_services run' EXIT
 trap 'exit 130' INT TERM

@@ -7,7 +7,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
 TEST_REDIS_PORT="${TEST_REDIS_PORT:-16380}"
-TEST_MONGO_PORT="${TEST_MONGO_PORT:-37018}"
+TEST_MONGO_PORT="${TEST_MONGO_PORT:-27118}"
 
 trap 'stop_services test' EXIT
 trap 'exit 130' INT TERM

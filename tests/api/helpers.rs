@@ -18,7 +18,7 @@ fn env_or(name: &str, default: &str) -> String {
 pub fn test_mongodb_uri() -> String {
     env_or(
         "TEST_MONGODB_URI",
-        "mongodb://127.0.0.1:37018/?directConnection=true",
+        "mongodb://127.0.0.1:27118/?directConnection=true",
     )
 }
 
