@@ -135,7 +135,25 @@ pub struct UserStatsResponse {
     pub top_partners: Vec<UserCount>,
 }
 
+/// The times a window may start or end at: 1970 to the end of 9999. Chrono goes much further,
+/// but date arithmetic on its edges (a default window before `to`, bucket edges after `from`)
+/// would overflow, and no message is stored outside.
+fn in_range(name: &str, at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
+    const LAST_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    match at {
+        Some(at) if !(0..=LAST_MS).contains(&at.timestamp_millis()) => {
+            Err(ApiError::unprocessable(
+                "invalid_window",
+                format!("`{name}` must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn window(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<Window, ApiError> {
+    in_range("from", from)?;
+    in_range("to", to)?;
     if let (Some(from), Some(to)) = (from, to)
         && from >= to
     {
@@ -197,7 +215,7 @@ async fn user_ranking(
         (status = 200, description = "The ranking", body = UserRanking),
         (status = 400, description = "Malformed date or number", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999, or limit out of range", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn most_active(
@@ -216,7 +234,7 @@ pub async fn most_active(
         (status = 200, description = "The ranking", body = UserRanking),
         (status = 400, description = "Malformed date or number", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999, or limit out of range", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn most_solicited(
@@ -235,7 +253,7 @@ pub async fn most_solicited(
         (status = 200, description = "The ranking", body = RoomRanking),
         (status = 400, description = "Malformed date or number", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999, or limit out of range", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn rooms(
@@ -282,7 +300,7 @@ pub async fn rooms(
         (status = 200, description = "The series, oldest first", body = ActivityResponse),
         (status = 400, description = "Unknown bucket, malformed date", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`, or more than 2000 buckets", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999, or more than 2000 buckets", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn activity(
@@ -294,6 +312,8 @@ pub async fn activity(
         Bucket::Hour => (Level::Hour, Duration::hours(1)),
         Bucket::Day => (Level::Day, Duration::days(1)),
     };
+    in_range("from", query.from)?;
+    in_range("to", query.to)?;
     let to = query.to.unwrap_or_else(now);
     let from = query.from.unwrap_or_else(|| {
         let default = if matches!(query.bucket, Bucket::Hour) {
@@ -301,7 +321,7 @@ pub async fn activity(
         } else {
             30
         };
-        to - step * default
+        (to - step * default).max(DateTime::UNIX_EPOCH)
     });
     let window = window(Some(from), Some(to))?;
     let first_bucket = bucket_start(level, from);
@@ -349,7 +369,7 @@ fn bucket_start(level: Level, t: DateTime<Utc>) -> DateTime<Utc> {
         (status = 200, description = "The totals", body = SummaryResponse),
         (status = 400, description = "Malformed date", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999", body = ErrorBody),
         (status = 503, description = "Storage or Redis unavailable", body = ErrorBody),
     ))]
 pub async fn summary(
@@ -397,7 +417,7 @@ pub async fn summary(
         (status = 400, description = "Malformed date or number", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 422, description = "`from` not before `to`, or limit out of range", body = ErrorBody),
+        (status = 422, description = "`from` not before `to` or outside 1970-9999, or limit out of range", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn user_stats(
