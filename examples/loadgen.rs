@@ -1114,7 +1114,7 @@ async fn collect(
     for mut handle in handles {
         match tokio::time::timeout_at(until, &mut handle).await {
             Ok(Ok(outcome)) => outcomes.push(outcome),
-            // Panicked (or cancelled): nothing to collect.
+            // Cancelled (a panic aborts the release build the scripts run): nothing to collect.
             Ok(Err(_)) => missing += 1,
             Err(_) => {
                 handle.abort();

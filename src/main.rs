@@ -13,6 +13,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     telemetry::init(settings.log_format);
+    log_panics();
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
     }
@@ -26,6 +27,16 @@ async fn main() -> anyhow::Result<()> {
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Logs a panic through the log (JSON in production) before the default report; in a release
+/// build the process then aborts (see `Cargo.toml`) and its supervisor restarts it.
+fn log_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic: a bug; a release build stops here");
+        report(info);
+    }));
 }
 
 /// Makes glibc hand blocks of 128 KiB and more straight back to the system when freed. By

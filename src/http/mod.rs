@@ -150,7 +150,7 @@ pub fn parse_query<T: DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(pairs).map_err(|err| {
         let parameter = err.path().to_string();
         let message = if parameter == "." {
-            // Not about one parameter: a missing one, or an unknown one.
+            // Not about one parameter's value: a missing one, or one given twice.
             format!("invalid query string: {}", err.into_inner())
         } else {
             format!(
