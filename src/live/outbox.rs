@@ -106,6 +106,12 @@ impl Counts {
     }
 
     fn forget(&self, messages: impl Iterator<Item = MessageId>) {
+        // Most events announce no message (posts without a key, joins, leaves): they settle
+        // without taking the lock.
+        let mut messages = messages.peekable();
+        if messages.peek().is_none() {
+            return;
+        }
         let mut announcing = self
             .announcing
             .lock()
