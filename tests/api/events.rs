@@ -835,6 +835,24 @@ async fn post_held_in_the_store(
     post
 }
 
+/// The `message` entries of `app`'s event log, oldest first.
+async fn logged_messages(
+    conn: &mut redis::aio::MultiplexedConnection,
+    app: &crate::helpers::TestApp,
+) -> Vec<redis::streams::StreamId> {
+    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(format!("{}events", app.settings.redis_key_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    log.ids
+        .into_iter()
+        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
+        .collect()
+}
+
 /// Makes Redis run a Lua loop for `micros` microseconds (answering nothing meanwhile), and
 /// returns once it does; the returned connection gets the loop's reply at its end.
 async fn keep_busy(redis: &ScratchRedis, micros: &str) -> TcpStream {
@@ -957,17 +975,9 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     assert_eq!(outbox.settle(Duration::from_secs(20)).await, 0);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}events", app.settings.redis_key_prefix))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
+    let messages: Vec<String> = logged_messages(&mut conn, &app)
         .await
-        .unwrap();
-    let messages: Vec<String> = log
-        .ids
         .iter()
-        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
         .filter_map(|entry| entry.get("d"))
         .collect();
     assert_eq!(messages, ["0", "1", "2", "3", "4"], "each once, in order");
@@ -1019,18 +1029,7 @@ async fn replays_queue_one_announcement_of_their_message() {
     assert_eq!(outbox.settle(Duration::from_secs(20)).await, 0);
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{}events", app.settings.redis_key_prefix))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let appended: Vec<_> = log
-        .ids
-        .iter()
-        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
-        .collect();
+    let appended = logged_messages(&mut conn, &app).await;
     assert_eq!(appended.len(), 1, "{appended:?}");
     assert_eq!(appended[0].get::<String>("d").as_deref(), Some("first"));
     // A later replay gets that event's id, and appends nothing.
