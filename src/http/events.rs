@@ -17,13 +17,14 @@ use chrono::{DateTime, Utc};
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
-use crate::live::{Admission, EventId, HubItem, Subscription, TouchOutcome, sse_frame};
+use crate::live::{
+    Admission, EventId, HubItem, HubReceiver, Lagged, Subscription, TouchOutcome, sse_frame,
+};
 use crate::startup::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -132,7 +133,7 @@ pub struct Pump {
     state: Arc<AppState>,
     user: AuthUser,
     subscription: Subscription,
-    receiver: broadcast::Receiver<Arc<HubItem>>,
+    receiver: HubReceiver,
     opening: VecDeque<Bytes>,
     floor: Option<EventId>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -221,10 +222,9 @@ impl Pump {
         }
         while !self.ended {
             let step = match self.receiver.try_recv() {
-                Ok(item) => self.step(&item),
-                Err(broadcast::error::TryRecvError::Empty) => return None,
-                Err(broadcast::error::TryRecvError::Lagged(skipped)) => self.lagged(skipped),
-                Err(broadcast::error::TryRecvError::Closed) => Step::End,
+                Ok(Some(item)) => self.step(&item),
+                Ok(None) => return None,
+                Err(Lagged(skipped)) => self.lagged(skipped),
             };
             match step {
                 Step::Frame(frame) => return Some(frame),
@@ -248,8 +248,7 @@ impl Pump {
                 item = self.receiver.recv() => {
                     let step = match item {
                         Ok(item) => self.step(&item),
-                        Err(broadcast::error::RecvError::Lagged(skipped)) => self.lagged(skipped),
-                        Err(broadcast::error::RecvError::Closed) => Step::End,
+                        Err(Lagged(skipped)) => self.lagged(skipped),
                     };
                     match step {
                         Step::Frame(frame) => return Some(frame),

@@ -50,7 +50,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first read of a connection: a request head bigger than this goes to actix-web.
 const FIRST_READ: usize = 4096;
 /// Frames written with one system call at most.
-const BATCH: usize = 8;
+const BATCH: usize = 64;
 /// A stream whose client has not taken a write within this long is closed.
 const STALLED_WRITE: Duration = Duration::from_secs(30);
 
@@ -310,24 +310,25 @@ async fn stream(mut io: TcpStream, mut pump: Pump) {
         return;
     }
     drop(head);
-    let mut batch: [Bytes; BATCH] = Default::default();
     loop {
         let next = tokio::select! {
             frame = pump.next_frame() => frame,
             () = client_gone(&io) => return,
         };
         let Some(first) = next else { break };
-        batch[0] = first;
-        let mut len = 1;
-        while len < BATCH
-            && let Some(frame) = pump.ready_frame()
-        {
-            batch[len] = frame;
-            len += 1;
+        // Under load several frames are waiting: they go together. Only then is there a list
+        // to allocate (once per write, not per frame), so that an idle stream holds none.
+        let mut more = Vec::new();
+        if let Some(second) = pump.ready_frame() {
+            more.reserve_exact(BATCH - 1);
+            more.push(second);
+            while more.len() < BATCH - 1
+                && let Some(frame) = pump.ready_frame()
+            {
+                more.push(frame);
+            }
         }
-        let written = within(STALLED_WRITE, write_chunk(&mut io, &batch[..len])).await;
-        batch.iter_mut().for_each(|frame| *frame = Bytes::new());
-        if !written {
+        if !within(STALLED_WRITE, write_chunk(&io, &first, &more)).await {
             return;
         }
     }
@@ -359,26 +360,53 @@ async fn client_gone(io: &TcpStream) {
     }
 }
 
-/// Writes `frames` as one chunk: size line, the frames' shared bytes, CRLF.
-async fn write_chunk(io: &mut TcpStream, frames: &[Bytes]) -> io::Result<()> {
-    let len: usize = frames.iter().map(Bytes::len).sum();
+/// Writes `first` and `more` (at most `BATCH` frames in all) as one chunk: size line, the
+/// frames' shared bytes, CRLF. The list of slices for the system call is built anew for
+/// each attempt, so that it is not part of a waiting stream's state.
+async fn write_chunk(io: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Result<()> {
+    let more = &more[..more.len().min(BATCH - 1)];
+    let len = first.len() + more.iter().map(Bytes::len).sum::<usize>();
     let mut size = [0u8; 20];
     let size = chunk_size_line(len, &mut size);
-    let mut slices = [IoSlice::new(&[]); BATCH + 2];
-    slices[0] = IoSlice::new(size);
-    for (slice, frame) in slices[1..].iter_mut().zip(frames) {
-        *slice = IoSlice::new(frame);
-    }
-    slices[frames.len() + 1] = IoSlice::new(b"\r\n");
-    let mut pending = &mut slices[..frames.len() + 2];
-    while !pending.is_empty() {
-        let written = io.write_vectored(pending).await?;
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+    let total = size.len() + len + 2;
+    let mut written = 0;
+    while written < total {
+        io.writable().await?;
+        match write_from(io, [size, first, b"\r\n"], more, written) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return Err(err),
         }
-        IoSlice::advance_slices(&mut pending, written);
     }
     Ok(())
+}
+
+/// One vectored write of size line, `first`, `more` and CRLF (`[size, first, crlf]`), from
+/// byte `skip` on.
+fn write_from(
+    io: &TcpStream,
+    [size, first, crlf]: [&[u8]; 3],
+    more: &[Bytes],
+    skip: usize,
+) -> io::Result<usize> {
+    let parts = [size, first]
+        .into_iter()
+        .chain(more.iter().map(|frame| &frame[..]))
+        .chain([crlf]);
+    let mut slices = [IoSlice::new(&[]); BATCH + 2];
+    let mut count = 0;
+    let mut skip = skip;
+    for part in parts {
+        if skip >= part.len() {
+            skip -= part.len();
+            continue;
+        }
+        slices[count] = IoSlice::new(&part[skip..]);
+        skip = 0;
+        count += 1;
+    }
+    io.try_write_vectored(&slices[..count])
 }
 
 /// `len` in hexadecimal followed by CRLF, written into `buf`.

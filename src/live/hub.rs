@@ -1,12 +1,18 @@
 //! Each instance tails the event log once, on one dedicated Redis connection, and fans every
-//! event out in process (a broadcast channel of shared, pre-rendered events) to its own open
-//! streams. Never one Redis read per client.
+//! event out in process to its own open streams: a ring of the last events (shared,
+//! pre-rendered) that every stream reads at its own pace. Never one Redis read per client.
+//!
+//! The events of one log read are handed out together, with one wake-up per waiting stream:
+//! a stream woken by a read finds all of its events there and writes them with one system
+//! call, instead of being woken (and writing) once per event while the rest are still being
+//! handed out.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use super::Live;
 use super::events::{EventId, LogEvent};
@@ -42,47 +48,137 @@ impl ResyncCause {
 }
 
 pub struct Hub {
-    sender: broadcast::Sender<Arc<HubItem>>,
+    ring: Mutex<Ring>,
+    /// How many items the ring keeps: how far a stream may fall behind.
+    capacity: usize,
+    /// Woken once per batch of items handed out.
+    arrived: Notify,
+}
+
+/// The last items handed out, numbered: `items` holds numbers `next - items.len()` to
+/// `next - 1`.
+struct Ring {
+    items: VecDeque<Arc<HubItem>>,
+    next: u64,
     /// The id of the last item handed out. Read and advanced under the same lock as the
-    /// send, so a subscriber knows exactly which events it will and will not receive.
-    position: Mutex<Option<EventId>>,
+    /// items, so a subscriber knows exactly which events it will and will not receive.
+    position: Option<EventId>,
 }
 
 impl Hub {
     /// Starts the tailer. `capacity` is how many events a slow stream may fall behind before
     /// it is closed (its client then resumes from the log with `Last-Event-ID`).
     pub fn start(live: Live, capacity: usize, shutdown: watch::Receiver<bool>) -> Arc<Hub> {
-        let (sender, _) = broadcast::channel(capacity.max(16));
-        let hub = Arc::new(Hub {
-            sender,
-            position: Mutex::new(None),
-        });
+        let hub = Arc::new(Hub::new(capacity));
         tokio::spawn(tail(live, Arc::clone(&hub), shutdown));
         hub
     }
 
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(16);
+        Hub {
+            ring: Mutex::new(Ring {
+                items: VecDeque::with_capacity(capacity),
+                next: 0,
+                position: None,
+            }),
+            capacity,
+            arrived: Notify::new(),
+        }
+    }
+
+    fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {
+        self.ring.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Subscribes to everything after the returned position; `None` until the tailer has
     /// reached Redis once.
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<HubItem>>, Option<EventId>) {
-        let position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
-        (self.sender.subscribe(), position.clone())
+    pub fn subscribe(self: &Arc<Self>) -> (HubReceiver, Option<EventId>) {
+        let ring = self.ring();
+        let receiver = HubReceiver {
+            hub: Arc::clone(self),
+            next: ring.next,
+        };
+        (receiver, ring.position.clone())
     }
 
     pub fn position(&self) -> Option<EventId> {
-        self.position
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.ring().position.clone()
     }
 
-    fn emit(&self, id: EventId, item: Option<HubItem>) {
-        let mut position = self.position.lock().unwrap_or_else(PoisonError::into_inner);
-        *position = Some(id);
-        if let Some(item) = item {
-            // No receivers is fine: nobody is listening on this instance.
-            let _ = self.sender.send(Arc::new(item));
+    /// Hands out `items` in order, at once, and moves the position to the last id (an item
+    /// of `None` only moves the position past an entry that is not handed out).
+    fn emit(&self, items: impl IntoIterator<Item = (EventId, Option<HubItem>)>) {
+        let mut handed_out = false;
+        {
+            let mut ring = self.ring();
+            for (id, item) in items {
+                ring.position = Some(id);
+                if let Some(item) = item {
+                    if ring.items.len() == self.capacity {
+                        ring.items.pop_front();
+                    }
+                    ring.items.push_back(Arc::new(item));
+                    ring.next += 1;
+                    handed_out = true;
+                }
+            }
+        }
+        if handed_out {
+            self.arrived.notify_waiters();
         }
     }
+}
+
+/// One stream's place in the hub's ring.
+pub struct HubReceiver {
+    hub: Arc<Hub>,
+    /// The number of the next item this stream takes.
+    next: u64,
+}
+
+/// The stream fell further behind than the ring holds; carries how many items it missed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Lagged(pub u64);
+
+impl HubReceiver {
+    /// The next item if it is there already.
+    pub fn try_recv(&mut self) -> Result<Option<Arc<HubItem>>, Lagged> {
+        take(&self.hub, &mut self.next)
+    }
+
+    /// Waits for the next item. Cancel-safe: an item is taken only when it is returned.
+    pub async fn recv(&mut self) -> Result<Arc<HubItem>, Lagged> {
+        loop {
+            // Registered before looking, so a batch handed out in between still wakes us.
+            let arrived = self.hub.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if let Some(item) = take(&self.hub, &mut self.next)? {
+                return Ok(item);
+            }
+            arrived.await;
+        }
+    }
+}
+
+/// Takes item number `next` from the ring, if it is there, and moves `next` past it.
+fn take(hub: &Hub, next: &mut u64) -> Result<Option<Arc<HubItem>>, Lagged> {
+    let ring = hub.ring();
+    let oldest = ring.next - ring.items.len() as u64;
+    if *next < oldest {
+        let missed = oldest - *next;
+        *next = oldest;
+        return Err(Lagged(missed));
+    }
+    let item = usize::try_from(*next - oldest)
+        .ok()
+        .and_then(|index| ring.items.get(index))
+        .cloned();
+    if item.is_some() {
+        *next += 1;
+    }
+    Ok(item)
 }
 
 async fn tail(live: Live, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
@@ -143,17 +239,17 @@ async fn tail_once(
             // new epoch written before we noticed are read from its start.
             tracing::warn!(old_epoch = %old.epoch, new_epoch = %epoch, "event log was lost; streams will resync");
             let start = EventId::start_of(&epoch);
-            hub.emit(
+            hub.emit([(
                 start.clone(),
                 Some(HubItem::Resync(start.clone(), ResyncCause::LogLost)),
-            );
+            )]);
             *last_number = None;
             start
         }
         None => {
             let tail = live.tail_on(conn).await?;
             let start = EventId::new(&epoch, &tail).unwrap_or_else(|| EventId::start_of(&epoch));
-            hub.emit(start.clone(), None);
+            hub.emit([(start.clone(), None)]);
             start
         }
     };
@@ -167,6 +263,7 @@ async fn tail_once(
         .arg(position.stream_id())
         .query_async(conn)
         .await?;
+    let mut batch = Vec::new();
     for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
         let id = EventId::new(&epoch, &entry.id);
         // Entries of an older version carry no number; a number at or below the last one
@@ -180,23 +277,97 @@ async fn tail_once(
                 "event log entries were trimmed before this instance read them; streams will resync"
             );
             let before = id.predecessor();
-            hub.emit(
+            batch.push((
                 before.clone(),
                 Some(HubItem::Resync(before, ResyncCause::Trimmed)),
-            );
+            ));
         }
         *last_number = number;
         match LogEvent::from_entry(&entry) {
             Some(event) if event.id.epoch == epoch => {
-                hub.emit(event.id.clone(), Some(HubItem::Event(event)));
+                batch.push((event.id.clone(), Some(HubItem::Event(event))));
             }
             // Unreadable, or written under another epoch: skip it, but move past it.
             _ => {
                 if let Some(id) = id {
-                    hub.emit(id, None);
+                    batch.push((id, None));
                 }
             }
         }
     }
+    hub.emit(batch);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u64) -> EventId {
+        EventId::parse(&format!("ab-{n}-0")).unwrap()
+    }
+
+    /// An item that says which entry it stands for.
+    fn item(n: u64) -> (EventId, Option<HubItem>) {
+        (id(n), Some(HubItem::Resync(id(n), ResyncCause::Trimmed)))
+    }
+
+    fn number(item: &HubItem) -> EventId {
+        match item {
+            HubItem::Resync(id, _) | HubItem::Event(LogEvent { id, .. }) => id.clone(),
+        }
+    }
+
+    fn drain(receiver: &mut HubReceiver) -> Vec<EventId> {
+        let mut seen = Vec::new();
+        while let Some(item) = receiver.try_recv().unwrap() {
+            seen.push(number(&item));
+        }
+        seen
+    }
+
+    #[test]
+    fn a_stream_gets_what_is_handed_out_after_its_position_in_order() {
+        let hub = Arc::new(Hub::new(16));
+        assert_eq!(hub.subscribe().1, None);
+        hub.emit([item(1), (id(2), None)]);
+        let (mut receiver, position) = hub.subscribe();
+        // Entry 2 was passed over: the position moved past it, and nothing was handed out.
+        assert_eq!(position, Some(id(2)));
+        assert!(drain(&mut receiver).is_empty());
+        hub.emit([item(3), item(4), (id(5), None), item(6)]);
+        assert_eq!(drain(&mut receiver), vec![id(3), id(4), id(6)]);
+        assert_eq!(hub.position(), Some(id(6)));
+    }
+
+    #[test]
+    fn a_stream_further_behind_than_the_ring_holds_is_told_how_far() {
+        let hub = Arc::new(Hub::new(16));
+        let (mut slow, _) = hub.subscribe();
+        hub.emit((1..=20).map(item));
+        assert_eq!(slow.try_recv().unwrap_err(), Lagged(4));
+        // What the ring still holds follows, should the stream go on.
+        assert_eq!(drain(&mut slow), (5..=20).map(id).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_and_finds_the_whole_batch() {
+        let hub = Arc::new(Hub::new(16));
+        let (mut receiver, _) = hub.subscribe();
+        let waiting = tokio::spawn(async move {
+            let first = number(&receiver.recv().await.unwrap());
+            // Everything handed out with the first is there without waiting.
+            let mut rest = drain(&mut receiver);
+            rest.insert(0, first);
+            rest
+        });
+        // Hands out once the receiver waits (or before: it must not miss the batch either).
+        tokio::task::yield_now().await;
+        hub.emit((1..=3).map(item));
+        let seen = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting stream was not woken")
+            .unwrap();
+        assert_eq!(seen, vec![id(1), id(2), id(3)]);
+    }
 }

@@ -18,7 +18,7 @@ pub use events::{
     ANNOUNCEMENT_TTL, Appended, Audience, EventId, EventKind, GroupToken, LogEvent, MemberChange,
     NewEvent, sse_frame,
 };
-pub use hub::{Hub, HubItem, ResyncCause};
+pub use hub::{Hub, HubItem, HubReceiver, Lagged, ResyncCause};
 pub use outbox::Outbox;
 pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
