@@ -1,6 +1,6 @@
 use anyhow::Context;
-use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier, SaltString};
+use argon2::{Argon2, Params};
 use rand::rngs::OsRng;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -71,13 +71,36 @@ impl PasswordHasher {
     }
 }
 
-/// Verifies a password against a PHC string; a malformed stored hash counts as a mismatch.
+/// The most work a stored hash may ask of a login: its cost parameters are read from the hash
+/// itself, and a corrupted or planted `m=4294967295` would otherwise allocate 4 TiB. Well above
+/// the defaults (19 MiB, 2 passes, 1 lane), so that hashes made with stronger settings later
+/// still verify.
+const MAX_M_COST_KIB: u32 = 256 * 1024;
+const MAX_T_COST: u32 = 16;
+const MAX_P_COST: u32 = 16;
+
+/// Verifies a password against a PHC string; a malformed stored hash, or one asking for more
+/// work than allowed, counts as a mismatch.
 fn verify_or_burn(password: &str, hash: &str) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok(),
-        Err(_) => false,
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    match Params::try_from(&parsed) {
+        Ok(params)
+            if params.m_cost() <= MAX_M_COST_KIB
+                && params.t_cost() <= MAX_T_COST
+                && params.p_cost() <= MAX_P_COST =>
+        {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        }
+        _ => {
+            tracing::warn!(
+                "a stored password hash is malformed or asks for more work than allowed; login refused"
+            );
+            false
+        }
     }
 }
 
@@ -106,5 +129,25 @@ mod tests {
                 .unwrap()
         );
         assert!(!hasher.verify("hunter2hunter2".into(), None).await.unwrap());
+    }
+
+    #[test]
+    fn a_hash_asking_for_too_much_work_is_refused_without_doing_it() {
+        let salt = SaltString::generate(&mut OsRng);
+        let costly = Params::new(MAX_M_COST_KIB + 1024, 1, 1, None).unwrap();
+        let hash = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, costly)
+            .hash_password(b"hunter2hunter2", &salt)
+            .unwrap()
+            .to_string();
+        // Correct password, but the hash's cost is over the ceiling.
+        assert!(!verify_or_burn("hunter2hunter2", &hash));
+        // Planted costs that would not fit in memory are refused the same way.
+        let planted = hash.replace(&format!("m={}", MAX_M_COST_KIB + 1024), "m=4294967295");
+        assert!(planted.contains("m=4294967295"));
+        assert!(!verify_or_burn("hunter2hunter2", &planted));
+        let slow = hash
+            .replace(&format!("m={}", MAX_M_COST_KIB + 1024), "m=19456")
+            .replace("t=1", "t=4000000000");
+        assert!(!verify_or_burn("hunter2hunter2", &slow));
     }
 }
