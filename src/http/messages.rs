@@ -131,7 +131,8 @@ pub(crate) async fn history_page(
 
 /// Send a message to a room or to a user. Honors an `Idempotency-Key` header: the same key
 /// from the same user within a day returns the message stored the first time (200), and
-/// announces it live if no earlier attempt did (a message is announced once).
+/// announces it live if no earlier attempt did (a message is announced once), even if the
+/// sender has left the room since.
 #[utoipa::path(post, path = "/messages", tag = "messages",
     security(("bearer_auth" = [])),
     request_body = CreateMessageRequest,
@@ -166,7 +167,20 @@ pub async fn create_message(
                 .find_room(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))?;
-            if !state.store.is_member(&room, user.user_id).await? {
+            // A retry of a post stored before its sender left the room still gets its answer
+            // (and its announcement, should the first attempt not have made it).
+            let retry_of_stored = || async {
+                match &idempotency_key {
+                    Some(key) => {
+                        state
+                            .store
+                            .posted_with_key(user.user_id, key, id, &body)
+                            .await
+                    }
+                    None => Ok(false),
+                }
+            };
+            if !state.store.is_member(&room, user.user_id).await? && !retry_of_stored().await? {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
                     "not_a_member",

@@ -239,6 +239,32 @@ impl Store {
     }
 
     /// A page of a conversation, newest first, strictly older than `before` when given.
+    /// Whether `sender` stored `body` in `room` with idempotency key `key` within the window:
+    /// a retry of that post is answered (and announced) even if the sender has left the room
+    /// since.
+    pub async fn posted_with_key(
+        &self,
+        sender: UserId,
+        key: &str,
+        room: RoomId,
+        body: &MessageBody,
+    ) -> mongodb::error::Result<bool> {
+        let claim = idempotency_keys(&self.db)
+            .find_one(doc! { "_id": format!("{sender}:{key}") })
+            .await?;
+        let Some(claim) = claim.filter(|claim| !expired(claim)) else {
+            return Ok(false);
+        };
+        let stored = messages(&self.db)
+            .find_one(doc! { "_id": claim.message_id })
+            .await?;
+        Ok(stored.is_some_and(|message| {
+            message.sender_id == sender.to_string()
+                && message.conversation == room_conversation(room)
+                && message.body == body.as_str()
+        }))
+    }
+
     pub async fn history(
         &self,
         conversation: &str,

@@ -3,10 +3,10 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use chat_server::domain::{MessageBody, UserId};
+use chat_server::domain::{MessageBody, RoomId, UserId};
 use chat_server::store::{Inserted, NewMessage, Store, Target};
 
-use crate::helpers::{ScratchMongo, error_code, spawn_app};
+use crate::helpers::{ScratchMongo, error_code, spawn_app, unique};
 
 #[tokio::test]
 async fn a_room_message_is_stored_and_returned_with_its_sender_and_time() {
@@ -460,6 +460,76 @@ async fn a_retry_announces_a_message_its_first_attempt_stored_but_never_announce
     assert_eq!(again["event_id"], replayed["event_id"]);
     app.post_to_user(&alice.token, &bob.username, "next").await;
     assert_eq!(bobs.expect("message").await.json()["body"], "next");
+}
+
+/// A sender whose post got a 503 may leave the room before retrying. The retry still gets
+/// its message, stored by the first attempt, and announces it; nothing else gets past the
+/// membership check.
+#[tokio::test]
+async fn a_retry_after_leaving_the_room_still_answers_and_announces_its_message() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.create_room(&alice.token, &unique("r")).await;
+    assert_eq!(
+        app.join_room(&bob.token, &room).await.status(),
+        StatusCode::OK
+    );
+    let mut bobs = app.ready_events(&bob.token).await;
+    let store = Store::connect(&app.settings).await.unwrap();
+    let Inserted::Created(first) = store
+        .insert_message(NewMessage {
+            sender: UserId::parse(&alice.id).unwrap(),
+            sender_name: alice.username.clone(),
+            target: Target::Room(RoomId::parse(&room).unwrap()),
+            body: MessageBody::parse("before I left").unwrap(),
+            idempotency_key: Some("k-1".to_owned()),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("a new key stores a new message");
+    };
+    assert_eq!(
+        app.leave_room(&alice.token, &room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(bobs.expect("room_member").await.json()["action"], "left");
+
+    let post = |key: Option<&'static str>, body: &'static str| {
+        let mut request = app.post("/messages").bearer_auth(&alice.token);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        request.json(&json!({"room_id": room, "body": body})).send()
+    };
+    let res = post(Some("k-1"), "before I left").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let replayed: Value = res.json().await.unwrap();
+    assert_eq!(replayed["id"], first.id.to_hex());
+    let event = bobs.expect("message").await;
+    assert_eq!(event.json()["id"], replayed["id"]);
+
+    // Anything that is not a retry of that post is refused as before.
+    for (key, body) in [
+        (None, "before I left"),
+        (Some("k-2"), "before I left"),
+        (Some("k-1"), "something else"),
+    ] {
+        let res = post(key, body).await.unwrap();
+        assert_eq!(
+            error_code(res, StatusCode::FORBIDDEN).await,
+            "not_a_member",
+            "{key:?} {body}"
+        );
+    }
+    let page: Value = app
+        .get_authed(&format!("/rooms/{room}/messages"), &bob.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
 }
 
 #[tokio::test]
