@@ -1404,7 +1404,7 @@ async fn fanout(args: &Args) -> i32 {
         Row {
             scenario: "fan-out".to_owned(),
             target: label.clone(),
-            load: format!("{subscribers} subs × {messages} msgs"),
+            load: format!("{subscribers} subs × {messages} msgs, {publishers} pubs"),
             rate,
             latency,
             errors: format!("{errors}/{lost}/{duplicates}"),
@@ -1419,7 +1419,7 @@ async fn fanout(args: &Args) -> i32 {
             Row {
                 scenario: "fan-out".to_owned(),
                 target: label,
-                load: format!("{subscribers} subs × {messages} msgs"),
+                load: format!("{subscribers} subs × {messages} msgs, {publishers} pubs"),
                 rate: None,
                 latency: None,
                 errors: "-".to_owned(),

@@ -6,7 +6,8 @@
 # one markdown table, and stops everything on exit. All state lives in .work/loadbench.
 #   ulimit -n 65536; ./scripts/bench.sh
 # Environment: SEND_CONCURRENCY (32), SEND_SECONDS (10), FANOUT_SUBSCRIBERS ("100 1000 5000"),
-# FANOUT_MESSAGES (per count: "100:5000 1000:500 5000:100"; others 100), FANOUT_PUBLISHERS (32),
+# FANOUT_MESSAGES (per count: "100:20000 1000:500 5000:100"; others 100), FANOUT_PUBLISHERS
+# ("32 128": each subscriber count runs once per publisher count, the API then nchan),
 # IDLE_STREAMS (10000), IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout
 # idle": which to run), BENCH_STATS=1 (also run
 # scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
@@ -24,8 +25,8 @@ NCHAN_PORT="${LOADBENCH_NCHAN_PORT:-18120}"
 SEND_CONCURRENCY="${SEND_CONCURRENCY:-32}"
 SEND_SECONDS="${SEND_SECONDS:-10}"
 FANOUT_SUBSCRIBERS="${FANOUT_SUBSCRIBERS:-100 1000 5000}"
-FANOUT_MESSAGES="${FANOUT_MESSAGES:-100:5000 1000:500 5000:100}"
-FANOUT_PUBLISHERS="${FANOUT_PUBLISHERS:-32}"
+FANOUT_MESSAGES="${FANOUT_MESSAGES:-100:20000 1000:500 5000:100}"
+FANOUT_PUBLISHERS="${FANOUT_PUBLISHERS:-32 128}"
 IDLE_STREAMS="${IDLE_STREAMS:-10000}"
 IDLE_HOLD_SECS="${IDLE_HOLD_SECS:-10}"
 NGINX_WORKERS="${NGINX_WORKERS:-auto}"
@@ -232,20 +233,22 @@ HEALTH_RATE=$(rate_of "send ceiling" healthz)
 fi
 
 wants fanout || FANOUT_SUBSCRIBERS=""
+# Each pair of rows (API, nchan) runs back to back, so that both see the machine in the same
+# state. Publishers are closed loops: with few of them, the rate is bounded by how long one
+# publish takes (a durable write for the API, memory for nchan) rather than by capacity.
 for n in $FANOUT_SUBSCRIBERS; do
     m=$(messages_for "$n")
-    log "2. fan-out: $n subscribers, $m messages (api)"
-    row fanout --target api --sub-urls "$API1,$API2" --pub-url "$API1" --subscribers "$n" \
-        --messages "$m" --publishers "$FANOUT_PUBLISHERS" --timeout-secs 120 \
-        --label "api: streams on 2 instances, POST via 1" \
-        --cpu "api1:$(pid_of api1),api2:$(pid_of api2),$STORES"
-done
-for n in $FANOUT_SUBSCRIBERS; do
-    m=$(messages_for "$n")
-    log "2. fan-out: $n subscribers, $m messages (nchan)"
-    row fanout --target nchan --sub-urls "$NCHAN/sub/fan$n" --pub-url "$NCHAN/pub/fan$n" \
-        --subscribers "$n" --messages "$m" --publishers "$FANOUT_PUBLISHERS" --timeout-secs 120 \
-        --label "nchan (nginx, $NGINX_WORKERS workers)" --cpu "$(nginx_cpu)"
+    for p in $FANOUT_PUBLISHERS; do
+        log "2. fan-out: $n subscribers, $m messages, $p publishers (api, then nchan)"
+        row fanout --target api --sub-urls "$API1,$API2" --pub-url "$API1" --subscribers "$n" \
+            --messages "$m" --publishers "$p" --timeout-secs 120 \
+            --label "api: streams on 2 instances, POST via 1" \
+            --cpu "api1:$(pid_of api1),api2:$(pid_of api2),$STORES"
+        row fanout --target nchan --sub-urls "$NCHAN/sub/fan${n}p$p" \
+            --pub-url "$NCHAN/pub/fan${n}p$p" --subscribers "$n" --messages "$m" \
+            --publishers "$p" --timeout-secs 120 \
+            --label "nchan (nginx, $NGINX_WORKERS workers)" --cpu "$(nginx_cpu)"
+    done
 done
 
 # idle_rss LABEL TARGET URL CPU PIDS...: opens IDLE_STREAMS streams and reads the RSS of PIDS
@@ -315,6 +318,12 @@ if [ -n "${SEND_RATE:-}" ] && [ -n "${MONGO_RATE:-}" ] && [ -n "${HEALTH_RATE:-}
         if (m == 0 || h == 0) { print "Send path: a ceiling row failed; no ratios"; exit }
         printf "Send path: api/mongo = %.2f, api/healthz = %.3f (requests/s ratios)\n", s / m, s / h }'
 fi
+# Fan-out: API against nchan for each load (the rows come in pairs, API first).
+grep "^| fan-out " "$ROWS" | awk -F'|' '
+    { gsub(/^ +| +$/, "", $4); gsub(/ /, "", $5); gsub(/ /, "", $7) }
+    $3 ~ /^ api/ { load = $4; rate = $5; p99 = $7; next }
+    $3 ~ /^ nchan/ && $4 == load && rate > 0 && $5 > 0 {
+        printf "Fan-out %s: api/nchan = %.2f (deliveries/s), p99 %s against %s ms\n", load, rate / $5, p99, $7 }'
 echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~10 min) and measures them (or BENCH_STATS=1)."
 echo "nginx: worker_processes $NGINX_WORKERS ($(nginx_workers | wc -w) workers), worker_connections 20000, worker_rlimit_nofile $NOFILE; open files limit $NOFILE"
 echo "Scenarios took ${elapsed} s; $(date -u '+%F %T UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
