@@ -317,16 +317,12 @@ async fn stream(mut io: TcpStream, mut pump: Pump) {
         };
         let Some(first) = next else { break };
         // Under load several frames are waiting: they go together. Only then is there a list
-        // to allocate (once per write, not per frame), so that an idle stream holds none.
+        // to allocate (per write, not per frame), so that an idle stream holds none.
         let mut more = Vec::new();
-        if let Some(second) = pump.ready_frame() {
-            more.reserve_exact(BATCH - 1);
-            more.push(second);
-            while more.len() < BATCH - 1
-                && let Some(frame) = pump.ready_frame()
-            {
-                more.push(frame);
-            }
+        while more.len() < BATCH - 1
+            && let Some(frame) = pump.ready_frame()
+        {
+            more.push(frame);
         }
         if !within(STALLED_WRITE, write_chunk(&io, &first, &more)).await {
             return;
@@ -384,29 +380,39 @@ async fn write_chunk(io: &TcpStream, first: &Bytes, more: &[Bytes]) -> io::Resul
 
 /// One vectored write of size line, `first`, `more` and CRLF (`[size, first, crlf]`), from
 /// byte `skip` on.
-fn write_from(
-    io: &TcpStream,
-    [size, first, crlf]: [&[u8]; 3],
-    more: &[Bytes],
-    skip: usize,
-) -> io::Result<usize> {
+fn write_from(io: &TcpStream, parts: [&[u8]; 3], more: &[Bytes], skip: usize) -> io::Result<usize> {
+    let mut slices = [IoSlice::new(&[]); BATCH + 2];
+    let count = fill_slices(parts, more, skip, &mut slices);
+    io.try_write_vectored(&slices[..count])
+}
+
+/// Points `slices` at size line, `first`, `more` and CRLF from byte `skip` on, and returns how
+/// many it used (at most `more.len() + 3`, which must fit).
+fn fill_slices<'a>(
+    [size, first, crlf]: [&'a [u8]; 3],
+    more: &'a [Bytes],
+    mut skip: usize,
+    slices: &mut [IoSlice<'a>],
+) -> usize {
+    debug_assert!(more.len() + 3 <= slices.len(), "more frames than slices");
     let parts = [size, first]
         .into_iter()
         .chain(more.iter().map(|frame| &frame[..]))
         .chain([crlf]);
-    let mut slices = [IoSlice::new(&[]); BATCH + 2];
     let mut count = 0;
-    let mut skip = skip;
     for part in parts {
         if skip >= part.len() {
             skip -= part.len();
             continue;
         }
-        slices[count] = IoSlice::new(&part[skip..]);
+        let Some(slice) = slices.get_mut(count) else {
+            break;
+        };
+        *slice = IoSlice::new(&part[skip..]);
         skip = 0;
         count += 1;
     }
-    io.try_write_vectored(&slices[..count])
+    count
 }
 
 /// `len` in hexadecimal followed by CRLF, written into `buf`.
@@ -493,6 +499,20 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_resumes_at_any_byte_of_the_chunk() {
+        let more = [Bytes::from_static(b"cd"), Bytes::from_static(b"efg")];
+        let parts: [&[u8]; 3] = [b"7\r\n", b"ab", b"\r\n"];
+        let whole = b"7\r\nabcdefg\r\n";
+        for skip in 0..=whole.len() {
+            let mut slices = [IoSlice::new(&[]); BATCH + 2];
+            let count = fill_slices(parts, &more, skip, &mut slices);
+            let rest: Vec<u8> = slices[..count].iter().flat_map(|s| s.to_vec()).collect();
+            assert_eq!(rest, &whole[skip..], "from byte {skip}");
+            assert!(slices[..count].iter().all(|s| !s.is_empty()));
+        }
+    }
 
     fn parse(head: &str) -> Option<StreamRequest> {
         StreamRequest::parse(head.as_bytes())

@@ -1,11 +1,12 @@
 //! Each instance tails the event log once, on one dedicated Redis connection, and fans every
-//! event out in process to its own open streams: a ring of the last events (shared,
-//! pre-rendered) that every stream reads at its own pace. Never one Redis read per client.
+//! event out in process to its own open streams: a ring of the events some stream has yet to
+//! take (shared, pre-rendered) that every stream reads at its own pace. Never one Redis read
+//! per client.
 //!
 //! The events of one log read are handed out together, with one wake-up per waiting stream:
-//! a stream woken by a read finds all of its events there and writes them with one system
-//! call, instead of being woken (and writing) once per event while the rest are still being
-//! handed out.
+//! a stream woken by a read finds all of its events there and writes them together (the lean
+//! stream path: one system call for up to 64), instead of being woken (and writing) once per
+//! event while the rest are still being handed out.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,14 +56,37 @@ pub struct Hub {
     arrived: Notify,
 }
 
-/// The last items handed out, numbered: `items` holds numbers `next - items.len()` to
-/// `next - 1`.
+/// The items handed out that some stream has yet to take, numbered: `slots` holds numbers
+/// `next - slots.len()` to `next - 1`. An item every stream has taken is dropped (the ones
+/// before it were taken by all too: each stream takes them in order), so a quiet instance, or
+/// one whose streams keep up, holds none.
 struct Ring {
-    items: VecDeque<Arc<HubItem>>,
+    slots: VecDeque<Slot>,
     next: u64,
+    /// Open streams (receivers).
+    receivers: usize,
     /// The id of the last item handed out. Read and advanced under the same lock as the
     /// items, so a subscriber knows exactly which events it will and will not receive.
     position: Option<EventId>,
+}
+
+struct Slot {
+    item: Arc<HubItem>,
+    /// Streams that were open when it was handed out and have not taken it yet.
+    untaken: usize,
+}
+
+impl Ring {
+    fn oldest(&self) -> u64 {
+        self.next - self.slots.len() as u64
+    }
+
+    /// Drops the leading items that every stream has taken.
+    fn release(&mut self) {
+        while self.slots.front().is_some_and(|slot| slot.untaken == 0) {
+            self.slots.pop_front();
+        }
+    }
 }
 
 impl Hub {
@@ -75,14 +99,14 @@ impl Hub {
     }
 
     fn new(capacity: usize) -> Self {
-        let capacity = capacity.max(16);
         Hub {
             ring: Mutex::new(Ring {
-                items: VecDeque::with_capacity(capacity),
+                slots: VecDeque::new(),
                 next: 0,
+                receivers: 0,
                 position: None,
             }),
-            capacity,
+            capacity: capacity.max(16),
             arrived: Notify::new(),
         }
     }
@@ -94,7 +118,8 @@ impl Hub {
     /// Subscribes to everything after the returned position; `None` until the tailer has
     /// reached Redis once.
     pub fn subscribe(self: &Arc<Self>) -> (HubReceiver, Option<EventId>) {
-        let ring = self.ring();
+        let mut ring = self.ring();
+        ring.receivers += 1;
         let receiver = HubReceiver {
             hub: Arc::clone(self),
             next: ring.next,
@@ -106,24 +131,40 @@ impl Hub {
         self.ring().position.clone()
     }
 
+    /// Log entries read at once at most: a read must fit in the ring, or every stream would
+    /// fall behind it before any could take from it.
+    fn read_batch(&self) -> usize {
+        BATCH.min(self.capacity / 2)
+    }
+
     /// Hands out `items` in order, at once, and moves the position to the last id (an item
     /// of `None` only moves the position past an entry that is not handed out).
     fn emit(&self, items: impl IntoIterator<Item = (EventId, Option<HubItem>)>) {
+        // Allocated, and evicted items freed, outside the lock the streams take.
+        let items: Vec<(EventId, Option<Arc<HubItem>>)> = items
+            .into_iter()
+            .map(|(id, item)| (id, item.map(Arc::new)))
+            .collect();
+        let mut evicted = Vec::new();
         let mut handed_out = false;
         {
             let mut ring = self.ring();
             for (id, item) in items {
                 ring.position = Some(id);
-                if let Some(item) = item {
-                    if ring.items.len() == self.capacity {
-                        ring.items.pop_front();
-                    }
-                    ring.items.push_back(Arc::new(item));
-                    ring.next += 1;
-                    handed_out = true;
+                let Some(item) = item else { continue };
+                ring.next += 1;
+                handed_out = true;
+                if ring.receivers == 0 {
+                    continue;
                 }
+                if ring.slots.len() == self.capacity {
+                    evicted.extend(ring.slots.pop_front());
+                }
+                let untaken = ring.receivers;
+                ring.slots.push_back(Slot { item, untaken });
             }
         }
+        drop(evicted);
         if handed_out {
             self.arrived.notify_waiters();
         }
@@ -149,8 +190,12 @@ impl HubReceiver {
 
     /// Waits for the next item. Cancel-safe: an item is taken only when it is returned.
     pub async fn recv(&mut self) -> Result<Arc<HubItem>, Lagged> {
+        if let Some(item) = take(&self.hub, &mut self.next)? {
+            return Ok(item);
+        }
         loop {
-            // Registered before looking, so a batch handed out in between still wakes us.
+            // Registered before looking again, so a batch handed out in between still wakes
+            // us.
             let arrived = self.hub.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
@@ -162,23 +207,38 @@ impl HubReceiver {
     }
 }
 
+impl Drop for HubReceiver {
+    fn drop(&mut self) {
+        let mut ring = self.hub.ring();
+        let from = usize::try_from(self.next.saturating_sub(ring.oldest())).unwrap_or(usize::MAX);
+        for slot in ring.slots.iter_mut().skip(from) {
+            slot.untaken -= 1;
+        }
+        ring.receivers -= 1;
+        ring.release();
+    }
+}
+
 /// Takes item number `next` from the ring, if it is there, and moves `next` past it.
 fn take(hub: &Hub, next: &mut u64) -> Result<Option<Arc<HubItem>>, Lagged> {
-    let ring = hub.ring();
-    let oldest = ring.next - ring.items.len() as u64;
+    let mut ring = hub.ring();
+    let oldest = ring.oldest();
     if *next < oldest {
         let missed = oldest - *next;
         *next = oldest;
         return Err(Lagged(missed));
     }
-    let item = usize::try_from(*next - oldest)
+    let Some(slot) = usize::try_from(*next - oldest)
         .ok()
-        .and_then(|index| ring.items.get(index))
-        .cloned();
-    if item.is_some() {
-        *next += 1;
-    }
-    Ok(item)
+        .and_then(|index| ring.slots.get_mut(index))
+    else {
+        return Ok(None);
+    };
+    slot.untaken -= 1;
+    let item = Arc::clone(&slot.item);
+    *next += 1;
+    ring.release();
+    Ok(Some(item))
 }
 
 async fn tail(live: Live, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
@@ -255,7 +315,7 @@ async fn tail_once(
     };
     let reply: Option<StreamReadReply> = redis::cmd("XREAD")
         .arg("COUNT")
-        .arg(BATCH)
+        .arg(hub.read_batch())
         .arg("BLOCK")
         .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(2000))
         .arg("STREAMS")
@@ -301,6 +361,9 @@ async fn tail_once(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll, Wake, Waker};
+
     use super::*;
 
     fn id(n: u64) -> EventId {
@@ -326,6 +389,10 @@ mod tests {
         seen
     }
 
+    fn held(hub: &Hub) -> usize {
+        hub.ring().slots.len()
+    }
+
     #[test]
     fn a_stream_gets_what_is_handed_out_after_its_position_in_order() {
         let hub = Arc::new(Hub::new(16));
@@ -344,30 +411,67 @@ mod tests {
     fn a_stream_further_behind_than_the_ring_holds_is_told_how_far() {
         let hub = Arc::new(Hub::new(16));
         let (mut slow, _) = hub.subscribe();
-        hub.emit((1..=20).map(item));
+        // Exactly as far behind as the ring holds is not too far.
+        hub.emit((1..=16).map(item));
+        assert_eq!(number(&slow.try_recv().unwrap().unwrap()), id(1));
+        hub.emit((17..=21).map(item));
         assert_eq!(slow.try_recv().unwrap_err(), Lagged(4));
         // What the ring still holds follows, should the stream go on.
-        assert_eq!(drain(&mut slow), (5..=20).map(id).collect::<Vec<_>>());
+        assert_eq!(drain(&mut slow), (6..=21).map(id).collect::<Vec<_>>());
     }
 
-    #[tokio::test]
-    async fn a_waiting_stream_is_woken_and_finds_the_whole_batch() {
+    #[test]
+    fn items_are_held_only_until_every_open_stream_took_them() {
+        let hub = Arc::new(Hub::new(16));
+        // Nobody listening: nothing is kept.
+        hub.emit((1..=3).map(item));
+        assert_eq!(held(&hub), 0);
+        let (mut fast, _) = hub.subscribe();
+        let (mut slow, _) = hub.subscribe();
+        hub.emit((4..=6).map(item));
+        assert_eq!(drain(&mut fast), vec![id(4), id(5), id(6)]);
+        assert_eq!(held(&hub), 3, "the slow stream has taken none");
+        assert_eq!(number(&slow.try_recv().unwrap().unwrap()), id(4));
+        assert_eq!(held(&hub), 2);
+        // A stream that goes away lets go of what it had not taken.
+        drop(slow);
+        assert_eq!(held(&hub), 0);
+        // A stream opened later does not hold up earlier items.
+        hub.emit([item(7)]);
+        let (mut late, _) = hub.subscribe();
+        assert_eq!(drain(&mut fast), vec![id(7)]);
+        assert_eq!(held(&hub), 0);
+        assert!(drain(&mut late).is_empty());
+    }
+
+    /// A waker that records that it was woken.
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_waiting_stream_is_woken_once_and_finds_the_whole_batch() {
         let hub = Arc::new(Hub::new(16));
         let (mut receiver, _) = hub.subscribe();
-        let waiting = tokio::spawn(async move {
-            let first = number(&receiver.recv().await.unwrap());
-            // Everything handed out with the first is there without waiting.
-            let mut rest = drain(&mut receiver);
-            rest.insert(0, first);
-            rest
-        });
-        // Hands out once the receiver waits (or before: it must not miss the batch either).
-        tokio::task::yield_now().await;
-        hub.emit((1..=3).map(item));
-        let seen = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .expect("the waiting stream was not woken")
-            .unwrap();
-        assert_eq!(seen, vec![id(1), id(2), id(3)]);
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(Arc::clone(&flag));
+        let mut cx = Context::from_waker(&waker);
+        {
+            let mut waiting = std::pin::pin!(receiver.recv());
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            assert!(!flag.0.load(Ordering::SeqCst));
+            hub.emit((1..=3).map(item));
+            assert!(flag.0.load(Ordering::SeqCst), "not woken by the batch");
+            match waiting.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(first)) => assert_eq!(number(&first), id(1)),
+                other => panic!("expected the first item, got {other:?}"),
+            }
+        }
+        // The rest of the batch is there without waiting.
+        assert_eq!(drain(&mut receiver), vec![id(2), id(3)]);
     }
 }
