@@ -25,10 +25,16 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// A route for GET and HEAD (actix-web sends the head of the GET response, without its body).
+pub fn get_or_head() -> actix_web::Route {
+    web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
+}
+
 /// Registers every API route. Each handler here is also listed in [`openapi::ApiDoc`].
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/healthz").route(web::get().to(health::healthz)))
-        .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+    // Probes and the page answer HEAD too (monitors and `curl -I` send it).
+    cfg.service(web::resource("/healthz").route(get_or_head().to(health::healthz)))
+        .service(web::resource("/readyz").route(get_or_head().to(health::readyz)))
         .service(web::resource("/auth/register").route(web::post().to(auth::register)))
         .service(web::resource("/auth/login").route(web::post().to(auth::login)))
         .service(web::resource("/auth/logout").route(web::post().to(auth::logout)))

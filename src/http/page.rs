@@ -25,7 +25,7 @@ const FILES: &[(&str, &str, &str)] = &[
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     for (path, content_type, body) in FILES {
-        cfg.service(web::resource(*path).route(web::get().to(move || async move {
+        cfg.service(web::resource(*path).route(super::get_or_head().to(move || async move {
             HttpResponse::Ok()
                 .insert_header((header::CONTENT_TYPE, *content_type))
                 .insert_header((header::CACHE_CONTROL, "no-cache"))

@@ -18,6 +18,27 @@ async fn healthz_and_readyz_are_ok_when_everything_is_up() {
     );
 }
 
+/// Monitors and `curl -I` ask with HEAD: the probes and the page answer it like GET, without
+/// a body; other routes still refuse it.
+#[tokio::test]
+async fn probes_and_the_page_answer_head() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/healthz", "application/json"),
+        ("/readyz", "application/json"),
+        ("/", "text/html"),
+    ] {
+        let res = client.head(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let declared = res.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(declared.starts_with(content_type), "{path}: {declared}");
+        assert!(res.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    let res = client.head(app.url("/users/me")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
 #[tokio::test]
 async fn readyz_names_redis_when_it_is_down() {
     let app = spawn_app_with(&[("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))]).await;
