@@ -1,4 +1,6 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -228,7 +230,9 @@ pub async fn create_message(
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different message",
         )),
-        Err(StoreFailure::Insert(InsertMessageError::Database(err))) => Err(err.into()),
+        Err(StoreFailure::Insert(
+            InsertMessageError::Database(err) | InsertMessageError::MaybeStored { source: err, .. },
+        )) => Err(err.into()),
         Err(StoreFailure::Encode(err)) => Err(ApiError::internal(err)),
     }
 }
@@ -251,12 +255,26 @@ async fn store_and_announce(
     // A message posted with an idempotency key may be announced by a retry as well (below):
     // its event names it, so that whichever comes second appends nothing.
     let keyed = new.idempotency_key.is_some();
-    let (record, created) = match state
-        .store
-        .insert_message(new)
-        .await
-        .map_err(StoreFailure::Insert)?
-    {
+    let inserted = match state.store.insert_message(new).await {
+        Ok(inserted) => inserted,
+        Err(InsertMessageError::MaybeStored { record, source }) => {
+            if let Some(looking) = Looking::start() {
+                tokio::spawn(announce_if_stored(
+                    Arc::clone(&state),
+                    *record,
+                    audience,
+                    keyed,
+                    looking,
+                ));
+            } else {
+                tracing::warn!(message = %record.message_id(),
+                    "too many messages of unknown outcome to look for; this one is not announced if stored");
+            }
+            return Err(StoreFailure::Insert(InsertMessageError::Database(source)));
+        }
+        Err(err) => return Err(StoreFailure::Insert(err)),
+    };
+    let (record, created) = match inserted {
         Inserted::Created(record) => (record, true),
         // The first attempt may have stored the message without announcing it (its write
         // outlived the request's bound, or its instance stopped in between): announced now,
@@ -276,6 +294,85 @@ async fn store_and_announce(
     } else {
         Stored::Replayed(response)
     })
+}
+
+/// Waits before each look for a message whose insert failed with its outcome unknown.
+const LOOK_AGAIN: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(4),
+    Duration::from_secs(15),
+    Duration::from_secs(60),
+];
+
+/// Messages looked for at once at most: a store that hangs under load fails every post, and
+/// each look holds its message for 80 s.
+const MAX_LOOKING: usize = 10_000;
+static LOOKING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the [`MAX_LOOKING`] looks, given back when dropped.
+struct Looking;
+
+impl Looking {
+    fn start() -> Option<Self> {
+        LOOKING
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LOOKING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Looking)
+    }
+}
+
+impl Drop for Looking {
+    fn drop(&mut self) {
+        LOOKING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A post whose insert failed with its outcome unknown (it timed out, or its connection was
+/// lost) may have been stored all the same. Its client got a 503; the message would be in
+/// history but never announced, so the others in the conversation would not see it until they
+/// reload. Looks for it over about 80 s and, if it is there, announces it (once: its event
+/// names it, so a keyed retry that announces it too adds nothing) and counts it (a keyed
+/// post's retry counts what it stores, so only unkeyed ones). An instance that stops in
+/// between does not look again.
+async fn announce_if_stored(
+    state: Arc<AppState>,
+    record: MessageRecord,
+    audience: Audience,
+    keyed: bool,
+    _looking: Looking,
+) {
+    let id = record.message_id();
+    for wait in LOOK_AGAIN {
+        tokio::time::sleep(wait).await;
+        match state.store.message_stored(id).await {
+            Ok(true) => {
+                if !keyed {
+                    state.store.count_found(&record);
+                }
+                let data = match serde_json::to_string(&MessageResponse::from(&record)) {
+                    Ok(data) => data,
+                    Err(err) => {
+                        tracing::error!(message = %id, error = %err, "cannot encode a message found stored");
+                        return;
+                    }
+                };
+                let event = state
+                    .outbox
+                    .publish(EventKind::Message, audience, data, Some(id))
+                    .await;
+                tracing::info!(message = %id, event = ?event.map(|e| e.to_string()),
+                    "a message whose insert outcome was unknown is stored; announced");
+                return;
+            }
+            Ok(false) => {}
+            Err(err) => {
+                tracing::debug!(message = %id, error = %err, "cannot look a message up yet")
+            }
+        }
+    }
+    tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored");
 }
 
 /// The conversation between the caller and another user, newest first.
@@ -420,5 +517,21 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_for_messages_of_unknown_outcome_are_bounded() {
+        let taken: Vec<Looking> = std::iter::from_fn(Looking::start)
+            .take(MAX_LOOKING + 1)
+            .collect();
+        assert_eq!(taken.len(), MAX_LOOKING);
+        assert!(Looking::start().is_none());
+        drop(taken);
+        assert!(Looking::start().is_some());
     }
 }

@@ -1,3 +1,4 @@
+use std::future::IntoFuture;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -7,6 +8,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::writer::{WriteFailure, outcome_unknown};
 use super::{Store, is_duplicate_key};
 use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 
@@ -103,6 +105,25 @@ pub enum InsertMessageError {
     KeyReused,
     #[error(transparent)]
     Database(#[from] mongodb::error::Error),
+    /// The insert failed in a way that may have stored the message all the same (a timeout, a
+    /// lost connection, a write concern not met).
+    #[error("{source}")]
+    MaybeStored {
+        record: Box<MessageRecord>,
+        source: mongodb::error::Error,
+    },
+}
+
+impl From<WriteFailure> for InsertMessageError {
+    fn from(failure: WriteFailure) -> Self {
+        match failure.maybe_stored {
+            Some(record) => Self::MaybeStored {
+                record: Box::new(record),
+                source: failure.error,
+            },
+            None => Self::Database(failure.error),
+        }
+    }
 }
 
 fn messages(db: &Database) -> Collection<MessageRecord> {
@@ -234,11 +255,34 @@ impl Store {
                     Err(InsertMessageError::KeyReused)
                 }
             }
+            Err(err) if outcome_unknown(&err) => Err(InsertMessageError::MaybeStored {
+                record: Box::new(record),
+                source: err,
+            }),
             Err(err) => Err(err.into()),
         }
     }
 
     /// A page of a conversation, newest first, strictly older than `before` when given.
+    /// Whether message `id` is stored (bounded like a write: a store that hangs is an error).
+    pub async fn message_stored(&self, id: MessageId) -> mongodb::error::Result<bool> {
+        let messages = self.db.collection::<bson::Document>("messages");
+        let find = messages
+            .find_one(doc! { "_id": id.object_id() })
+            .projection(doc! { "_id": 1 })
+            .into_future();
+        let found = tokio::time::timeout(self.write_bound(), find)
+            .await
+            .unwrap_or_else(|_| Err(super::timed_out("looking a message up")))?;
+        Ok(found.is_some())
+    }
+
+    /// Counts a message in the statistics that was found stored after its insert failed with
+    /// its outcome unknown (and so was not counted then).
+    pub fn count_found(&self, record: &MessageRecord) {
+        self.writer.count(record);
+    }
+
     /// Whether `sender` stored `body` in `room` with idempotency key `key` within the window:
     /// a retry of that post is answered (and announced) even if the sender has left the room
     /// since.

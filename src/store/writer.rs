@@ -40,7 +40,37 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 struct Job {
     record: MessageRecord,
-    done: oneshot::Sender<Result<MessageRecord>>,
+    done: oneshot::Sender<std::result::Result<MessageRecord, WriteFailure>>,
+}
+
+/// Why a message was not acknowledged.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub error: Error,
+    /// The record, when the write may have been applied all the same (it timed out, its
+    /// connection was lost, or its write concern was not met): whether it is stored is
+    /// unknown.
+    pub maybe_stored: Option<MessageRecord>,
+}
+
+impl WriteFailure {
+    fn not_stored(error: Error) -> Self {
+        Self {
+            error,
+            maybe_stored: None,
+        }
+    }
+}
+
+/// Whether a write that failed with `err` may have been applied all the same.
+pub(crate) fn outcome_unknown(err: &Error) -> bool {
+    err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
+        || match err.kind.as_ref() {
+            ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } => true,
+            ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(_)) => true,
+            ErrorKind::InsertMany(failure) => failure.write_concern_error.is_some(),
+            _ => false,
+        }
 }
 
 #[derive(Clone)]
@@ -65,9 +95,12 @@ impl MessageWriter {
     }
 
     /// Stores `record`; returns once its insert is acknowledged.
-    pub async fn write(&self, record: MessageRecord) -> Result<MessageRecord> {
+    pub async fn write(
+        &self,
+        record: MessageRecord,
+    ) -> std::result::Result<MessageRecord, WriteFailure> {
         let (done, answer) = oneshot::channel();
-        let stopped = || Error::custom("the message writer has stopped");
+        let stopped = || WriteFailure::not_stored(Error::custom("the message writer has stopped"));
         self.jobs
             .send(Job { record, done })
             .await
@@ -116,7 +149,8 @@ async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &
     let result = tokio::time::timeout(bound, insert)
         .await
         .unwrap_or_else(|_| Err(super::timed_out("the message insert")));
-    // Which records are stored: all, none, or those the server did not report failed.
+    // Which records are stored: all, none, or those the server did not report failed. After
+    // a failure whose outcome is unknown, none counts as stored.
     let stored: Vec<bool> = match &result {
         Ok(_) => vec![true; jobs.len()],
         Err(err) => match err.kind.as_ref() {
@@ -132,6 +166,7 @@ async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &
             _ => vec![false; jobs.len()],
         },
     };
+    let unknown = result.as_ref().err().is_some_and(outcome_unknown);
     counters.add(
         jobs.iter()
             .zip(&stored)
@@ -143,9 +178,13 @@ async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &
         let answer = if stored {
             Ok(job.record)
         } else {
-            Err(failure
+            let error = failure
                 .clone()
-                .unwrap_or_else(|| Error::custom("message not stored")))
+                .unwrap_or_else(|| Error::custom("message not stored"));
+            Err(WriteFailure {
+                error,
+                maybe_stored: unknown.then_some(job.record),
+            })
         };
         // A request that gave up waiting is not an error of the writer.
         let _ = job.done.send(answer);

@@ -593,6 +593,59 @@ async fn a_store_that_hangs_is_503_for_posts_and_stream_opens_within_the_bound()
 
 /// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
 /// history and counted exactly once.
+/// A post whose insert outlives the request's bound gets a 503, its outcome unknown. When the
+/// store applies it after all, the message is in history: it is then announced to the others
+/// (once) and counted, as if the post had been answered.
+#[tokio::test]
+async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
+    let mongo = ScratchMongo::start().await;
+    let app = mongo.app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+    let mut bobs = app.ready_events(&bob.token).await;
+    app.post_to_room(&alice.token, &general, "before").await;
+    assert_eq!(bobs.messages(1).await[0].json()["body"], "before");
+
+    mongo.pause();
+    let res = app
+        .send_message(&alice.token, &json!({"room_id": general, "body": "late"}))
+        .await;
+    assert_eq!(
+        error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+        "database_unavailable"
+    );
+    // The store goes on, and applies the insert that was waiting for it.
+    mongo.resume();
+    let late = bobs.expect("message").await;
+    assert_eq!(late.json()["body"], "late");
+    assert_eq!(late.json()["sender"]["username"], alice.username.as_str());
+
+    // Once: the next message on the stream is the one posted next.
+    app.post_to_room(&alice.token, &general, "next").await;
+    assert_eq!(bobs.expect("message").await.json()["body"], "next");
+    let page: Value = app
+        .get_authed(&format!("/rooms/{general}/messages"), &bob.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["next", "late", "before"]);
+    let summary: Value = app
+        .get_authed("/stats/summary", &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["messages"], 3, "{summary}");
+}
+
 #[tokio::test]
 async fn concurrent_posts_are_each_stored_and_counted_once() {
     let app = spawn_app().await;
