@@ -169,25 +169,32 @@ pub async fn create_message(
                 .find_room(id)
                 .await?
                 .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))?;
-            // A retry of a post stored before its sender left the room still gets its answer
-            // (and its announcement, should the first attempt not have made it).
-            let retry_of_stored = || async {
-                match &idempotency_key {
+            if !state.store.is_member(&room, user.user_id).await? {
+                // A retry of a post stored before its sender left the room still gets its
+                // answer (and its announcement, should the first attempt not have made it);
+                // nothing new is stored for a non-member.
+                let stored = match &idempotency_key {
                     Some(key) => {
                         state
                             .store
                             .posted_with_key(user.user_id, key, id, &body)
-                            .await
+                            .await?
                     }
-                    None => Ok(false),
-                }
-            };
-            if !state.store.is_member(&room, user.user_id).await? && !retry_of_stored().await? {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "not_a_member",
-                    "join the room to post in it",
+                    None => None,
+                };
+                let Some(stored) = stored else {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "not_a_member",
+                        "join the room to post in it",
+                    ));
+                };
+                let task = tokio::spawn(store_and_announce(
+                    state.into_inner(),
+                    Post::Stored(stored),
+                    Audience::Room(id),
                 ));
+                return answer(task.await.map_err(ApiError::internal)?);
             }
             (Target::Room(id), Audience::Room(id))
         }
@@ -222,8 +229,16 @@ pub async fn create_message(
     };
     // Stored and announced in a task of its own: a client that hangs up while its message is
     // in a group commit cannot leave it stored but never announced.
-    let task = tokio::spawn(store_and_announce(state.into_inner(), new, audience));
-    match task.await.map_err(ApiError::internal)? {
+    let task = tokio::spawn(store_and_announce(
+        state.into_inner(),
+        Post::New(new),
+        audience,
+    ));
+    answer(task.await.map_err(ApiError::internal)?)
+}
+
+fn answer(outcome: Result<Stored, StoreFailure>) -> Result<HttpResponse, ApiError> {
+    match outcome {
         Ok(Stored::Created(response)) => Ok(HttpResponse::Created().json(response)),
         Ok(Stored::Replayed(response)) => Ok(HttpResponse::Ok().json(response)),
         Err(StoreFailure::Insert(InsertMessageError::KeyReused)) => Err(ApiError::unprocessable(
@@ -247,11 +262,22 @@ enum StoreFailure {
     Encode(serde_json::Error),
 }
 
+/// What `store_and_announce` is given.
+enum Post {
+    New(NewMessage),
+    /// A keyed post's message, found stored: answered and announced as a retry.
+    Stored(MessageRecord),
+}
+
 async fn store_and_announce(
     state: Arc<AppState>,
-    new: NewMessage,
+    post: Post,
     audience: Audience,
 ) -> Result<Stored, StoreFailure> {
+    let new = match post {
+        Post::New(new) => new,
+        Post::Stored(record) => return announce(&state, record, false, true, audience).await,
+    };
     // A message posted with an idempotency key may be announced by a retry as well (below):
     // its event names it, so that whichever comes second appends nothing.
     let keyed = new.idempotency_key.is_some();
@@ -281,6 +307,17 @@ async fn store_and_announce(
         // unless it was before.
         Inserted::Replayed(record) => (record, false),
     };
+    announce(&state, record, created, keyed, audience).await
+}
+
+/// Announces a stored message and gives the answer to its post.
+async fn announce(
+    state: &AppState,
+    record: MessageRecord,
+    created: bool,
+    keyed: bool,
+    audience: Audience,
+) -> Result<Stored, StoreFailure> {
     let mut response = MessageResponse::from(&record);
     let data = serde_json::to_string(&response).map_err(StoreFailure::Encode)?;
     let announces = keyed.then(|| record.message_id());
@@ -305,8 +342,8 @@ const LOOK_AGAIN: [Duration; 4] = [
 ];
 
 /// Messages looked for at once at most: a store that hangs under load fails every post, and
-/// each look holds its message for 80 s.
-const MAX_LOOKING: usize = 10_000;
+/// each look holds its message (up to 16 KB) for 80 s.
+const MAX_LOOKING: usize = 1_000;
 static LOOKING: AtomicUsize = AtomicUsize::new(0);
 
 /// One of the [`MAX_LOOKING`] looks, given back when dropped.
@@ -333,9 +370,10 @@ impl Drop for Looking {
 /// lost) may have been stored all the same. Its client got a 503; the message would be in
 /// history but never announced, so the others in the conversation would not see it until they
 /// reload. Looks for it over about 80 s and, if it is there, announces it (once: its event
-/// names it, so a keyed retry that announces it too adds nothing) and counts it (a keyed
-/// post's retry counts what it stores, so only unkeyed ones). An instance that stops in
-/// between does not look again.
+/// names it, so a keyed retry that announces it too adds nothing) and counts it if it was
+/// posted without a key (a keyed post's retry counts the message when it stores it; one the
+/// first attempt stored is not counted, see the README). An instance that stops in between
+/// does not look again.
 async fn announce_if_stored(
     state: Arc<AppState>,
     record: MessageRecord,
@@ -344,8 +382,10 @@ async fn announce_if_stored(
     _looking: Looking,
 ) {
     let id = record.message_id();
+    let mut last_look_failed = false;
     for wait in LOOK_AGAIN {
         tokio::time::sleep(wait).await;
+        last_look_failed = false;
         match state.store.message_stored(id).await {
             Ok(true) => {
                 if !keyed {
@@ -368,11 +408,16 @@ async fn announce_if_stored(
             }
             Ok(false) => {}
             Err(err) => {
-                tracing::debug!(message = %id, error = %err, "cannot look a message up yet")
+                last_look_failed = true;
+                tracing::debug!(message = %id, error = %err, "cannot look a message up yet");
             }
         }
     }
-    tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored");
+    if last_look_failed {
+        tracing::warn!(message = %id, "a message whose insert outcome was unknown could not be looked up; if stored, it is in history only");
+    } else {
+        tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored");
+    }
 }
 
 /// The conversation between the caller and another user, newest first.

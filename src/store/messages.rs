@@ -4,7 +4,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId};
-use mongodb::options::IndexOptions;
+use mongodb::options::{CollectionOptions, IndexOptions, ReadConcern};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -263,10 +263,15 @@ impl Store {
         }
     }
 
-    /// A page of a conversation, newest first, strictly older than `before` when given.
     /// Whether message `id` is stored (bounded like a write: a store that hangs is an error).
     pub async fn message_stored(&self, id: MessageId) -> mongodb::error::Result<bool> {
-        let messages = self.db.collection::<bson::Document>("messages");
+        // Majority: a write found on a primary only could still be rolled back.
+        let messages = self.db.collection_with_options::<bson::Document>(
+            "messages",
+            CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .build(),
+        );
         let find = messages
             .find_one(doc! { "_id": id.object_id() })
             .projection(doc! { "_id": 1 })
@@ -283,32 +288,33 @@ impl Store {
         self.writer.count(record);
     }
 
-    /// Whether `sender` stored `body` in `room` with idempotency key `key` within the window:
-    /// a retry of that post is answered (and announced) even if the sender has left the room
-    /// since.
+    /// The message `sender` stored as `body` in `room` with idempotency key `key` within the
+    /// window, if any: a retry of that post is answered (and announced) with it even if the
+    /// sender has left the room since. Read only: nothing is claimed or stored.
     pub async fn posted_with_key(
         &self,
         sender: UserId,
         key: &str,
         room: RoomId,
         body: &MessageBody,
-    ) -> mongodb::error::Result<bool> {
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
         let claim = idempotency_keys(&self.db)
             .find_one(doc! { "_id": format!("{sender}:{key}") })
             .await?;
         let Some(claim) = claim.filter(|claim| !expired(claim)) else {
-            return Ok(false);
+            return Ok(None);
         };
         let stored = messages(&self.db)
             .find_one(doc! { "_id": claim.message_id })
             .await?;
-        Ok(stored.is_some_and(|message| {
+        Ok(stored.filter(|message| {
             message.sender_id == sender.to_string()
                 && message.conversation == room_conversation(room)
                 && message.body == body.as_str()
         }))
     }
 
+    /// A page of a conversation, newest first, strictly older than `before` when given.
     pub async fn history(
         &self,
         conversation: &str,

@@ -591,8 +591,6 @@ async fn a_store_that_hangs_is_503_for_posts_and_stream_opens_within_the_bound()
     mongo.resume();
 }
 
-/// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
-/// history and counted exactly once.
 /// A post whose insert outlives the request's bound gets a 503, its outcome unknown. When the
 /// store applies it after all, the message is in history: it is then announced to the others
 /// (once) and counted, as if the post had been answered.
@@ -646,6 +644,8 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
     assert_eq!(summary["messages"], 3, "{summary}");
 }
 
+/// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
+/// history and counted exactly once.
 #[tokio::test]
 async fn concurrent_posts_are_each_stored_and_counted_once() {
     let app = spawn_app().await;
