@@ -208,7 +208,11 @@ pub fn jsonify_error<B: MessageBody + 'static>(
         _ => "bad_request",
     };
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
-    let body = ApiError::new(status, code, message).error_response();
+    let mut body = ApiError::new(status, code, message).error_response();
+    // A 405 says which methods the path has.
+    if let Some(allow) = res.headers().get(header::ALLOW) {
+        body.headers_mut().insert(header::ALLOW, allow.clone());
+    }
     let (req, _) = res.into_parts();
     let res = ServiceResponse::new(req, body.map_into_boxed_body()).map_into_right_body::<B>();
     Ok(ErrorHandlerResponse::Response(res))

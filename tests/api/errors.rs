@@ -109,6 +109,18 @@ async fn unknown_routes_and_wrong_methods_get_the_json_error_shape() {
     assert_eq!(error_code(res, StatusCode::NOT_FOUND).await, "not_found");
     let res = app.get("/auth/login").send().await.unwrap();
     assert_eq!(
+        res.headers()["allow"],
+        "POST",
+        "a 405 says what the path allows"
+    );
+    assert_eq!(
+        error_code(res, StatusCode::METHOD_NOT_ALLOWED).await,
+        "method_not_allowed"
+    );
+    let res = app.post("/healthz").send().await.unwrap();
+    let allow = res.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("HEAD"), "{allow}");
+    assert_eq!(
         error_code(res, StatusCode::METHOD_NOT_ALLOWED).await,
         "method_not_allowed"
     );
