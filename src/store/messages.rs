@@ -178,6 +178,8 @@ impl Store {
     /// With one, the key is claimed first and points at the message id; a retry that finds
     /// the key claimed writes the message under that same id, so an attempt that died between
     /// the two writes is completed by its retry and concurrent retries converge on one message.
+    /// An insert that fails with its outcome unknown gives the record back, uncounted
+    /// ([`InsertMessageError::MaybeStored`]).
     pub async fn insert_message(&self, new: NewMessage) -> Result<Inserted, InsertMessageError> {
         let id = ObjectId::new();
         let now = bson::DateTime::now();

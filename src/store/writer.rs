@@ -7,8 +7,10 @@
 //! written, so the store sees a few large writes instead of many small ones; idle, a batch is
 //! one message and costs what a single insert does. A message is acknowledged only once its
 //! insert is acknowledged: a failed insert fails exactly the requests it concerns, with nothing
-//! acknowledged that was not stored (after a write-concern error or a timeout the outcome is
-//! unknown: the requests get 503 and a retry with the same idempotency key is safe).
+//! acknowledged that was not stored. After a write-concern error, a timeout or a lost
+//! connection the outcome is unknown: the requests get 503, and each gets its record back
+//! ([`WriteFailure::maybe_stored`]) so that the handler can look for it later and announce
+//! and count it if it was stored after all.
 //!
 //! The counter increments of stored messages are merged in memory ([`PendingCounters`]) and
 //! written every [`FLUSH_EVERY`], each counter once however many messages it counts: a busy
@@ -108,8 +110,8 @@ impl MessageWriter {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Counts a message stored outside the group commit (the idempotent path), written
-    /// behind like the others.
+    /// Counts a message stored outside the group commit (the idempotent path), or found
+    /// stored after its insert failed with an unknown outcome; written behind like the others.
     pub fn count(&self, record: &MessageRecord) {
         self.counters.add(std::iter::once(record));
     }

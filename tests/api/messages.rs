@@ -657,7 +657,7 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
         }
         assert!(attempt < 3, "no post sent to the paused store was applied");
     };
-    // Looked for 1, 5 and 20 s after its 503: announced once found.
+    // Looked for 1, 5, 20 and 80 s after its 503: announced once found.
     let late = loop {
         match bobs.next_within(Duration::from_secs(30)).await {
             Some(event) if event.event == "message" => break event,
