@@ -174,6 +174,8 @@ impl Pump {
             } else if position.is_after(last) {
                 match state.live.replay(last, &position).await? {
                     Some(missed) => {
+                        // The rooms read are today's: replayed with the rooms of then.
+                        subscription.rewind(&missed);
                         for event in &missed {
                             if subscription.admit(event) == Admission::Send {
                                 opening.push(event.frame.clone());

@@ -36,6 +36,27 @@ impl Subscription {
         }
     }
 
+    /// Takes membership back to what it was before `events` (in log order): undoes this
+    /// user's joins and leaves among them, newest first. A stream resuming from the log starts
+    /// from the rooms it was in at its last event, and replays the changes since in order.
+    /// (Each change is in the log once, when it changed something: a repeated join is not.)
+    pub fn rewind(&mut self, events: &[LogEvent]) {
+        for change in events
+            .iter()
+            .rev()
+            .filter_map(|event| event.member_change.as_ref())
+        {
+            if change.user != self.user {
+                continue;
+            }
+            if change.joined {
+                self.rooms.remove(&change.room);
+            } else {
+                self.rooms.insert(change.room);
+            }
+        }
+    }
+
     pub fn admit(&mut self, event: &LogEvent) -> Admission {
         if let Some(change) = &event.member_change
             && change.user == self.user
@@ -118,6 +139,46 @@ mod tests {
             Admission::Send
         );
         assert_eq!(sub.admit(&message), Admission::Skip);
+    }
+
+    #[test]
+    fn a_resumed_stream_replays_with_the_rooms_it_had_at_its_last_event() {
+        let (me, left, joined) = (UserId::new(), RoomId::new(), RoomId::new());
+        let change = |room, joined| {
+            event(
+                EventKind::RoomMember,
+                Audience::Room(room),
+                Some(MemberChange {
+                    room,
+                    user: me,
+                    joined,
+                }),
+            )
+        };
+        let in_room = |room| event(EventKind::Message, Audience::Room(room), None);
+        // Missed: a message in `left`, then I leave it; a message in `joined`, then I join it.
+        let missed = [
+            in_room(left),
+            change(left, false),
+            in_room(joined),
+            change(joined, true),
+        ];
+        // What MongoDB says now.
+        let mut sub = Subscription::new(me, "j".into(), [joined]);
+        sub.rewind(&missed);
+        let admitted: Vec<Admission> = missed.iter().map(|e| sub.admit(e)).collect();
+        assert_eq!(
+            admitted,
+            [
+                Admission::Send,
+                Admission::Send,
+                Admission::Skip,
+                Admission::Send
+            ]
+        );
+        // And from then on, the rooms of now.
+        assert_eq!(sub.admit(&in_room(joined)), Admission::Send);
+        assert_eq!(sub.admit(&in_room(left)), Admission::Skip);
     }
 
     #[test]

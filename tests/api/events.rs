@@ -462,6 +462,67 @@ async fn a_client_away_longer_than_the_log_keeps_is_told_to_resync() {
     assert_eq!(back.messages(1).await[0].json()["body"], "after the resync");
 }
 
+/// A stream that resumes gets what it missed as its user saw it then: a message in a room the
+/// user left while away arrives (they were in the room when it was posted), and one posted in
+/// a room before the user joined it does not.
+#[tokio::test]
+async fn a_resumed_stream_replays_with_the_rooms_its_user_had_then() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let left = app.create_room(&alice.token, &unique("left")).await;
+    let joined = app.create_room(&alice.token, &unique("joined")).await;
+    assert_eq!(
+        app.join_room(&bob.token, &left).await.status(),
+        StatusCode::OK
+    );
+    let mut away = app.ready_events(&bob.token).await;
+    app.post_to_room(&alice.token, &left, "while bob is in")
+        .await;
+    assert_eq!(away.messages(1).await[0].json()["body"], "while bob is in");
+    let last_id = away.last_id.clone().unwrap();
+    drop(away);
+
+    app.post_to_room(&alice.token, &left, "before bob left")
+        .await;
+    app.post_to_room(&alice.token, &joined, "before bob joined")
+        .await;
+    assert_eq!(
+        app.leave_room(&bob.token, &left).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.join_room(&bob.token, &joined).await.status(),
+        StatusCode::OK
+    );
+    app.post_to_room(&alice.token, &joined, "after bob joined")
+        .await;
+
+    let mut back = app.events(&bob.token, Some(&last_id)).await;
+    let mut seen = Vec::new();
+    while let Some(event) = back.next().await {
+        match event.event.as_str() {
+            "message" => seen.push(event.json()["body"].as_str().unwrap().to_owned()),
+            "room_member" => seen.push(format!(
+                "{} {}",
+                event.json()["action"].as_str().unwrap(),
+                event.json()["room_id"].as_str().unwrap()
+            )),
+            "ready" => break,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            "before bob left".to_owned(),
+            format!("left {left}"),
+            format!("joined {joined}"),
+            "after bob joined".to_owned(),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn last_event_ids_are_validated() {
     let app = spawn_app().await;
