@@ -189,11 +189,10 @@ pub async fn create_message(
                         "join the room to post in it",
                     ));
                 };
-                let task = tokio::spawn(store_and_announce(
-                    state.into_inner(),
-                    Post::Stored(stored),
-                    Audience::Room(id),
-                ));
+                let state = state.into_inner();
+                let task = tokio::spawn(async move {
+                    announce(&state, stored, false, true, Audience::Room(id)).await
+                });
                 return answer(task.await.map_err(ApiError::internal)?);
             }
             (Target::Room(id), Audience::Room(id))
@@ -229,11 +228,7 @@ pub async fn create_message(
     };
     // Stored and announced in a task of its own: a client that hangs up while its message is
     // in a group commit cannot leave it stored but never announced.
-    let task = tokio::spawn(store_and_announce(
-        state.into_inner(),
-        Post::New(new),
-        audience,
-    ));
+    let task = tokio::spawn(store_and_announce(state.into_inner(), new, audience));
     answer(task.await.map_err(ApiError::internal)?)
 }
 
@@ -262,22 +257,11 @@ enum StoreFailure {
     Encode(serde_json::Error),
 }
 
-/// What `store_and_announce` is given.
-enum Post {
-    New(NewMessage),
-    /// A keyed post's message, found stored: answered and announced as a retry.
-    Stored(MessageRecord),
-}
-
 async fn store_and_announce(
     state: Arc<AppState>,
-    post: Post,
+    new: NewMessage,
     audience: Audience,
 ) -> Result<Stored, StoreFailure> {
-    let new = match post {
-        Post::New(new) => new,
-        Post::Stored(record) => return announce(&state, record, false, true, audience).await,
-    };
     // A message posted with an idempotency key may be announced by a retry as well (below):
     // its event names it, so that whichever comes second appends nothing.
     let keyed = new.idempotency_key.is_some();
@@ -310,7 +294,8 @@ async fn store_and_announce(
     announce(&state, record, created, keyed, audience).await
 }
 
-/// Announces a stored message and gives the answer to its post.
+/// Announces a stored message and gives the answer to its post. `keyed`: its event names it,
+/// so that it is appended once however many attempts announce it.
 async fn announce(
     state: &AppState,
     record: MessageRecord,
@@ -391,19 +376,15 @@ async fn announce_if_stored(
                 if !keyed {
                     state.store.count_found(&record);
                 }
-                let data = match serde_json::to_string(&MessageResponse::from(&record)) {
-                    Ok(data) => data,
-                    Err(err) => {
-                        tracing::error!(message = %id, error = %err, "cannot encode a message found stored");
-                        return;
+                match announce(&state, record, false, true, audience).await {
+                    Ok(Stored::Created(answer) | Stored::Replayed(answer)) => {
+                        tracing::info!(message = %id, event = ?answer.event_id,
+                            "a message whose insert outcome was unknown is stored; announced");
                     }
-                };
-                let event = state
-                    .outbox
-                    .publish(EventKind::Message, audience, data, Some(id))
-                    .await;
-                tracing::info!(message = %id, event = ?event.map(|e| e.to_string()),
-                    "a message whose insert outcome was unknown is stored; announced");
+                    Err(_) => {
+                        tracing::error!(message = %id, "cannot encode a message found stored");
+                    }
+                }
                 return;
             }
             Ok(false) => {}

@@ -46,14 +46,17 @@ impl Subscription {
             .rev()
             .filter_map(|event| event.member_change.as_ref())
         {
-            if change.user != self.user {
-                continue;
+            if change.user == self.user {
+                self.set_member(change.room, !change.joined);
             }
-            if change.joined {
-                self.rooms.remove(&change.room);
-            } else {
-                self.rooms.insert(change.room);
-            }
+        }
+    }
+
+    fn set_member(&mut self, room: RoomId, member: bool) {
+        if member {
+            self.rooms.insert(room);
+        } else {
+            self.rooms.remove(&room);
         }
     }
 
@@ -61,11 +64,7 @@ impl Subscription {
         if let Some(change) = &event.member_change
             && change.user == self.user
         {
-            if change.joined {
-                self.rooms.insert(change.room);
-            } else {
-                self.rooms.remove(&change.room);
-            }
+            self.set_member(change.room, change.joined);
             return Admission::Send;
         }
         if event.kind == EventKind::SessionRevoked {
