@@ -179,6 +179,11 @@ impl TestApp {
         self.get(path).bearer_auth(token).send().await.unwrap()
     }
 
+    /// The JSON body of `GET path` as `token`'s owner.
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get_authed(path, token).await.json().await.unwrap()
+    }
+
     pub async fn logout(&self, token: &str) -> Response {
         self.post("/auth/logout")
             .bearer_auth(token)

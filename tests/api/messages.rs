@@ -107,14 +107,11 @@ async fn a_direct_conversation_is_visible_to_its_two_users_only() {
 
     for (me, other) in [(&alice, &bob), (&bob, &alice)] {
         let page: Value = app
-            .get_authed(
+            .get_json(
                 &format!("/conversations/{}/messages", other.username),
                 &me.token,
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         let bodies: Vec<&str> = page["messages"]
             .as_array()
             .unwrap()
@@ -126,14 +123,11 @@ async fn a_direct_conversation_is_visible_to_its_two_users_only() {
     // Eve can only ever read her own conversations.
     for other in [&alice, &bob] {
         let page: Value = app
-            .get_authed(
+            .get_json(
                 &format!("/conversations/{}/messages", other.username),
                 &eve.token,
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(page["messages"], json!([]));
     }
     let res = app
@@ -303,11 +297,8 @@ async fn invalid_messages_are_rejected_with_clear_codes() {
         .await;
     assert_eq!(ok["body"].as_str().unwrap().chars().count(), 4000);
     let page: Value = app
-        .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/rooms/{general}/messages"), &alice.token)
+        .await;
     assert_eq!(
         page["messages"].as_array().unwrap().len(),
         1,
@@ -375,20 +366,12 @@ async fn an_idempotency_key_stores_a_retried_message_once() {
     assert_eq!(stream.expect("message").await.json()["body"], "next");
 
     let page: Value = app
-        .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/rooms/{general}/messages"), &alice.token)
+        .await;
     // "once", "racing" and "next".
     assert_eq!(page["messages"].as_array().unwrap().len(), 3);
     // Counted once each, retries included.
-    let summary: Value = app
-        .get_authed("/stats/summary", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = app.get_json("/stats/summary", &alice.token).await;
     assert_eq!(summary["messages"], 3);
 
     let res = app
@@ -524,11 +507,8 @@ async fn a_retry_after_leaving_the_room_still_answers_and_announces_its_message(
         );
     }
     let page: Value = app
-        .get_authed(&format!("/rooms/{room}/messages"), &bob.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/rooms/{room}/messages"), &bob.token)
+        .await;
     assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
 }
 
@@ -605,12 +585,7 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
     app.post_to_room(&alice.token, &general, "before").await;
     assert_eq!(bobs.messages(1).await[0].json()["body"], "before");
     let summary = || async {
-        let summary: Value = app
-            .get_authed("/stats/summary", &alice.token)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let summary: Value = app.get_json("/stats/summary", &alice.token).await;
         summary["messages"].clone()
     };
     // Counted now: a counter write under way when the store pauses has an unknown fate, and
@@ -619,11 +594,8 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
 
     let history = || async {
         let page: Value = app
-            .get_authed(&format!("/rooms/{general}/messages"), &bob.token)
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/rooms/{general}/messages"), &bob.token)
+            .await;
         page["messages"]
             .as_array()
             .unwrap()
@@ -704,14 +676,11 @@ async fn concurrent_posts_are_each_stored_and_counted_once() {
     loop {
         let cursor = before.map(|b| format!("&before={b}")).unwrap_or_default();
         let page: Value = app
-            .get_authed(
+            .get_json(
                 &format!("/rooms/{general}/messages?limit=50{cursor}"),
                 &users[0].token,
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         for m in page["messages"].as_array().unwrap() {
             assert!(
                 stored.insert(m["id"].as_str().unwrap().to_owned()),
@@ -725,12 +694,7 @@ async fn concurrent_posts_are_each_stored_and_counted_once() {
     }
     assert_eq!(stored, ids);
 
-    let stats: Value = app
-        .get_authed("/stats/most-active", &users[0].token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = app.get_json("/stats/most-active", &users[0].token).await;
     let counts: Vec<i64> = stats["users"]
         .as_array()
         .unwrap()
@@ -738,11 +702,6 @@ async fn concurrent_posts_are_each_stored_and_counted_once() {
         .map(|u| u["count"].as_i64().unwrap())
         .collect();
     assert_eq!(counts, [30, 30, 30, 30]);
-    let summary: Value = app
-        .get_authed("/stats/summary", &users[0].token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = app.get_json("/stats/summary", &users[0].token).await;
     assert_eq!(summary["messages"], 120);
 }

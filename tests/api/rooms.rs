@@ -7,12 +7,7 @@ use crate::helpers::{error_code, spawn_app, unique};
 async fn everyone_is_in_the_default_room_and_cannot_leave_it() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
-    let body: Value = app
-        .get_authed("/rooms", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let body: Value = app.get_json("/rooms", &alice.token).await;
     let rooms = body["rooms"].as_array().unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0]["name"], "general");
@@ -49,12 +44,7 @@ async fn rooms_can_be_created_joined_and_left() {
         "room_name_taken"
     );
 
-    let listed: Value = app
-        .get_authed("/rooms", &bob.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get_json("/rooms", &bob.token).await;
     let entry = listed["rooms"]
         .as_array()
         .unwrap()

@@ -11,12 +11,7 @@ async fn me_and_lookup_by_name_return_public_profiles() {
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
 
-    let me: Value = app
-        .get_authed("/users/me", &alice.token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = app.get_json("/users/me", &alice.token).await;
     assert_eq!(me["id"], alice.id.as_str());
     assert_eq!(me["username"], alice.username.as_str());
 
