@@ -323,7 +323,14 @@ pub async fn activity(
         };
         (to - step * default).max(DateTime::UNIX_EPOCH)
     });
-    let window = window(Some(from), Some(to))?;
+    // Without `to` the window is left open for the store, as in the summary: nothing is
+    // stored after now, so the current hour is read from its counter instead of from its
+    // messages on every request (measured: 360-420 ms with 4,000 messages an hour, 100,000 in
+    // all).
+    let window = Window {
+        to: query.to,
+        ..window(Some(from), Some(to))?
+    };
     let first_bucket = bucket_start(level, from);
     if (to - first_bucket).num_milliseconds() / step.num_milliseconds() >= MAX_BUCKETS {
         return Err(ApiError::unprocessable(
