@@ -2,8 +2,13 @@
 //! requests each after a warm-up, the first request's time and p50/p95/max printed as a table. Run by
 //! `scripts/bench-stats.sh` against a server loaded by `generate-history`.
 //!
+//! Before measuring it posts `BENCH_LIVE_POSTS` messages to `general` through the API, as a
+//! server in use has them: the current hour then always holds messages, whenever the
+//! generator ran (a read of that unsettled hour's messages on every request went unnoticed
+//! when it held none).
+//!
 //! Environment: `BASE_URL` (default http://127.0.0.1:18100), `BENCH_USER` (user00000),
-//! `BENCH_PASSWORD` (generated-password), `BENCH_REQUESTS` (50).
+//! `BENCH_PASSWORD` (generated-password), `BENCH_REQUESTS` (50), `BENCH_LIVE_POSTS` (2000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -23,6 +28,64 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
+/// Posts `count` messages to `general`, 16 at a time.
+async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, count: usize) {
+    if count == 0 {
+        return;
+    }
+    let rooms: Value = client
+        .get(format!("{base}/rooms"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let general = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|room| room["name"] == "general")
+        .and_then(|room| room["id"].as_str())
+        .expect("a `general` room")
+        .to_owned();
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let posters: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, next) = (client.clone(), std::sync::Arc::clone(&next));
+            let (url, token, general) = (
+                format!("{base}/messages"),
+                token.to_owned(),
+                general.clone(),
+            );
+            tokio::spawn(async move {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                    client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"room_id": general, "body": "live traffic"}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .error_for_status()
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for poster in posters {
+        poster.await.unwrap();
+    }
+    eprintln!(
+        "posted {count} messages to general in {:.1} s (the current hour's live traffic)",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let base = env("BASE_URL", "http://127.0.0.1:18100");
@@ -40,6 +103,8 @@ async fn main() {
         .await
         .unwrap();
     let token = login["access_token"].as_str().unwrap().to_owned();
+    let live_posts: usize = env("BENCH_LIVE_POSTS", "2000").parse().unwrap();
+    post_live_traffic(&client, &base, &token, live_posts).await;
     let week = format!(
         "from={}",
         (Utc::now() - chrono::Duration::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
