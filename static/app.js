@@ -722,9 +722,10 @@
 
   async function loadStats() {
     const range = RANGES[$("stats-range").value] || RANGES["24h"];
-    const to = new Date();
-    const from = new Date(to.getTime() - range.ms);
-    const period = new URLSearchParams({ from: from.toISOString(), to: to.toISOString() });
+    const from = new Date(Date.now() - range.ms);
+    // No `to`: the window ends now, and the server then counts the current hour from its
+    // counters; an explicit `to` inside the hour would make it read that hour's messages.
+    const period = new URLSearchParams({ from: from.toISOString() });
     const ranked = new URLSearchParams(period);
     ranked.set("limit", "10");
     const activity = new URLSearchParams(period);
