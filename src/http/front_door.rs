@@ -322,6 +322,10 @@ async fn stream(mut io: TcpStream, mut pump: Pump) {
         while more.len() < BATCH - 1
             && let Some(frame) = pump.ready_frame()
         {
+            if more.is_empty() {
+                // Once, rather than growing it by doubling up to 5 times.
+                more.reserve_exact(BATCH - 1);
+            }
             more.push(frame);
         }
         if !within(STALLED_WRITE, write_chunk(&io, &first, &more)).await {
