@@ -11,6 +11,8 @@
 //! `BENCH_PASSWORD` (generated-password), `BENCH_REQUESTS` (50), `BENCH_LIVE_POSTS` (2000).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -28,14 +30,9 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-/// Posts `count` messages to `general`, 16 at a time.
-async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, count: usize) {
-    if count == 0 {
-        return;
-    }
-    let rooms: Value = client
-        .get(format!("{base}/rooms"))
-        .bearer_auth(token)
+/// Sends `request` and reads its JSON answer, which must be a success.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request
         .send()
         .await
         .unwrap()
@@ -43,7 +40,15 @@ async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, co
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Posts `count` messages to `general`, 16 at a time.
+async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, count: usize) {
+    if count == 0 {
+        return;
+    }
+    let rooms = json_of(client.get(format!("{base}/rooms")).bearer_auth(token)).await;
     let general = rooms["rooms"]
         .as_array()
         .unwrap()
@@ -53,17 +58,17 @@ async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, co
         .expect("a `general` room")
         .to_owned();
     let started = Instant::now();
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
     let posters: Vec<_> = (0..16)
         .map(|_| {
-            let (client, next) = (client.clone(), std::sync::Arc::clone(&next));
+            let (client, next) = (client.clone(), Arc::clone(&next));
             let (url, token, general) = (
                 format!("{base}/messages"),
                 token.to_owned(),
                 general.clone(),
             );
             tokio::spawn(async move {
-                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                while next.fetch_add(1, Ordering::Relaxed) < count {
                     client
                         .post(&url)
                         .bearer_auth(&token)
@@ -91,17 +96,12 @@ async fn main() {
     let base = env("BASE_URL", "http://127.0.0.1:18100");
     let requests: usize = env("BENCH_REQUESTS", "50").parse().unwrap();
     let client = reqwest::Client::new();
-    let login: Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"username": env("BENCH_USER", "user00000"), "password": env("BENCH_PASSWORD", "generated-password")}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let login = json_of(
+        client
+            .post(format!("{base}/auth/login"))
+            .json(&json!({"username": env("BENCH_USER", "user00000"), "password": env("BENCH_PASSWORD", "generated-password")})),
+    )
+    .await;
     let token = login["access_token"].as_str().unwrap().to_owned();
     let live_posts: usize = env("BENCH_LIVE_POSTS", "2000").parse().unwrap();
     post_live_traffic(&client, &base, &token, live_posts).await;
