@@ -319,7 +319,7 @@ if [ -n "${SEND_RATE:-}" ] && [ -n "${MONGO_RATE:-}" ] && [ -n "${HEALTH_RATE:-}
         printf "Send path: api/mongo = %.2f, api/healthz = %.3f (requests/s ratios)\n", s / m, s / h }'
 fi
 # Fan-out: API against nchan for each load (the rows come in pairs, API first).
-grep "^| fan-out " "$ROWS" | awk -F'|' '
+{ grep "^| fan-out " "$ROWS" || true; } | awk -F'|' '
     { gsub(/^ +| +$/, "", $4); gsub(/ /, "", $5); gsub(/ /, "", $7) }
     $3 ~ /^ api/ { load = $4; rate = $5; p99 = $7; next }
     $3 ~ /^ nchan/ && $4 == load && rate > 0 && $5 > 0 {

@@ -54,9 +54,13 @@ port_is_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# alive PID: the process exists and is not a zombie waiting to be reaped.
+# alive PID: the process exists and is not a zombie waiting to be reaped. One read of its
+# /proc entry: checking existence and state in two steps raced with the reaping of a child
+# (exists, then gone, so "not a zombie") and sent a kill to a process already gone.
 alive() {
-    kill -0 "$1" 2>/dev/null && ! grep -qs '^[0-9]* ([^)]*) Z' "/proc/$1/stat"
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ ! "$stat" =~ ^[0-9]+\ \(.*\)\ Z\  ]]
 }
 
 # stop_pidfile FILE: stops the process named in FILE (left by an earlier run) and removes it.
@@ -67,7 +71,7 @@ stop_pidfile() {
     if [ -n "$pid" ] && alive "$pid"; then
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
-        alive "$pid" && kill -9 "$pid" 2>/dev/null
+        if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     fi
     rm -f "$file"
 }
