@@ -324,7 +324,7 @@ fi
     $3 ~ /^ api/ { load = $4; rate = $5; p99 = $7; next }
     $3 ~ /^ nchan/ && $4 == load && rate > 0 && $5 > 0 {
         printf "Fan-out %s: api/nchan = %.2f (deliveries/s), p99 %s against %s ms\n", load, rate / $5, p99, $7 }'
-echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~10 min) and measures them (or BENCH_STATS=1)."
+echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~15 min) and measures them (or BENCH_STATS=1)."
 echo "nginx: worker_processes $NGINX_WORKERS ($(nginx_workers | wc -w) workers), worker_connections 20000, worker_rlimit_nofile $NOFILE; open files limit $NOFILE"
 echo "Scenarios took ${elapsed} s; $(date -u '+%F %T UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
 

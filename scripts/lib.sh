@@ -54,13 +54,15 @@ port_is_free() {
     ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# alive PID: the process exists and is not a zombie waiting to be reaped. One read of its
-# /proc entry: checking existence and state in two steps raced with the reaping of a child
-# (exists, then gone, so "not a zombie") and sent a kill to a process already gone.
+# alive PID: the process exists and is not a zombie waiting to be reaped. Its state is read
+# in one step from /proc (the field after the last ")", as the name may hold one): checking
+# existence and state in two reads raced with the reaping of a child (there, then gone, so
+# "not a zombie").
 alive() {
     local stat
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ ! "$stat" =~ ^[0-9]+\ \(.*\)\ Z\  ]]
+    kill -0 "$1" 2>/dev/null || return 1
+    { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+    [[ "${stat##*) }" != Z* ]]
 }
 
 # stop_pidfile FILE: stops the process named in FILE (left by an earlier run) and removes it.
