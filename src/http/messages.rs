@@ -17,7 +17,7 @@ use crate::http::{Query, limit_param};
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
 use crate::store::{
-    InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
+    Found, InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
 };
 
 const DEFAULT_PAGE: i64 = 50;
@@ -273,7 +273,6 @@ async fn store_and_announce(
                     Arc::clone(&state),
                     *record,
                     audience,
-                    keyed,
                     looking,
                 ));
             } else {
@@ -355,15 +354,14 @@ impl Drop for Looking {
 /// lost) may have been stored all the same. Its client got a 503; the message would be in
 /// history but never announced, so the others in the conversation would not see it until they
 /// reload. Looks for it over about 80 s and, if it is there, announces it (once: its event
-/// names it, so a keyed retry that announces it too adds nothing) and counts it if it was
-/// posted without a key (a keyed post's retry counts the message when it stores it; one the
-/// first attempt stored is not counted, see the README). An instance that stops in between
-/// does not look again.
+/// names it, so a keyed retry that announces it too adds nothing) and counts it if this
+/// attempt stored it. A keyed post's retry that stores the message counts it itself; which
+/// attempt stored it is in the message (`attempt`), so it is counted once either way. An
+/// instance that stops in between does not look again.
 async fn announce_if_stored(
     state: Arc<AppState>,
     record: MessageRecord,
     audience: Audience,
-    keyed: bool,
     _looking: Looking,
 ) {
     let id = record.message_id();
@@ -371,9 +369,9 @@ async fn announce_if_stored(
     for wait in LOOK_AGAIN {
         tokio::time::sleep(wait).await;
         last_look_failed = false;
-        match state.store.message_stored(id).await {
-            Ok(true) => {
-                if !keyed {
+        match state.store.message_stored(&record).await {
+            Ok(found @ (Found::StoredByThisAttempt | Found::StoredByAnother)) => {
+                if found == Found::StoredByThisAttempt {
                     state.store.count_found(&record);
                 }
                 match announce(&state, record, false, true, audience).await {
@@ -387,7 +385,7 @@ async fn announce_if_stored(
                 }
                 return;
             }
-            Ok(false) => {}
+            Ok(Found::NotStored) => {}
             Err(err) => {
                 last_look_failed = true;
                 tracing::debug!(message = %id, error = %err, "cannot look a message up yet");

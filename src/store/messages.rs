@@ -39,6 +39,12 @@ pub struct MessageRecord {
     /// stand-in compares BSON dates as text (wrong below one second); integers compare
     /// exactly everywhere.
     pub at_ms: i64,
+    /// Posts with an idempotency key only: a token of the attempt that stored the message.
+    /// Attempts of one key all write the same id, so after an insert of unknown outcome the
+    /// stored token tells whether this attempt stored it (and must count it) or a retry did
+    /// (which counted it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl MessageRecord {
@@ -207,12 +213,14 @@ impl Store {
             body: new.body.into_inner(),
             created_at: now,
             at_ms: now.timestamp_millis(),
+            attempt: None,
         };
         let Some(key) = new.idempotency_key else {
             // Group commit with concurrent posts; counted before this returns.
             return Ok(Inserted::Created(self.writer.write(record).await?));
         };
 
+        record.attempt = Some(ObjectId::new().to_hex());
         let key_id = format!("{}:{key}", new.sender);
         let claim = IdempotencyRecord {
             id: key_id.clone(),
@@ -265,8 +273,9 @@ impl Store {
         }
     }
 
-    /// Whether message `id` is stored (bounded like a write: a store that hangs is an error).
-    pub async fn message_stored(&self, id: MessageId) -> mongodb::error::Result<bool> {
+    /// Whether `record`'s message is stored, and if so whether by `record`'s own attempt
+    /// (bounded like a write: a store that hangs is an error).
+    pub async fn message_stored(&self, record: &MessageRecord) -> mongodb::error::Result<Found> {
         // Majority: a write found on a primary only could still be rolled back.
         let messages = self.db.collection_with_options::<bson::Document>(
             "messages",
@@ -275,17 +284,27 @@ impl Store {
                 .build(),
         );
         let find = messages
-            .find_one(doc! { "_id": id.object_id() })
-            .projection(doc! { "_id": 1 })
+            .find_one(doc! { "_id": record.id })
+            .projection(doc! { "_id": 1, "attempt": 1 })
             .into_future();
         let found = tokio::time::timeout(self.write_bound(), find)
             .await
             .unwrap_or_else(|_| Err(super::timed_out("looking a message up")))?;
-        Ok(found.is_some())
+        Ok(match found {
+            None => Found::NotStored,
+            Some(stored) => {
+                let attempt = stored.get_str("attempt").ok();
+                if attempt == record.attempt.as_deref() {
+                    Found::StoredByThisAttempt
+                } else {
+                    Found::StoredByAnother
+                }
+            }
+        })
     }
 
-    /// Counts a message in the statistics that was found stored after its insert failed with
-    /// its outcome unknown (and so was not counted then).
+    /// Counts a message in the statistics that its own attempt was found to have stored after
+    /// the insert failed with its outcome unknown (and so was not counted then).
     pub fn count_found(&self, record: &MessageRecord) {
         self.writer.count(record);
     }
@@ -337,6 +356,16 @@ impl Store {
             .try_collect()
             .await
     }
+}
+
+/// What a look for a message whose insert had an unknown outcome found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    NotStored,
+    /// Stored by the attempt looked for, which nothing has counted.
+    StoredByThisAttempt,
+    /// Stored by another attempt with the same idempotency key, which counted it.
+    StoredByAnother,
 }
 
 fn expired(record: &IdempotencyRecord) -> bool {

@@ -1035,6 +1035,7 @@ fn edge_record(m: &EdgeMessage) -> MessageRecord {
         body: String::new(),
         created_at: m.created_at,
         at_ms: m.at_ms,
+        attempt: None,
     }
 }
 
@@ -1059,6 +1060,7 @@ mod tests {
             body: String::new(),
             created_at: bson::DateTime::from_millis(at_ms),
             at_ms,
+            attempt: None,
         }
     }
 

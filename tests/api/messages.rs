@@ -647,6 +647,76 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
     assert_eq!(summary().await, 3);
 }
 
+/// After an insert of unknown outcome, the handler looks for the message, and counts it if
+/// its own attempt stored it. A retry with the same idempotency key writes the same id, and
+/// counts the message if it stores it. The look tells the two apart by the attempt token
+/// stored with a keyed message, so the message is counted once either way. (End to end, the
+/// store cannot be made to hang on a keyed post's message insert rather than on its key claim,
+/// which comes first; the unkeyed case is the test above.)
+#[tokio::test]
+async fn a_look_tells_which_attempt_stored_a_keyed_message() {
+    use chat_server::store::Found;
+    use mongodb::bson::oid::ObjectId;
+
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let store = Store::connect(&app.settings).await.unwrap();
+    let new = |key: Option<&str>, body: &str| NewMessage {
+        sender: UserId::parse(&alice.id).unwrap(),
+        sender_name: alice.username.clone(),
+        target: Target::Room(RoomId::parse(&general).unwrap()),
+        body: MessageBody::parse(body).unwrap(),
+        idempotency_key: key.map(str::to_owned),
+    };
+
+    let Inserted::Created(first) = store
+        .insert_message(new(Some("k-1"), "keyed"))
+        .await
+        .unwrap()
+    else {
+        panic!("a new key stores a new message");
+    };
+    assert!(first.attempt.is_some());
+    assert_eq!(
+        store.message_stored(&first).await.unwrap(),
+        Found::StoredByThisAttempt
+    );
+    // A retry finds it stored (and counts nothing); had the retry stored it, the first
+    // attempt's look would find another attempt's token.
+    let Inserted::Replayed(replayed) = store
+        .insert_message(new(Some("k-1"), "keyed"))
+        .await
+        .unwrap()
+    else {
+        panic!("a retry with the key gets the stored message back");
+    };
+    assert_eq!(replayed.id, first.id);
+    assert_eq!(replayed.attempt, first.attempt);
+    let mut another_attempt = first.clone();
+    another_attempt.attempt = Some(ObjectId::new().to_hex());
+    assert_eq!(
+        store.message_stored(&another_attempt).await.unwrap(),
+        Found::StoredByAnother
+    );
+
+    // Without a key only the post itself can store its id.
+    let Inserted::Created(plain) = store.insert_message(new(None, "plain")).await.unwrap() else {
+        panic!("a post without a key stores a new message");
+    };
+    assert_eq!(plain.attempt, None);
+    assert_eq!(
+        store.message_stored(&plain).await.unwrap(),
+        Found::StoredByThisAttempt
+    );
+    let mut never_stored = plain.clone();
+    never_stored.id = ObjectId::new();
+    assert_eq!(
+        store.message_stored(&never_stored).await.unwrap(),
+        Found::NotStored
+    );
+}
+
 /// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
 /// history and counted exactly once.
 #[tokio::test]
