@@ -45,16 +45,17 @@ pub struct AppState {
     pub cookie_secure: bool,
     pub trust_forwarded_for: bool,
     pub auth_rate_limit_per_minute: u32,
+    /// Messages whose insert had an unknown outcome, looked for in the background.
+    pub looks: http::messages::Looks,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     shutdown: Shutdown,
-    /// Kept to write the pending statistics counters once the server has stopped.
-    store: Store,
-    /// Kept to append the events still waiting for Redis once the server has stopped.
-    outbox: Outbox,
+    /// Kept to finish what is pending once the server has stopped: the looks for messages of
+    /// unknown outcome, the statistics counters, the events still waiting for Redis.
+    state: web::Data<AppState>,
     shutdown_timeout: Duration,
 }
 
@@ -108,6 +109,7 @@ impl Application {
             cookie_secure: settings.cookie_secure,
             trust_forwarded_for: settings.trust_forwarded_for,
             auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
+            looks: http::messages::Looks::default(),
         });
 
         let listener = TcpListener::bind(&settings.listen_addr)
@@ -115,9 +117,6 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
         let openapi = ApiDoc::openapi();
-        let store = state.store.clone();
-        let outbox = state.outbox.clone();
-
         let app_state = state.clone();
         let app = move || {
             App::new()
@@ -141,7 +140,7 @@ impl Application {
             workers: settings.http_workers,
             shutdown_timeout: settings.shutdown_timeout,
         };
-        let server = front_door::serve(listener, state, app, options)?;
+        let server = front_door::serve(listener, state.clone(), app, options)?;
         tracing::info!(addr = %settings.listen_addr, port, "listening");
         Ok(Self {
             port,
@@ -150,8 +149,7 @@ impl Application {
                 server: server.handle(),
             },
             server,
-            store,
-            outbox,
+            state,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -165,8 +163,9 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams,
-    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, writes the pending
-    /// statistics counters and gives the events still waiting for Redis up to
+    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, looks once more (for up
+    /// to as long again) for the messages whose insert had an unknown outcome, writes the
+    /// pending statistics counters and gives the events still waiting for Redis up to
     /// `SHUTDOWN_TIMEOUT_SECS` more to be appended.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
@@ -176,10 +175,11 @@ impl Application {
             shutdown.trigger().await;
         });
         let served = self.server.await;
-        if let Err(err) = self.store.flush_counters().await {
+        http::messages::look_before_stopping(&self.state, self.shutdown_timeout).await;
+        if let Err(err) = self.state.store.flush_counters().await {
             tracing::error!(error = %err, "statistics counters not written at shutdown");
         }
-        let unannounced = self.outbox.settle(self.shutdown_timeout).await;
+        let unannounced = self.state.outbox.settle(self.shutdown_timeout).await;
         if unannounced > 0 {
             tracing::error!(
                 events = unannounced,

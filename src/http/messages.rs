@@ -1,5 +1,5 @@
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -268,15 +268,14 @@ async fn store_and_announce(
     let inserted = match state.store.insert_message(new).await {
         Ok(inserted) => inserted,
         Err(InsertMessageError::MaybeStored { record, source }) => {
-            if let Some(looking) = Looking::start() {
-                tokio::spawn(announce_if_stored(
-                    Arc::clone(&state),
-                    *record,
-                    audience,
-                    looking,
-                ));
+            let id = record.message_id();
+            if state.looks.start(Look {
+                record: *record,
+                audience,
+            }) {
+                tokio::spawn(announce_if_stored(Arc::clone(&state), id));
             } else {
-                tracing::warn!(message = %record.message_id(),
+                tracing::warn!(message = %id,
                     "too many messages of unknown outcome to look for; this one is not announced if stored");
             }
             return Err(StoreFailure::Insert(InsertMessageError::Database(source)));
@@ -328,25 +327,45 @@ const LOOK_AGAIN: [Duration; 4] = [
 /// Messages looked for at once at most: a store that hangs under load fails every post, and
 /// each look holds its message (up to 16 KB) for 80 s.
 const MAX_LOOKING: usize = 1_000;
-static LOOKING: AtomicUsize = AtomicUsize::new(0);
 
-/// One of the [`MAX_LOOKING`] looks, given back when dropped.
-struct Looking;
-
-impl Looking {
-    fn start() -> Option<Self> {
-        LOOKING
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_LOOKING).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Looking)
-    }
+/// A message whose insert failed with its outcome unknown, and who would see it.
+struct Look {
+    record: MessageRecord,
+    audience: Audience,
 }
 
-impl Drop for Looking {
-    fn drop(&mut self) {
-        LOOKING.fetch_sub(1, Ordering::AcqRel);
+/// The messages being looked for (see [`announce_if_stored`]). A message is handled by
+/// whoever takes it out: its look, once it finds the message stored or gives up, or the last
+/// look at shutdown ([`look_before_stopping`]), so it is announced and counted once.
+#[derive(Default)]
+pub struct Looks {
+    pending: Mutex<HashMap<MessageId, Arc<Look>>>,
+}
+
+impl Looks {
+    /// Takes on a look; false when [`MAX_LOOKING`] are under way.
+    fn start(&self, look: Look) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.len() >= MAX_LOOKING {
+            return false;
+        }
+        pending.insert(look.record.message_id(), Arc::new(look));
+        true
+    }
+
+    fn get(&self, id: MessageId) -> Option<Arc<Look>> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.get(&id).cloned()
+    }
+
+    fn take(&self, id: MessageId) -> Option<Arc<Look>> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.remove(&id)
+    }
+
+    fn take_all(&self) -> Vec<Arc<Look>> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.drain().map(|(_, look)| look).collect()
     }
 }
 
@@ -357,45 +376,85 @@ impl Drop for Looking {
 /// names it, so a keyed retry that announces it too adds nothing) and counts it if this
 /// attempt stored it. A keyed post's retry that stores the message counts it itself; which
 /// attempt stored it is in the message (`attempt`), so it is counted once either way. An
-/// instance that stops in between does not look again.
-async fn announce_if_stored(
-    state: Arc<AppState>,
-    record: MessageRecord,
-    audience: Audience,
-    _looking: Looking,
-) {
-    let id = record.message_id();
+/// instance that stops in between looks once more before it exits.
+async fn announce_if_stored(state: Arc<AppState>, id: MessageId) {
     let mut last_look_failed = false;
     for wait in LOOK_AGAIN {
         tokio::time::sleep(wait).await;
+        // Gone: taken by the last look at shutdown.
+        let Some(look) = state.looks.get(id) else {
+            return;
+        };
         last_look_failed = false;
-        match state.store.message_stored(&record).await {
-            Ok(found @ (Found::StoredByThisAttempt | Found::StoredByAnother)) => {
-                if found == Found::StoredByThisAttempt {
-                    state.store.count_found(&record);
-                }
-                match announce(&state, record, false, true, audience).await {
-                    Ok(Stored::Created(answer) | Stored::Replayed(answer)) => {
-                        tracing::info!(message = %id, event = ?answer.event_id,
-                            "a message whose insert outcome was unknown is stored; announced");
-                    }
-                    Err(_) => {
-                        tracing::error!(message = %id, "cannot encode a message found stored");
-                    }
+        match state.store.message_stored(&look.record).await {
+            Ok(Found::NotStored) => {}
+            Ok(found) => {
+                if let Some(look) = state.looks.take(id) {
+                    announce_found(&state, &look, found).await;
                 }
                 return;
             }
-            Ok(Found::NotStored) => {}
             Err(err) => {
                 last_look_failed = true;
                 tracing::debug!(message = %id, error = %err, "cannot look a message up yet");
             }
         }
     }
+    if state.looks.take(id).is_none() {
+        return;
+    }
     if last_look_failed {
         tracing::warn!(message = %id, "a message whose insert outcome was unknown could not be looked up; if stored, it is in history only");
     } else {
         tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored");
+    }
+}
+
+/// Counts (if `found` says this attempt stored it) and announces a message found stored after
+/// its insert failed with its outcome unknown.
+async fn announce_found(state: &AppState, look: &Look, found: Found) {
+    let id = look.record.message_id();
+    if found == Found::StoredByThisAttempt {
+        state.store.count_found(&look.record);
+    }
+    let audience = look.audience.clone();
+    match announce(state, look.record.clone(), false, true, audience).await {
+        Ok(Stored::Created(answer) | Stored::Replayed(answer)) => {
+            tracing::info!(message = %id, event = ?answer.event_id,
+                "a message whose insert outcome was unknown is stored; announced");
+        }
+        Err(_) => {
+            tracing::error!(message = %id, "cannot encode a message found stored");
+        }
+    }
+}
+
+/// At shutdown, once the server has stopped (and with it the looks under way): looks once
+/// more for every message still looked for, within `bound`, and announces and counts those
+/// found stored. Called before the counters are written and the outbox settles.
+pub async fn look_before_stopping(state: &AppState, bound: Duration) {
+    let looks = state.looks.take_all();
+    if looks.is_empty() {
+        return;
+    }
+    let count = looks.len();
+    let all = stream::iter(looks).for_each_concurrent(8, |look| async move {
+        let id = look.record.message_id();
+        match state.store.message_stored(&look.record).await {
+            Ok(Found::NotStored) => {
+                tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored by shutdown");
+            }
+            Ok(found) => announce_found(state, &look, found).await,
+            Err(err) => {
+                tracing::warn!(message = %id, error = %err, "a message whose insert outcome was unknown could not be looked up at shutdown; if stored, it is in history only");
+            }
+        }
+    });
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!(
+            messages = count,
+            "the last look for messages of unknown outcome ran out of time at shutdown"
+        );
     }
 }
 
@@ -548,14 +607,58 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 mod tests {
     use super::*;
 
+    fn look() -> Look {
+        let id = mongodb::bson::oid::ObjectId::new();
+        Look {
+            record: MessageRecord {
+                id,
+                seq: id.to_hex(),
+                conversation: String::new(),
+                sender_id: String::new(),
+                sender_name: String::new(),
+                room_id: None,
+                recipient_id: None,
+                recipient_name: None,
+                body: "x".repeat(100),
+                created_at: mongodb::bson::DateTime::now(),
+                at_ms: 0,
+                attempt: None,
+            },
+            audience: Audience::Everyone,
+        }
+    }
+
     #[test]
     fn looks_for_messages_of_unknown_outcome_are_bounded() {
-        let taken: Vec<Looking> = std::iter::from_fn(Looking::start)
-            .take(MAX_LOOKING + 1)
-            .collect();
-        assert_eq!(taken.len(), MAX_LOOKING);
-        assert!(Looking::start().is_none());
-        drop(taken);
-        assert!(Looking::start().is_some());
+        let looks = Looks::default();
+        let mut first = None;
+        for _ in 0..MAX_LOOKING {
+            let look = look();
+            first.get_or_insert(look.record.message_id());
+            assert!(looks.start(look));
+        }
+        assert!(!looks.start(look()));
+        let first = first.unwrap();
+        assert!(looks.take(first).is_some());
+        assert!(looks.start(look()));
+    }
+
+    #[test]
+    fn a_look_is_taken_once() {
+        let looks = Looks::default();
+        let (a, b) = (look(), look());
+        let (a_id, b_id) = (a.record.message_id(), b.record.message_id());
+        assert!(looks.start(a) && looks.start(b));
+        assert!(looks.get(a_id).is_some());
+        assert!(looks.take(a_id).is_some());
+        assert!(
+            looks.take(a_id).is_none(),
+            "its look or the last one, not both"
+        );
+        assert!(looks.get(a_id).is_none());
+        let rest = looks.take_all();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].record.message_id(), b_id);
+        assert!(looks.take(b_id).is_none());
     }
 }

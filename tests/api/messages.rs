@@ -647,6 +647,80 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
     assert_eq!(summary().await, 3);
 }
 
+/// An instance that stops while it looks for a message of unknown outcome (its first look
+/// comes a second after the 503) looks once more before it exits: the message, stored after
+/// its 503, is announced to a stream on another instance and counted.
+#[tokio::test]
+async fn an_instance_that_stops_looks_once_more_for_a_post_of_unknown_outcome() {
+    let mongo = ScratchMongo::start().await;
+    let mut app = mongo.app().await;
+    let sibling = app.spawn_sibling().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+    let mut bobs = sibling.ready_events(&bob.token).await;
+    app.post_to_room(&alice.token, &general, "before").await;
+    assert_eq!(bobs.messages(1).await[0].json()["body"], "before");
+    let summary = || async {
+        let summary: Value = sibling.get_json("/stats/summary", &bob.token).await;
+        summary["messages"].as_i64().unwrap()
+    };
+    // Written by the first instance within a quarter of a second.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async { summary().await == 1 }).await
+    );
+    let stored = |body: String| {
+        let (sibling, general, token) = (&sibling, &general, &bob.token);
+        async move {
+            let page: Value = sibling
+                .get_json(&format!("/rooms/{general}/messages"), token)
+                .await;
+            page["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["body"] == body.as_str())
+        }
+    };
+
+    // As in the tests above, only an insert the paused store applied afterwards is the case
+    // under test.
+    let mut attempt = 0;
+    let body = loop {
+        attempt += 1;
+        let body = format!("late {attempt}");
+        mongo.pause();
+        let res = app
+            .send_message(&alice.token, &json!({"room_id": general, "body": body}))
+            .await;
+        assert_eq!(
+            error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+            "database_unavailable"
+        );
+        mongo.resume();
+        if crate::helpers::eventually(Duration::from_secs(5), || stored(body.clone())).await {
+            break body;
+        }
+        assert!(attempt < 3, "no post sent to the paused store was applied");
+    };
+
+    app.shutdown.trigger().await;
+    tokio::time::timeout(Duration::from_secs(30), &mut app.run)
+        .await
+        .expect("the instance stops")
+        .unwrap()
+        .unwrap();
+    let late = loop {
+        match bobs.next_within(Duration::from_secs(10)).await {
+            Some(event) if event.event == "message" => break event,
+            Some(_) => {}
+            None => panic!("the message stored after its 503 was not announced"),
+        }
+    };
+    assert_eq!(late.json()["body"], body.as_str());
+    assert_eq!(summary().await, 2);
+}
+
 /// After an insert of unknown outcome, the handler looks for the message, and counts it if
 /// its own attempt stored it. A retry with the same idempotency key writes the same id, and
 /// counts the message if it stores it. The look tells the two apart by the attempt token
