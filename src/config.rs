@@ -51,8 +51,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `HTTP_WORKERS`: worker threads of the HTTP server (0 = one per CPU core).
     pub http_workers: usize,
-    /// `SHUTDOWN_TIMEOUT_SECS`: how long in-flight requests may take to finish on shutdown, and
-    /// then events still waiting for Redis to be appended.
+    /// `SHUTDOWN_TIMEOUT_SECS`: how long each step of a shutdown may take: in-flight requests
+    /// finishing, the last look for posts of unknown outcome, writing the statistics counters,
+    /// and appending the events still waiting for Redis.
     pub shutdown_timeout: Duration,
     /// `COOKIE_SECURE`: mark the session cookie `Secure` (only sent over HTTPS).
     pub cookie_secure: bool,

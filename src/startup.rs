@@ -163,10 +163,9 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams,
-    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, looks once more (for up
-    /// to as long again) for the messages whose insert had an unknown outcome, writes the
-    /// pending statistics counters and gives the events still waiting for Redis up to
-    /// `SHUTDOWN_TIMEOUT_SECS` more to be appended.
+    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, then gives as long again
+    /// to each of: a last look for the messages whose insert had an unknown outcome, writing
+    /// the pending statistics counters, and appending the events still waiting for Redis.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -176,7 +175,13 @@ impl Application {
         });
         let served = self.server.await;
         http::messages::look_before_stopping(&self.state, self.shutdown_timeout).await;
-        if let Err(err) = self.state.store.flush_counters().await {
+        // Bounded like the other steps: a store that hangs must not hold the exit (and the
+        // appends after it) until the orchestrator kills the process.
+        let flushed =
+            tokio::time::timeout(self.shutdown_timeout, self.state.store.flush_counters())
+                .await
+                .unwrap_or_else(|_| Err(crate::store::timed_out("writing the counters")));
+        if let Err(err) = flushed {
             tracing::error!(error = %err, "statistics counters not written at shutdown");
         }
         let unannounced = self.state.outbox.settle(self.shutdown_timeout).await;

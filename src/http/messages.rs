@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -269,14 +270,14 @@ async fn store_and_announce(
         Ok(inserted) => inserted,
         Err(InsertMessageError::MaybeStored { record, source }) => {
             let id = record.message_id();
-            if state.looks.start(Look {
-                record: *record,
-                audience,
-            }) {
-                tokio::spawn(announce_if_stored(Arc::clone(&state), id));
-            } else {
-                tracing::warn!(message = %id,
-                    "too many messages of unknown outcome to look for; this one is not announced if stored");
+            match state.looks.start(*record, audience) {
+                Some(ticket) => {
+                    tokio::spawn(announce_if_stored(Arc::clone(&state), ticket));
+                }
+                None => {
+                    tracing::warn!(message = %id,
+                        "too many messages of unknown outcome to look for; this one is neither announced nor counted if stored");
+                }
             }
             return Err(StoreFailure::Insert(InsertMessageError::Database(source)));
         }
@@ -332,40 +333,56 @@ const MAX_LOOKING: usize = 1_000;
 struct Look {
     record: MessageRecord,
     audience: Audience,
+    /// When the look began (the insert's 503).
+    since: tokio::time::Instant,
 }
 
-/// The messages being looked for (see [`announce_if_stored`]). A message is handled by
-/// whoever takes it out: its look, once it finds the message stored or gives up, or the last
-/// look at shutdown ([`look_before_stopping`]), so it is announced and counted once.
+/// The messages being looked for (see [`announce_if_stored`]), by ticket: attempts of one
+/// idempotency key share a message id, and each attempt's look is its own. A look is handled
+/// by whoever takes it out: its task, once it finds the message stored or gives up, or the
+/// last look at shutdown ([`look_before_stopping`]), so each is acted on once.
 #[derive(Default)]
 pub struct Looks {
-    pending: Mutex<HashMap<MessageId, Arc<Look>>>,
+    pending: Mutex<LooksInner>,
+}
+
+#[derive(Default)]
+struct LooksInner {
+    next: u64,
+    looks: HashMap<u64, Arc<Look>>,
 }
 
 impl Looks {
-    /// Takes on a look; false when [`MAX_LOOKING`] are under way.
-    fn start(&self, look: Look) -> bool {
+    /// Takes on a look and gives its ticket; `None` when [`MAX_LOOKING`] are under way.
+    fn start(&self, record: MessageRecord, audience: Audience) -> Option<u64> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.len() >= MAX_LOOKING {
-            return false;
+        if pending.looks.len() >= MAX_LOOKING {
+            return None;
         }
-        pending.insert(look.record.message_id(), Arc::new(look));
-        true
+        let ticket = pending.next;
+        pending.next += 1;
+        let look = Look {
+            record,
+            audience,
+            since: tokio::time::Instant::now(),
+        };
+        pending.looks.insert(ticket, Arc::new(look));
+        Some(ticket)
     }
 
-    fn get(&self, id: MessageId) -> Option<Arc<Look>> {
+    fn get(&self, ticket: u64) -> Option<Arc<Look>> {
         let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.get(&id).cloned()
+        pending.looks.get(&ticket).cloned()
     }
 
-    fn take(&self, id: MessageId) -> Option<Arc<Look>> {
+    fn take(&self, ticket: u64) -> Option<Arc<Look>> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.remove(&id)
+        pending.looks.remove(&ticket)
     }
 
     fn take_all(&self) -> Vec<Arc<Look>> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.drain().map(|(_, look)| look).collect()
+        pending.looks.drain().map(|(_, look)| look).collect()
     }
 }
 
@@ -375,50 +392,58 @@ impl Looks {
 /// reload. Looks for it over about 80 s and, if it is there, announces it (once: its event
 /// names it, so a keyed retry that announces it too adds nothing) and counts it if this
 /// attempt stored it. A keyed post's retry that stores the message counts it itself; which
-/// attempt stored it is in the message (`attempt`), so it is counted once either way. An
+/// attempt stored it is in the message (`attempt`), so the two never both count it. An
 /// instance that stops in between looks once more before it exits.
-async fn announce_if_stored(state: Arc<AppState>, id: MessageId) {
+async fn announce_if_stored(state: Arc<AppState>, ticket: u64) {
     let mut last_look_failed = false;
     for wait in LOOK_AGAIN {
         tokio::time::sleep(wait).await;
         // Gone: taken by the last look at shutdown.
-        let Some(look) = state.looks.get(id) else {
+        let Some(look) = state.looks.get(ticket) else {
             return;
         };
         last_look_failed = false;
         match state.store.message_stored(&look.record).await {
             Ok(Found::NotStored) => {}
             Ok(found) => {
-                if let Some(look) = state.looks.take(id) {
+                if let Some(look) = state.looks.take(ticket) {
                     announce_found(&state, &look, found).await;
                 }
                 return;
             }
             Err(err) => {
                 last_look_failed = true;
-                tracing::debug!(message = %id, error = %err, "cannot look a message up yet");
+                tracing::debug!(message = %look.record.message_id(), error = %err,
+                    "cannot look a message up yet");
             }
         }
     }
-    if state.looks.take(id).is_none() {
+    let Some(look) = state.looks.take(ticket) else {
         return;
-    }
+    };
+    let id = look.record.message_id();
     if last_look_failed {
-        tracing::warn!(message = %id, "a message whose insert outcome was unknown could not be looked up; if stored, it is in history only");
+        tracing::warn!(message = %id, "a message whose insert outcome was unknown could not be looked up; if stored, it is in history only, uncounted");
     } else {
         tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored");
     }
 }
 
-/// Counts (if `found` says this attempt stored it) and announces a message found stored after
-/// its insert failed with its outcome unknown.
+/// Acts on a message found stored after its insert failed with its outcome unknown: counts it
+/// if this attempt stored it, and announces it as stored.
 async fn announce_found(state: &AppState, look: &Look, found: Found) {
     let id = look.record.message_id();
-    if found == Found::StoredByThisAttempt {
-        state.store.count_found(&look.record);
-    }
-    let audience = look.audience.clone();
-    match announce(state, look.record.clone(), false, true, audience).await {
+    let stored = match found {
+        Found::NotStored => return,
+        Found::StoredByThisAttempt => {
+            state.store.count_found(&look.record);
+            look.record.clone()
+        }
+        // Another attempt with the key (which counts it) stored it, perhaps with another body
+        // if the key was reused: the event shows what history holds.
+        Found::StoredByAnother(stored) => *stored,
+    };
+    match announce(state, stored, false, true, look.audience.clone()).await {
         Ok(Stored::Created(answer) | Stored::Replayed(answer)) => {
             tracing::info!(message = %id, event = ?answer.event_id,
                 "a message whose insert outcome was unknown is stored; announced");
@@ -429,16 +454,24 @@ async fn announce_found(state: &AppState, look: &Look, found: Found) {
     }
 }
 
-/// At shutdown, once the server has stopped (and with it the looks under way): looks once
-/// more for every message still looked for, within `bound`, and announces and counts those
-/// found stored. Called before the counters are written and the outbox settles.
+/// Looks running at once in the last look: enough to overlap round trips, few enough to
+/// leave the store's connection pool to the rest of the shutdown.
+const LAST_LOOKS_AT_ONCE: usize = 8;
+
+/// At shutdown, once the server has stopped: looks once more, within `bound`, for every
+/// message still looked for (the looks under way end with the HTTP workers that ran them),
+/// and announces and counts those found stored. A look is made no sooner than the first of
+/// the regular ones (1 s after its 503), so that a write still on its way can land. Called
+/// before the counters are written and the outbox settles.
 pub async fn look_before_stopping(state: &AppState, bound: Duration) {
     let looks = state.looks.take_all();
     if looks.is_empty() {
         return;
     }
-    let count = looks.len();
-    let all = stream::iter(looks).for_each_concurrent(8, |look| async move {
+    let unsettled = AtomicUsize::new(looks.len());
+    let unsettled = &unsettled;
+    let all = stream::iter(looks).for_each_concurrent(LAST_LOOKS_AT_ONCE, |look| async move {
+        tokio::time::sleep_until(look.since + LOOK_AGAIN[0]).await;
         let id = look.record.message_id();
         match state.store.message_stored(&look.record).await {
             Ok(Found::NotStored) => {
@@ -446,14 +479,15 @@ pub async fn look_before_stopping(state: &AppState, bound: Duration) {
             }
             Ok(found) => announce_found(state, &look, found).await,
             Err(err) => {
-                tracing::warn!(message = %id, error = %err, "a message whose insert outcome was unknown could not be looked up at shutdown; if stored, it is in history only");
+                tracing::warn!(message = %id, error = %err, "a message whose insert outcome was unknown could not be looked up at shutdown; if stored, it is in history only, uncounted");
             }
         }
+        unsettled.fetch_sub(1, Ordering::Relaxed);
     });
     if tokio::time::timeout(bound, all).await.is_err() {
         tracing::warn!(
-            messages = count,
-            "the last look for messages of unknown outcome ran out of time at shutdown"
+            messages = unsettled.load(Ordering::Relaxed),
+            "the last look for messages of unknown outcome ran out of time at shutdown; if stored, they are in history only, uncounted"
         );
     }
 }
@@ -607,58 +641,66 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 mod tests {
     use super::*;
 
-    fn look() -> Look {
+    fn record() -> MessageRecord {
         let id = mongodb::bson::oid::ObjectId::new();
-        Look {
-            record: MessageRecord {
-                id,
-                seq: id.to_hex(),
-                conversation: String::new(),
-                sender_id: String::new(),
-                sender_name: String::new(),
-                room_id: None,
-                recipient_id: None,
-                recipient_name: None,
-                body: "x".repeat(100),
-                created_at: mongodb::bson::DateTime::now(),
-                at_ms: 0,
-                attempt: None,
-            },
-            audience: Audience::Everyone,
+        MessageRecord {
+            id,
+            seq: id.to_hex(),
+            conversation: String::new(),
+            sender_id: String::new(),
+            sender_name: String::new(),
+            room_id: None,
+            recipient_id: None,
+            recipient_name: None,
+            body: "x".repeat(100),
+            created_at: mongodb::bson::DateTime::now(),
+            at_ms: 0,
+            attempt: None,
         }
     }
 
-    #[test]
-    fn looks_for_messages_of_unknown_outcome_are_bounded() {
+    #[tokio::test]
+    async fn looks_for_messages_of_unknown_outcome_are_bounded() {
         let looks = Looks::default();
-        let mut first = None;
-        for _ in 0..MAX_LOOKING {
-            let look = look();
-            first.get_or_insert(look.record.message_id());
-            assert!(looks.start(look));
-        }
-        assert!(!looks.start(look()));
-        let first = first.unwrap();
-        assert!(looks.take(first).is_some());
-        assert!(looks.start(look()));
+        let tickets: Vec<u64> = (0..MAX_LOOKING)
+            .map(|_| looks.start(record(), Audience::Everyone).unwrap())
+            .collect();
+        assert!(looks.start(record(), Audience::Everyone).is_none());
+        assert!(looks.take(tickets[0]).is_some());
+        assert!(looks.start(record(), Audience::Everyone).is_some());
     }
 
-    #[test]
-    fn a_look_is_taken_once() {
+    #[tokio::test]
+    async fn a_look_is_taken_once_and_attempts_of_one_message_each_have_theirs() {
         let looks = Looks::default();
-        let (a, b) = (look(), look());
-        let (a_id, b_id) = (a.record.message_id(), b.record.message_id());
-        assert!(looks.start(a) && looks.start(b));
-        assert!(looks.get(a_id).is_some());
-        assert!(looks.take(a_id).is_some());
-        assert!(
-            looks.take(a_id).is_none(),
-            "its look or the last one, not both"
+        // Two attempts with one idempotency key: one message id, two tokens.
+        let first = MessageRecord {
+            attempt: Some("first".to_owned()),
+            ..record()
+        };
+        let retry = MessageRecord {
+            attempt: Some("retry".to_owned()),
+            ..first.clone()
+        };
+        let a = looks.start(first, Audience::Everyone).unwrap();
+        let b = looks.start(retry, Audience::Everyone).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(
+            looks.get(a).unwrap().record.attempt.as_deref(),
+            Some("first")
         );
-        assert!(looks.get(a_id).is_none());
+        assert_eq!(
+            looks.take(a).unwrap().record.attempt.as_deref(),
+            Some("first")
+        );
+        assert!(
+            looks.take(a).is_none(),
+            "its task or the last look, not both"
+        );
+        assert!(looks.get(a).is_none());
         let rest = looks.take_all();
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].record.message_id(), b_id);
-        assert!(looks.take(b_id).is_none());
+        assert_eq!(rest[0].record.attempt.as_deref(), Some("retry"));
+        assert!(looks.take(b).is_none());
     }
 }

@@ -277,29 +277,20 @@ impl Store {
     /// (bounded like a write: a store that hangs is an error).
     pub async fn message_stored(&self, record: &MessageRecord) -> mongodb::error::Result<Found> {
         // Majority: a write found on a primary only could still be rolled back.
-        let messages = self.db.collection_with_options::<bson::Document>(
+        let messages = self.db.collection_with_options::<MessageRecord>(
             "messages",
             CollectionOptions::builder()
                 .read_concern(ReadConcern::majority())
                 .build(),
         );
-        let find = messages
-            .find_one(doc! { "_id": record.id })
-            .projection(doc! { "_id": 1, "attempt": 1 })
-            .into_future();
+        let find = messages.find_one(doc! { "_id": record.id }).into_future();
         let found = tokio::time::timeout(self.write_bound(), find)
             .await
             .unwrap_or_else(|_| Err(super::timed_out("looking a message up")))?;
         Ok(match found {
             None => Found::NotStored,
-            Some(stored) => {
-                let attempt = stored.get_str("attempt").ok();
-                if attempt == record.attempt.as_deref() {
-                    Found::StoredByThisAttempt
-                } else {
-                    Found::StoredByAnother
-                }
-            }
+            Some(stored) if stored.attempt == record.attempt => Found::StoredByThisAttempt,
+            Some(stored) => Found::StoredByAnother(Box::new(stored)),
         })
     }
 
@@ -359,13 +350,14 @@ impl Store {
 }
 
 /// What a look for a message whose insert had an unknown outcome found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Found {
     NotStored,
-    /// Stored by the attempt looked for, which nothing has counted.
+    /// Stored by the attempt looked for: nothing has counted it, the look does.
     StoredByThisAttempt,
-    /// Stored by another attempt with the same idempotency key, which counted it.
-    StoredByAnother,
+    /// Stored by another attempt with the same idempotency key (here as stored), which
+    /// counts it (or its own look does).
+    StoredByAnother(Box<MessageRecord>),
 }
 
 fn expired(record: &IdempotencyRecord) -> bool {
