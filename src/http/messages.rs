@@ -18,7 +18,7 @@ use crate::http::{Query, limit_param};
 use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
 use crate::store::{
-    Found, InsertMessageError, Inserted, MessageRecord, NewMessage, Target, direct_conversation,
+    InsertMessageError, Inserted, MessageRecord, NewMessage, StoredBy, Target, direct_conversation,
 };
 
 const DEFAULT_PAGE: i64 = 50;
@@ -404,10 +404,10 @@ async fn announce_if_stored(state: Arc<AppState>, ticket: u64) {
         };
         last_look_failed = false;
         match state.store.message_stored(&look.record).await {
-            Ok(Found::NotStored) => {}
-            Ok(found) => {
+            Ok(None) => {}
+            Ok(Some(by)) => {
                 if let Some(look) = state.looks.take(ticket) {
-                    announce_found(&state, &look, found).await;
+                    announce_found(&state, &look, by).await;
                 }
                 return;
             }
@@ -431,17 +431,16 @@ async fn announce_if_stored(state: Arc<AppState>, ticket: u64) {
 
 /// Acts on a message found stored after its insert failed with its outcome unknown: counts it
 /// if this attempt stored it, and announces it as stored.
-async fn announce_found(state: &AppState, look: &Look, found: Found) {
+async fn announce_found(state: &AppState, look: &Look, by: StoredBy) {
     let id = look.record.message_id();
-    let stored = match found {
-        Found::NotStored => return,
-        Found::StoredByThisAttempt => {
+    let stored = match by {
+        StoredBy::ThisAttempt => {
             state.store.count_found(&look.record);
             look.record.clone()
         }
-        // Another attempt with the key (which counts it) stored it, perhaps with another body
-        // if the key was reused: the event shows what history holds.
-        Found::StoredByAnother(stored) => *stored,
+        // Another attempt of the same post stored it (and counts it): the event shows what
+        // history holds.
+        StoredBy::AnotherAttempt(stored) => *stored,
     };
     match announce(state, stored, false, true, look.audience.clone()).await {
         Ok(Stored::Created(answer) | Stored::Replayed(answer)) => {
@@ -474,10 +473,10 @@ pub async fn look_before_stopping(state: &AppState, bound: Duration) {
         tokio::time::sleep_until(look.since + LOOK_AGAIN[0]).await;
         let id = look.record.message_id();
         match state.store.message_stored(&look.record).await {
-            Ok(Found::NotStored) => {
+            Ok(None) => {
                 tracing::info!(message = %id, "a message whose insert outcome was unknown was not stored by shutdown");
             }
-            Ok(found) => announce_found(state, &look, found).await,
+            Ok(Some(by)) => announce_found(state, &look, by).await,
             Err(err) => {
                 tracing::warn!(message = %id, error = %err, "a message whose insert outcome was unknown could not be looked up at shutdown; if stored, it is in history only, uncounted");
             }

@@ -273,9 +273,13 @@ impl Store {
         }
     }
 
-    /// Whether `record`'s message is stored, and if so whether by `record`'s own attempt
-    /// (bounded like a write: a store that hangs is an error).
-    pub async fn message_stored(&self, record: &MessageRecord) -> mongodb::error::Result<Found> {
+    /// Whether `record`'s post is stored, and if so by which attempt (bounded like a write: a
+    /// store that hangs is an error). `None` also when its id holds another post: its key was
+    /// reused for a different message, whose own attempts answer for it.
+    pub async fn message_stored(
+        &self,
+        record: &MessageRecord,
+    ) -> mongodb::error::Result<Option<StoredBy>> {
         // Majority: a write found on a primary only could still be rolled back.
         let messages = self.db.collection_with_options::<MessageRecord>(
             "messages",
@@ -288,9 +292,11 @@ impl Store {
             .await
             .unwrap_or_else(|_| Err(super::timed_out("looking a message up")))?;
         Ok(match found {
-            None => Found::NotStored,
-            Some(stored) if stored.attempt == record.attempt => Found::StoredByThisAttempt,
-            Some(stored) => Found::StoredByAnother(Box::new(stored)),
+            Some(stored) if stored.attempt == record.attempt => Some(StoredBy::ThisAttempt),
+            Some(stored) if stored.same_request(record) => {
+                Some(StoredBy::AnotherAttempt(Box::new(stored)))
+            }
+            _ => None,
         })
     }
 
@@ -349,15 +355,14 @@ impl Store {
     }
 }
 
-/// What a look for a message whose insert had an unknown outcome found.
+/// Which attempt stored a post found after its insert had an unknown outcome.
 #[derive(Debug)]
-pub enum Found {
-    NotStored,
-    /// Stored by the attempt looked for: nothing has counted it, the look does.
-    StoredByThisAttempt,
-    /// Stored by another attempt with the same idempotency key (here as stored), which
-    /// counts it (or its own look does).
-    StoredByAnother(Box<MessageRecord>),
+pub enum StoredBy {
+    /// The attempt looked for: nothing has counted it, the look does.
+    ThisAttempt,
+    /// Another attempt of the same post (same idempotency key), here as stored: that attempt
+    /// counts it, or its own look does.
+    AnotherAttempt(Box<MessageRecord>),
 }
 
 fn expired(record: &IdempotencyRecord) -> bool {

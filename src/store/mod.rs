@@ -24,7 +24,7 @@ use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::{Client, Database};
 
 pub use messages::{
-    Found, IDEMPOTENCY_WINDOW, InsertMessageError, Inserted, MessageRecord, NewMessage, Target,
+    IDEMPOTENCY_WINDOW, InsertMessageError, Inserted, MessageRecord, NewMessage, StoredBy, Target,
     direct_conversation, room_conversation,
 };
 pub use rooms::{CreateRoomError, DEFAULT_ROOM, RoomRecord};

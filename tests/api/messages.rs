@@ -730,7 +730,7 @@ async fn an_instance_that_stops_looks_once_more_for_a_post_of_unknown_outcome() 
 /// which comes first; the unkeyed case is the test above.)
 #[tokio::test]
 async fn a_look_tells_which_attempt_stored_a_keyed_message() {
-    use chat_server::store::Found;
+    use chat_server::store::{MessageRecord, StoredBy};
     use mongodb::bson::oid::ObjectId;
 
     let app = spawn_app().await;
@@ -755,7 +755,7 @@ async fn a_look_tells_which_attempt_stored_a_keyed_message() {
     assert!(first.attempt.is_some());
     assert!(matches!(
         store.message_stored(&first).await.unwrap(),
-        Found::StoredByThisAttempt
+        Some(StoredBy::ThisAttempt)
     ));
     // A retry finds it stored (and counts nothing); had the retry stored it, the first
     // attempt's look would find another attempt's token.
@@ -770,12 +770,20 @@ async fn a_look_tells_which_attempt_stored_a_keyed_message() {
     assert_eq!(replayed.attempt, first.attempt);
     let mut another_attempt = first.clone();
     another_attempt.attempt = Some(ObjectId::new().to_hex());
-    let Found::StoredByAnother(stored) = store.message_stored(&another_attempt).await.unwrap()
+    let Some(StoredBy::AnotherAttempt(stored)) =
+        store.message_stored(&another_attempt).await.unwrap()
     else {
         panic!("another attempt's look finds the message stored by the first");
     };
     assert_eq!(stored.attempt, first.attempt);
     assert_eq!(stored.body, "keyed");
+    // The key reused for another message: that message is not this post, whose look must
+    // neither count nor announce it (nor show it to this post's audience).
+    let another_post = MessageRecord {
+        body: "something else".to_owned(),
+        ..another_attempt.clone()
+    };
+    assert!(store.message_stored(&another_post).await.unwrap().is_none());
 
     // Without a key only the post itself can store its id.
     let Inserted::Created(plain) = store.insert_message(new(None, "plain")).await.unwrap() else {
@@ -784,14 +792,11 @@ async fn a_look_tells_which_attempt_stored_a_keyed_message() {
     assert_eq!(plain.attempt, None);
     assert!(matches!(
         store.message_stored(&plain).await.unwrap(),
-        Found::StoredByThisAttempt
+        Some(StoredBy::ThisAttempt)
     ));
     let mut never_stored = plain.clone();
     never_stored.id = ObjectId::new();
-    assert!(matches!(
-        store.message_stored(&never_stored).await.unwrap(),
-        Found::NotStored
-    ));
+    assert!(store.message_stored(&never_stored).await.unwrap().is_none());
 }
 
 /// Concurrent posts are written together (group commit), yet each is acknowledged, stored in
