@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use chat_server::domain::{MessageBody, RoomId, UserId};
 use chat_server::store::{Inserted, NewMessage, Store, Target};
 
-use crate::helpers::{ScratchMongo, error_code, spawn_app, unique};
+use crate::helpers::{ScratchMongo, TestApp, error_code, spawn_app, unique};
 
 #[tokio::test]
 async fn a_room_message_is_stored_and_returned_with_its_sender_and_time() {
@@ -571,6 +571,44 @@ async fn a_store_that_hangs_is_503_for_posts_and_stream_opens_within_the_bound()
     mongo.resume();
 }
 
+/// Posts to `room` while the store is paused, each post answered 503 (its insert's outcome
+/// unknown), until one is applied all the same once the store goes on; returns its body.
+/// `in_history` tells whether a body is stored. Whether the paused store applies a post depends
+/// on the driver: if a heartbeat to it timed out first, the connection was dropped before the
+/// insert was sent, and nothing is stored (nor to announce); hence up to three posts.
+async fn post_applied_after_its_503<F, Fut>(
+    mongo: &ScratchMongo,
+    app: &TestApp,
+    token: &str,
+    room: &str,
+    mut in_history: F,
+) -> String
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let body = format!("late {attempt}");
+        mongo.pause();
+        let res = app
+            .send_message(token, &json!({"room_id": room, "body": body}))
+            .await;
+        assert_eq!(
+            error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
+            "database_unavailable"
+        );
+        mongo.resume();
+        let stored =
+            crate::helpers::eventually(Duration::from_secs(10), || in_history(body.clone())).await;
+        if stored {
+            return body;
+        }
+        assert!(attempt < 3, "no post sent to the paused store was applied");
+    }
+}
+
 /// A post whose insert outlives the request's bound gets a 503, its outcome unknown. When the
 /// store applies it after all, the message is in history: it is then announced to the others
 /// (once) and counted, as if the post had been answered.
@@ -604,31 +642,12 @@ async fn a_post_the_store_applies_after_its_503_is_announced_and_counted() {
             .collect::<Vec<_>>()
     };
     // The store is paused while the post's insert waits in its socket, and goes on after the
-    // 503. Whether it then applies the insert depends on the driver: if a heartbeat to the
-    // paused server timed out first, the connection was dropped before the insert was sent,
-    // and nothing is stored (nor to announce). Only a stored one is the case under test.
-    let mut attempt = 0;
-    let body = loop {
-        attempt += 1;
-        let body = format!("late {attempt}");
-        mongo.pause();
-        let res = app
-            .send_message(&alice.token, &json!({"room_id": general, "body": body}))
-            .await;
-        assert_eq!(
-            error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
-            "database_unavailable"
-        );
-        mongo.resume();
-        let stored = crate::helpers::eventually(Duration::from_secs(10), || async {
+    // 503; only a post it then applies is the case under test.
+    let body =
+        post_applied_after_its_503(&mongo, &app, &alice.token, &general, |body| async move {
             history().await.contains(&body)
         })
         .await;
-        if stored {
-            break body;
-        }
-        assert!(attempt < 3, "no post sent to the paused store was applied");
-    };
     // Looked for 1, 5, 20 and 80 s after its 503: announced once found.
     let late = loop {
         match bobs.next_within(Duration::from_secs(30)).await {
@@ -684,26 +703,7 @@ async fn an_instance_that_stops_looks_once_more_for_a_post_of_unknown_outcome() 
         }
     };
 
-    // As in the tests above, only an insert the paused store applied afterwards is the case
-    // under test.
-    let mut attempt = 0;
-    let body = loop {
-        attempt += 1;
-        let body = format!("late {attempt}");
-        mongo.pause();
-        let res = app
-            .send_message(&alice.token, &json!({"room_id": general, "body": body}))
-            .await;
-        assert_eq!(
-            error_code(res, StatusCode::SERVICE_UNAVAILABLE).await,
-            "database_unavailable"
-        );
-        mongo.resume();
-        if crate::helpers::eventually(Duration::from_secs(10), || stored(body.clone())).await {
-            break body;
-        }
-        assert!(attempt < 3, "no post sent to the paused store was applied");
-    };
+    let body = post_applied_after_its_503(&mongo, &app, &alice.token, &general, stored).await;
 
     app.shutdown.trigger().await;
     tokio::time::timeout(Duration::from_secs(30), &mut app.run)
