@@ -19,7 +19,7 @@ ensure_nx
 log "release build"
 cargo build --quiet --release --bin chat-server --bin generate-history --example bench_stats
 start_redis bench "$BENCH_REDIS_PORT"
-start_mongo bench "$BENCH_MONGO_PORT"
+start_nx bench "$BENCH_MONGO_PORT"
 export MONGODB_URI="mongodb://127.0.0.1:$BENCH_MONGO_PORT/?directConnection=true"
 export MONGODB_DATABASE=bench
 export REDIS_URL="redis://127.0.0.1:$BENCH_REDIS_PORT"

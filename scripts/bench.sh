@@ -176,7 +176,7 @@ log "release build"
 cargo build --quiet --release --bin chat-server --example loadgen
 
 start_redis loadbench "$REDIS_PORT"
-start_mongo loadbench "$MONGO_PORT"
+start_nx loadbench "$MONGO_PORT"
 export MONGODB_URI="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
 export MONGODB_DATABASE=loadbench
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"

@@ -37,7 +37,7 @@ mkdir -p "$DIR" "$WORK/screenshots"
 rm -f "$WORK/screenshots"/*.png
 stop_pidfile "$PIDFILE"
 start_redis browser "$BROWSER_REDIS_PORT"
-start_mongo browser "$BROWSER_MONGO_PORT"
+start_nx browser "$BROWSER_MONGO_PORT"
 port_is_free "$BROWSER_API_PORT" || die "port $BROWSER_API_PORT is taken; set BROWSER_API_PORT"
 
 export APP_ENV=development

@@ -246,52 +246,127 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A MongoDB-protocol server of the test's own (nx-27017, from `TEST_NX_27017`), for tests
-/// that take the database down. Killed on drop.
+/// Which of the two local MongoDB wire-protocol servers the suite runs against
+/// (`TEST_MONGO_SERVER`, set by `scripts/test.sh`): tests that take the store down start one
+/// of the same kind, and a test that only one server can pass says so by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MongoServer {
+    /// nx-27017: SQLite underneath, no replica set, in memory.
+    Nx,
+    /// SecantusDB: WiredTiger underneath, a single-node replica set named `secantus`.
+    Secantus,
+}
+
+impl MongoServer {
+    pub fn of_suite() -> MongoServer {
+        match std::env::var("TEST_MONGO_SERVER").as_deref() {
+            Ok("secantus") => MongoServer::Secantus,
+            _ => MongoServer::Nx,
+        }
+    }
+}
+
+/// Where a scratch SecantusDB keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Memory,
+    /// A directory of its own, kept across [`ScratchMongo::restart`].
+    Disk,
+}
+
+/// A MongoDB-protocol server of the test's own, for tests that take the database down: the
+/// suite's kind ([`MongoServer::of_suite`]), or SecantusDB for the fault tests. Killed on drop.
 pub struct ScratchMongo {
     pub uri: String,
-    child: Child,
+    pub server: MongoServer,
+    port: u16,
+    dir: std::path::PathBuf,
+    storage: Storage,
+    child: Option<Child>,
 }
 
 impl ScratchMongo {
     pub async fn start() -> ScratchMongo {
-        let bin = env_or("TEST_NX_27017", ".work/venv/bin/nx-27017");
+        Self::start_server(MongoServer::of_suite(), Storage::Memory).await
+    }
+
+    /// SecantusDB with its test commands (`configureFailPoint`) enabled.
+    pub async fn secantus(storage: Storage) -> ScratchMongo {
+        Self::start_server(MongoServer::Secantus, storage).await
+    }
+
+    async fn start_server(server: MongoServer, storage: Storage) -> ScratchMongo {
         let port = free_port();
         let dir = std::env::temp_dir().join(unique("scratch-mongo-"));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "--db",
-                "memory",
-                "--host",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .arg("--log-file")
-            .arg(dir.join("log"))
-            .arg("--pid-file")
-            .arg(dir.join("pid"))
+        let uri = match server {
+            MongoServer::Nx => format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            MongoServer::Secantus => format!("mongodb://127.0.0.1:{port}/?replicaSet=secantus"),
+        };
+        let mut mongo = ScratchMongo {
+            uri,
+            server,
+            port,
+            dir,
+            storage,
+            child: None,
+        };
+        mongo.restart().await;
+        mongo
+    }
+
+    /// Starts the server (again, after [`ScratchMongo::kill`]) on the same port, with the same
+    /// data when it keeps its data on disk.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let port = self.port.to_string();
+        let mut command = match self.server {
+            MongoServer::Nx => {
+                let mut command = Command::new(env_or("TEST_NX_27017", ".work/venv/bin/nx-27017"));
+                command
+                    .args(["--db", "memory", "--host", "127.0.0.1", "-p", &port])
+                    .arg("--log-file")
+                    .arg(self.dir.join("log"))
+                    .arg("--pid-file")
+                    .arg(self.dir.join("pid"));
+                command
+            }
+            MongoServer::Secantus => {
+                let mut command =
+                    Command::new(env_or("TEST_SECANTUSD", ".work/secantus/bin/secantusd-py"));
+                command
+                    .args(["--host", "127.0.0.1", "--port", &port])
+                    .args(["--log-level", "WARNING", "--enable-test-commands"])
+                    .arg("--storage-path");
+                match self.storage {
+                    Storage::Memory => command.arg(":memory:"),
+                    Storage::Disk => command.arg(self.dir.join("data")),
+                };
+                command
+            }
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nx-27017 starts (run the tests through scripts/test.sh)");
-        let up = eventually(Duration::from_secs(20), || async {
+            .expect("the MongoDB server starts (run the tests through scripts/test.sh)");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(20), || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()
         })
         .await;
-        assert!(up, "nx-27017 did not come up on port {port}");
-        ScratchMongo {
-            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-            child,
-        }
+        assert!(up, "{:?} did not come up on port {port}", self.server);
     }
 
+    /// SIGKILL: the process dies at once, as in a crash.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// An app on this server, with a short store timeout (500 ms) so that its failures are
@@ -315,8 +390,9 @@ impl ScratchMongo {
     }
 
     fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
         let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
+            .args([signal, &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill {signal} failed");
@@ -326,6 +402,7 @@ impl ScratchMongo {
 impl Drop for ScratchMongo {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -7,10 +7,13 @@ mod auth;
 mod errors;
 mod events;
 mod health;
+// Shared with the fault tests (tests/faults), which use parts this suite does not.
+#[allow(dead_code)]
 mod helpers;
 mod messages;
 mod openapi;
 mod rooms;
+#[allow(dead_code)]
 mod sse;
 mod stats;
 mod users;
