@@ -36,8 +36,15 @@ for name in apis:
     for var in ("MONGODB_URI", "REDIS_URL", "JWT_SECRET", "LISTEN_ADDR"):
         if var not in env:
             errors.append(f"{name} does not set {var}")
-    if "replicaSet=" not in str(env.get("MONGODB_URI", "")):
+    uri = str(env.get("MONGODB_URI", ""))
+    if "replicaSet=" not in uri:
         errors.append(f"{name} does not connect to the replica set")
+    # The driver settings the fault tests prove (docs/fault-tolerance.md) come from the code;
+    # the URI must not turn them off.
+    for option in ("directConnection", "w=", "journal", "retryWrites", "retryReads",
+                   "readPreference", "readConcernLevel", "heartbeatFrequencyMS"):
+        if option.lower() in uri.lower():
+            errors.append(f"{name}'s MONGODB_URI overrides {option.rstrip('=')}, which the fault tests prove")
     deps = services[name].get("depends_on", {})
     if deps.get("mongo-init", {}).get("condition") != "service_completed_successfully":
         errors.append(f"{name} does not wait for the replica set to be initiated")

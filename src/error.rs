@@ -154,19 +154,7 @@ impl From<DomainError> for ApiError {
 
 impl From<mongodb::error::Error> for ApiError {
     fn from(err: mongodb::error::Error) -> Self {
-        use mongodb::error::ErrorKind;
-        // A failover in progress (no primary, stepped down, write concern not met in time)
-        // is as temporary as an unreachable server: the client may retry.
-        let transient = err.contains_label(mongodb::error::RETRYABLE_WRITE_ERROR)
-            || matches!(
-                err.kind.as_ref(),
-                ErrorKind::ServerSelection { .. }
-                    | ErrorKind::Io(_)
-                    | ErrorKind::ConnectionPoolCleared { .. }
-                    | ErrorKind::Shutdown
-                    | ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(_))
-            );
-        if transient {
+        if crate::store::is_transient(&err) {
             Self::unavailable("database_unavailable", err)
         } else {
             Self::internal(err)

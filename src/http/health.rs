@@ -16,7 +16,8 @@ pub struct HealthResponse {
 
 #[derive(Serialize, ToSchema)]
 pub struct ReadinessChecks {
-    /// `ok` or `unreachable`.
+    /// `ok`, `no_primary` (reachable, but nothing can be written: a failover is under way) or
+    /// `unreachable`.
     #[schema(example = "ok")]
     pub mongodb: &'static str,
     /// `ok` or `unreachable`.
@@ -46,27 +47,37 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(HealthResponse { status: "ok" })
 }
 
-/// MongoDB and Redis are both reachable.
+/// MongoDB has a writable primary and Redis answers.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = ReadinessResponse),
-        (status = 503, description = "A dependency is unreachable", body = ReadinessResponse,
-            example = json!({"status": "not_ready", "error": "not_ready", "message": "unreachable: redis",
-                "checks": {"mongodb": "ok", "redis": "unreachable"}})),
+        (status = 503, description = "MongoDB has no writable primary, or a dependency is unreachable", body = ReadinessResponse,
+            example = json!({"status": "not_ready", "error": "not_ready", "message": "not ready: mongodb (no_primary)",
+                "checks": {"mongodb": "no_primary", "redis": "ok"}})),
     ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let (mongodb, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, state.store.writable_primary()),
         tokio::time::timeout(CHECK_TIMEOUT, state.live.ping()),
     );
-    let mongodb_ok = matches!(mongodb, Ok(Ok(())));
-    let redis_ok = matches!(redis, Ok(Ok(())));
-    let label = |ok: bool| if ok { "ok" } else { "unreachable" };
     let checks = ReadinessChecks {
-        mongodb: label(mongodb_ok),
-        redis: label(redis_ok),
+        mongodb: match mongodb {
+            Ok(Ok(true)) => "ok",
+            Ok(Ok(false)) => "no_primary",
+            _ => "unreachable",
+        },
+        redis: if matches!(redis, Ok(Ok(()))) {
+            "ok"
+        } else {
+            "unreachable"
+        },
     };
-    if mongodb_ok && redis_ok {
+    let down: Vec<String> = [("mongodb", checks.mongodb), ("redis", checks.redis)]
+        .into_iter()
+        .filter(|(_, check)| *check != "ok")
+        .map(|(name, check)| format!("{name} ({check})"))
+        .collect();
+    if down.is_empty() {
         return HttpResponse::Ok().json(ReadinessResponse {
             status: "ready",
             checks,
@@ -74,16 +85,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             message: None,
         });
     }
-    let down: Vec<&str> = [("mongodb", mongodb_ok), ("redis", redis_ok)]
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(name, _)| name)
-        .collect();
     tracing::warn!(down = ?down, "not ready");
     HttpResponse::ServiceUnavailable().json(ReadinessResponse {
         status: "not_ready",
         checks,
         error: Some("not_ready"),
-        message: Some(format!("unreachable: {}", down.join(", "))),
+        message: Some(format!("not ready: {}", down.join(", "))),
     })
 }

@@ -227,11 +227,23 @@ impl Store {
             message_id: record.id,
             created_at: record.created_at,
         };
-        match idempotency_keys(&self.db).insert_one(&claim).await {
+        // Every step is bounded like the group commit's insert: without a primary a post
+        // answers 503 in time instead of hanging.
+        let keys = idempotency_keys(&self.db);
+        match self
+            .bounded(
+                "claiming an idempotency key",
+                keys.insert_one(&claim).into_future(),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(err) if is_duplicate_key(&err) => {
-                let existing = idempotency_keys(&self.db)
-                    .find_one(doc! { "_id": &key_id })
+                let existing = self
+                    .bounded(
+                        "reading an idempotency key",
+                        keys.find_one(doc! { "_id": &key_id }).into_future(),
+                    )
                     .await?;
                 match existing {
                     Some(existing) if !expired(&existing) => {
@@ -240,23 +252,27 @@ impl Store {
                     }
                     // Older than the window but not yet swept by the TTL monitor: reuse the key.
                     _ => {
-                        idempotency_keys(&self.db)
+                        let reuse = keys
                             .replace_one(doc! { "_id": &key_id }, &claim)
-                            .upsert(true)
+                            .upsert(true);
+                        self.bounded("reusing an idempotency key", reuse.into_future())
                             .await?;
                     }
                 }
             }
             Err(err) => return Err(err.into()),
         }
-        match messages(&self.db).insert_one(&record).await {
+        let messages = messages(&self.db);
+        let insert = messages.insert_one(&record).into_future();
+        match self.bounded("the message insert", insert).await {
             Ok(_) => {
                 self.writer.count(&record);
                 Ok(Inserted::Created(record))
             }
             Err(err) if is_duplicate_key(&err) => {
-                let original = messages(&self.db)
-                    .find_one(doc! { "_id": record.id })
+                let find = messages.find_one(doc! { "_id": record.id }).into_future();
+                let original = self
+                    .bounded("reading a message", find)
                     .await?
                     .ok_or_else(|| mongodb::error::Error::custom("idempotent message vanished"))?;
                 if original.same_request(&record) {
@@ -271,6 +287,17 @@ impl Store {
             }),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// `operation`, given up as timed out (its outcome unknown) past the write bound.
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl std::future::Future<Output = mongodb::error::Result<T>>,
+    ) -> mongodb::error::Result<T> {
+        tokio::time::timeout(self.write_bound(), operation)
+            .await
+            .unwrap_or_else(|_| Err(super::timed_out(what)))
     }
 
     /// Whether `record`'s post is stored, and if so by which attempt (bounded like a write: a

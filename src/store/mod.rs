@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mongodb::bson::doc;
-use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, ReadPreference, SelectionCriteria, WriteConcern,
+};
 use mongodb::{Client, Database};
 
 pub use messages::{
@@ -31,6 +33,9 @@ pub use rooms::{CreateRoomError, DEFAULT_ROOM, RoomRecord};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
+
+/// How often the driver checks each member of the replica set (`heartbeatFrequencyMS`).
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Store {
@@ -61,13 +66,20 @@ impl Store {
             .get_or_insert_with(|| "chat-server".to_owned());
         options.server_selection_timeout = Some(settings.mongodb_timeout);
         options.connect_timeout = Some(settings.mongodb_timeout);
+        // How soon the driver sees a new primary, or the old one back, when no operation
+        // tells it (the default, 10 s, kept posts failing for 4 s after a step-down ended).
+        options.heartbeat_freq.get_or_insert(HEARTBEAT);
         // On a replica set an acknowledged write must survive a primary failover.
         options.retry_writes.get_or_insert(true);
         options.retry_reads.get_or_insert(true);
-        // Majority, bounded: a write that cannot reach a majority fails instead of waiting.
+        // Majority and journaled, bounded: an acknowledged write survives the loss of a member
+        // and a crash of the primary; a write that cannot reach a majority fails instead of
+        // waiting. (MongoDB journals majority writes by default; SecantusDB only when asked:
+        // without `j`, a SIGKILL lost the last acknowledged writes.)
         options.write_concern.get_or_insert_with(|| {
             WriteConcern::builder()
                 .w(Acknowledgment::Majority)
+                .journal(true)
                 .w_timeout(settings.mongodb_timeout)
                 .build()
         });
@@ -110,8 +122,17 @@ impl Store {
         }
     }
 
-    pub async fn ping(&self) -> mongodb::error::Result<()> {
-        self.db.run_command(doc! { "ping": 1 }).await.map(|_| ())
+    /// Whether the server the driver reaches is a writable primary (`hello`), asked of any
+    /// member: during a failover the set answers, but nothing can be written.
+    pub async fn writable_primary(&self) -> mongodb::error::Result<bool> {
+        let any_member =
+            SelectionCriteria::ReadPreference(ReadPreference::Nearest { options: None });
+        let hello = self
+            .db
+            .run_command(doc! { "hello": 1 })
+            .selection_criteria(any_member)
+            .await?;
+        Ok(hello.get_bool("isWritablePrimary").unwrap_or(false))
     }
 
     /// Writes the statistics counters this instance still holds (see `writer`); called on
@@ -152,12 +173,63 @@ pub(crate) fn timed_out(what: &str) -> mongodb::error::Error {
 
 /// True when a write failed on a unique index.
 pub(crate) fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
     const DUPLICATE_KEY: i32 = 11000;
+    server_codes(err).contains(&DUPLICATE_KEY)
+}
+
+/// Server error codes of a failover or of a server that is going away, after which the same
+/// request can succeed (the driver's retryable codes, as the SDAM and retryable-writes specs
+/// list them): not primary (10107, 13435, 10058), recovering or shutting down (11600, 11602,
+/// 13436, 189, 91), host and network trouble (6, 7, 89, 9001), 134 read concern majority not
+/// available yet, 262 and 50 time limits exceeded, 64 write concern failed, 112 write conflict,
+/// 251 no such transaction.
+const TRANSIENT_CODES: [i32; 18] = [
+    10107, 13435, 10058, 11600, 11602, 13436, 189, 91, 6, 7, 89, 9001, 134, 262, 50, 64, 112, 251,
+];
+
+/// Whether `err` is temporary: the store is unreachable or has no writable primary (a
+/// failover), or the operation ran out of time. The client gets a 503 and may retry.
+pub fn is_transient(err: &mongodb::error::Error) -> bool {
+    use mongodb::error::{
+        ErrorKind, RETRYABLE_WRITE_ERROR, TRANSIENT_TRANSACTION_ERROR,
+        UNKNOWN_TRANSACTION_COMMIT_RESULT,
+    };
+    [
+        RETRYABLE_WRITE_ERROR,
+        TRANSIENT_TRANSACTION_ERROR,
+        UNKNOWN_TRANSACTION_COMMIT_RESULT,
+    ]
+    .iter()
+    .any(|label| err.contains_label(label))
+        || matches!(
+            err.kind.as_ref(),
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+                | ErrorKind::Shutdown
+                | ErrorKind::Write(mongodb::error::WriteFailure::WriteConcernError(_))
+        )
+        || matches!(err.kind.as_ref(), ErrorKind::InsertMany(failure) if failure.write_concern_error.is_some())
+        || server_codes(err)
+            .iter()
+            .any(|code| TRANSIENT_CODES.contains(code))
+}
+
+/// The server error codes `err` carries (several for a partly failed `insert_many`).
+fn server_codes(err: &mongodb::error::Error) -> Vec<i32> {
+    use mongodb::error::{ErrorKind, WriteFailure};
     match err.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
-        _ => false,
+        ErrorKind::Command(e) => vec![e.code],
+        ErrorKind::Write(WriteFailure::WriteError(e)) => vec![e.code],
+        ErrorKind::Write(WriteFailure::WriteConcernError(e)) => vec![e.code],
+        ErrorKind::InsertMany(failure) => failure
+            .write_errors
+            .iter()
+            .flatten()
+            .map(|e| e.code)
+            .chain(failure.write_concern_error.iter().map(|e| e.code))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -50,7 +50,7 @@ async fn readyz_names_redis_when_it_is_down() {
         body["checks"],
         json!({"mongodb": "ok", "redis": "unreachable"})
     );
-    assert_eq!(body["message"], "unreachable: redis");
+    assert_eq!(body["message"], "not ready: redis (unreachable)");
     // Liveness does not depend on the dependencies.
     assert_eq!(
         app.get("/healthz").send().await.unwrap().status(),
