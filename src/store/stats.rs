@@ -12,7 +12,6 @@
 //! the largest all-time counters through an index on the count, not every subject.
 
 use std::collections::HashMap;
-use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -185,6 +184,19 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
             )
             .await?;
     }
+    db.collection::<Document>(COUNTED)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("expire_after_a_day".to_owned())
+                        .expire_after(std::time::Duration::from_secs(24 * 3600))
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
     // All-time rankings read the largest counts of a `key` range first (`ranking_candidates`).
     for collection in ["activity_all_time", "pairs_all_time"] {
         db.collection::<Document>(collection)
@@ -408,10 +420,10 @@ impl Store {
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
         let mut increments = Increments::default();
         increments.count(message);
+        let flush = bson::oid::ObjectId::new().to_hex();
         increments
-            .write(&self.db, self.write_timeout_ms, self.write_bound())
+            .write_once(&self.db, &flush, self.write_bound())
             .await
-            .map_err(|(err, _)| err)
     }
 
     /// Tallies of `kind` per subject over `window`, exact.
@@ -856,137 +868,74 @@ impl Increments {
         }
     }
 
-    /// Adds `other` (increments that could not be written, put back for the next attempt).
-    pub(super) fn merge(&mut self, other: Increments) {
-        for (id, theirs) in other.counters {
-            match self.counters.get_mut(&id) {
-                Some(mine) => {
-                    mine.n += theirs.n;
-                    mine.first = mine.first.min(theirs.first);
-                    mine.last = mine.last.max(theirs.last);
-                }
-                None => {
-                    self.counters.insert(id, theirs);
-                }
-            }
-        }
+    /// Applies the increments exactly once, however often it is called with the same `flush`
+    /// id: in one transaction with a record of that id (`counted`), each counter updated once
+    /// however many messages it counts. A call after an unknown outcome (a lost connection, a
+    /// commit that timed out) finds the record if the first one committed, and applies
+    /// nothing; otherwise it applies them. Bounded by `bound`; on error nothing is known to be
+    /// applied, and the caller calls again with the same id.
+    pub(super) async fn write_once(
+        &self,
+        db: &Database,
+        flush: &str,
+        bound: std::time::Duration,
+    ) -> mongodb::error::Result<()> {
+        tokio::time::timeout(bound, self.transaction(db, flush))
+            .await
+            .unwrap_or_else(|_| Err(super::timed_out("writing the counters")))
     }
 
-    /// Writes the increments: `update` commands of at most [`UPDATES_PER_COMMAND`] upserts per
-    /// counter collection, sent concurrently and bounded by `bound`, each counter updated once
-    /// however many messages it counts. On failure, returns the error with the increments that
-    /// certainly were not applied (the server refused the command, or it was never sent), to
-    /// be tried again. Increments whose fate is unknown (connection lost or time bound reached
-    /// mid-command) or that the server rejected one by one are dropped and logged: retrying
-    /// them could count them twice, or forever.
-    pub(super) async fn write(
-        mut self,
-        db: &Database,
-        write_timeout_ms: i64,
-        bound: std::time::Duration,
-    ) -> Result<(), (mongodb::error::Error, Increments)> {
-        let mut by_collection: HashMap<&'static str, Vec<String>> = HashMap::new();
+    async fn transaction(&self, db: &Database, flush: &str) -> mongodb::error::Result<()> {
+        let mut by_collection: HashMap<&'static str, Vec<Document>> = HashMap::new();
         for (id, m) in &self.counters {
-            by_collection
-                .entry(m.collection)
-                .or_default()
-                .push(id.clone());
-        }
-        let mut commands = Vec::new();
-        for (collection, ids) in by_collection {
-            for ids in ids.chunks(UPDATES_PER_COMMAND) {
-                let updates: Vec<Document> = ids
-                    .iter()
-                    .filter_map(|id| Some((id, self.counters.get(id)?)))
-                    .map(|(id, m)| {
-                        doc! {
-                            "q": { "_id": id },
-                            "u": {
-                                "$inc": { "n": m.n },
-                                "$set": m.identity(id),
-                                "$min": { "first": m.first },
-                                "$max": { "last": m.last },
-                            },
-                            "upsert": true,
-                        }
-                    })
-                    .collect();
-                let command = db.run_command(doc! {
-                    "update": collection,
-                    "updates": updates,
-                    "ordered": false,
-                    "writeConcern": { "w": "majority", "wtimeout": write_timeout_ms },
-                });
-                commands.push((
-                    ids.to_vec(),
-                    tokio::time::timeout(bound, command.into_future()),
-                ));
-            }
-        }
-        let (ids, sent): (Vec<Vec<String>>, Vec<_>) = commands.into_iter().unzip();
-        let mut unwritten = Increments::default();
-        let mut failure = None;
-        let mut dropped = 0_usize;
-        for (ids, reply) in ids
-            .into_iter()
-            .zip(futures_util::future::join_all(sent).await)
-        {
-            let (retry, lost): (Vec<usize>, Vec<usize>) = match reply {
-                Err(_elapsed) => {
-                    failure = Some(mongodb::error::Error::custom(
-                        "activity counters: the update took too long",
-                    ));
-                    (Vec::new(), (0..ids.len()).collect())
-                }
-                Ok(Err(err)) => {
-                    let not_applied = matches!(
-                        err.kind.as_ref(),
-                        mongodb::error::ErrorKind::Command(_)
-                            | mongodb::error::ErrorKind::ServerSelection { .. }
-                    );
-                    failure = Some(err);
-                    if not_applied {
-                        ((0..ids.len()).collect(), Vec::new())
-                    } else {
-                        (Vec::new(), (0..ids.len()).collect())
-                    }
-                }
-                Ok(Ok(reply)) => match reply.get_array("writeErrors") {
-                    Ok(errors) if !errors.is_empty() => {
-                        failure = Some(mongodb::error::Error::custom(format!(
-                            "activity counters: {errors:?}"
-                        )));
-                        let rejected = errors
-                            .iter()
-                            .filter_map(|e| e.as_document()?.get_i32("index").ok())
-                            .filter_map(|i| usize::try_from(i).ok())
-                            .collect();
-                        (Vec::new(), rejected)
-                    }
-                    _ => (Vec::new(), Vec::new()),
+            by_collection.entry(m.collection).or_default().push(doc! {
+                "q": { "_id": id },
+                "u": {
+                    "$inc": { "n": m.n },
+                    "$set": m.identity(id),
+                    "$min": { "first": m.first },
+                    "$max": { "last": m.last },
                 },
-            };
-            for i in retry {
-                if let Some(id) = ids.get(i)
-                    && let Some(increment) = self.counters.remove(id)
+                "upsert": true,
+            });
+        }
+        let mut session = db.client().start_session().await?;
+        session.start_transaction().await?;
+        let record = doc! { "_id": flush, "at": mongodb::bson::DateTime::now() };
+        match db
+            .collection::<Document>(COUNTED)
+            .insert_one(record)
+            .session(&mut session)
+            .await
+        {
+            Ok(_) => {}
+            // Applied by an earlier call with this id.
+            Err(err) if super::is_duplicate_key(&err) => return Ok(()),
+            Err(err) => return Err(err),
+        }
+        for (collection, updates) in by_collection {
+            for updates in updates.chunks(UPDATES_PER_COMMAND) {
+                let reply = db
+                    .run_command(doc! { "update": collection, "updates": updates, "ordered": true })
+                    .session(&mut session)
+                    .await?;
+                if let Ok(errors) = reply.get_array("writeErrors")
+                    && !errors.is_empty()
                 {
-                    unwritten.counters.insert(id.clone(), increment);
+                    // Aborted when the session is dropped: nothing of this flush is applied.
+                    return Err(mongodb::error::Error::custom(format!(
+                        "activity counters: {errors:?}"
+                    )));
                 }
             }
-            dropped += lost.len();
         }
-        if dropped > 0 {
-            tracing::error!(
-                counters = dropped,
-                "statistics counters dropped: their update may or may not have been applied"
-            );
-        }
-        match failure {
-            None => Ok(()),
-            Some(err) => Err((err, unwritten)),
-        }
+        session.commit_transaction().await
     }
 }
+
+/// Records of the counter flushes applied, by flush id (see [`Increments::write_once`]); kept a
+/// day, far longer than a flush is retried.
+const COUNTED: &str = "counted";
 
 /// Upserts sent in one `update` command at most (the server's limit is 100,000 and 16 MiB).
 const UPDATES_PER_COMMAND: usize = 1000;
@@ -1070,9 +1019,7 @@ mod tests {
         let mut a = Increments::default();
         a.count(&message("u1", hour + 5));
         a.count(&message("u1", hour + 1));
-        let mut b = Increments::default();
-        b.count(&message("u2", hour + 9));
-        a.merge(b);
+        a.count(&message("u2", hour + 9));
         let sent_u1 = &a.counters[&counter_id(Level::Hour, hour, Kind::Sent, "u1")];
         assert_eq!(
             (sent_u1.n, sent_u1.first, sent_u1.last),

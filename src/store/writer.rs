@@ -16,11 +16,11 @@
 //! written every [`FLUSH_EVERY`], each counter once however many messages it counts: a busy
 //! room's hourly counter is updated four times a second instead of once per message. Every
 //! statistics read on an instance first writes what that instance holds, so an instance reads
-//! its own writes (unless that write fails, which is logged); other instances see them within [`FLUSH_EVERY`] plus a write. A failed
-//! write keeps the increments that certainly were not applied for the next attempt (those whose
-//! fate is unknown are dropped and logged rather than risk counting twice); a crash loses at
-//! most the last [`FLUSH_EVERY`] of increments (the messages themselves are stored), and
-//! shutdown writes them.
+//! its own writes (unless that write fails, which is logged); other instances see them within
+//! [`FLUSH_EVERY`] plus a write. A write is applied exactly once: a failed one is retried with
+//! the same id until it is known applied (see `Increments::write_once`). A crash loses at most
+//! the increments not yet written (the messages themselves are stored), and shutdown writes
+//! them.
 
 use std::future::IntoFuture;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -87,7 +87,7 @@ impl MessageWriter {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let counters = Arc::new(PendingCounters {
             pending: Mutex::default(),
-            flushing: tokio::sync::Mutex::new(()),
+            in_flight: tokio::sync::Mutex::new(None),
             db: db.clone(),
             write_timeout_ms,
         });
@@ -196,10 +196,17 @@ async fn write_batch(db: &Database, bound: Duration, jobs: Vec<Job>, counters: &
 /// Counter increments of stored messages not yet written.
 pub struct PendingCounters {
     pending: Mutex<Increments>,
-    /// One write at a time, so that a read barrier also waits for a write in flight.
-    flushing: tokio::sync::Mutex<()>,
+    /// The flush being written, until it is known applied: retried with its id and increments
+    /// unchanged, so that it is applied exactly once (see `Increments::write_once`). Also one
+    /// write at a time, so that a read barrier waits for a write in flight.
+    in_flight: tokio::sync::Mutex<Option<Flush>>,
     db: Database,
     write_timeout_ms: i64,
+}
+
+struct Flush {
+    id: String,
+    increments: Increments,
 }
 
 impl PendingCounters {
@@ -210,27 +217,35 @@ impl PendingCounters {
         }
     }
 
+    /// Writes the flush in flight, if one is, then what is pending.
     async fn flush(&self) -> Result<()> {
-        let _turn = self.flushing.lock().await;
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        if batch.is_empty() {
-            return Ok(());
+        let mut in_flight = self.in_flight.lock().await;
+        for _ in 0..2 {
+            let flush = match in_flight.take() {
+                Some(flush) => flush,
+                None => {
+                    let increments = std::mem::take(
+                        &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+                    );
+                    if increments.is_empty() {
+                        return Ok(());
+                    }
+                    Flush {
+                        id: mongodb::bson::oid::ObjectId::new().to_hex(),
+                        increments,
+                    }
+                }
+            };
+            let written = flush
+                .increments
+                .write_once(&self.db, &flush.id, write_bound(self.write_timeout_ms))
+                .await;
+            if let Err(err) = written {
+                *in_flight = Some(flush);
+                return Err(err);
+            }
         }
-        batch
-            .write(
-                &self.db,
-                self.write_timeout_ms,
-                write_bound(self.write_timeout_ms),
-            )
-            .await
-            .map_err(|(err, unwritten)| {
-                self.pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .merge(unwritten);
-                err
-            })
+        Ok(())
     }
 }
 
