@@ -79,18 +79,45 @@ impl TestApp {
         token: &str,
         last_event_id: Option<&str>,
     ) -> EventStream {
+        match Self::try_open_events(request, token, last_event_id).await {
+            Ok(stream) => stream,
+            Err(refused) => panic!("the stream was refused: {refused}"),
+        }
+    }
+
+    /// Opens `GET /events` on a new connection like [`TestApp::events`], but gives back what
+    /// a refusal said instead of panicking (a client that retries).
+    pub async fn try_events(
+        &self,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, String> {
+        let request = self.fresh_client.get(self.url("/events"));
+        Self::try_open_events(request, token, last_event_id).await
+    }
+
+    async fn try_open_events(
+        request: reqwest::RequestBuilder,
+        token: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<EventStream, String> {
         let mut request = request.bearer_auth(token).timeout(Duration::from_secs(120));
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
+        let response = request.send().await.map_err(|err| format!("{err:?}"))?;
+        if response.status() != StatusCode::OK {
+            let status = response.status();
+            let retry_after = response.headers().contains_key("retry-after");
+            let body = response.text().await.unwrap_or_default();
+            return Err(format!("{status} (retry-after: {retry_after}) {body}"));
+        }
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         assert_eq!(
             response.headers()["cache-control"],
             "no-cache, no-transform"
         );
-        EventStream {
+        Ok(EventStream {
             headers: response.headers().clone(),
             stream: Box::pin(response.bytes_stream()),
             buffer: String::new(),
@@ -98,7 +125,7 @@ impl TestApp {
             comments: 0,
             ended: false,
             failed: None,
-        }
+        })
     }
 
     /// Opens the stream and waits for `ready`, so that everything posted afterwards is seen.
