@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;

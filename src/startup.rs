@@ -14,9 +14,10 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::auth::{JwtKeys, PasswordHasher};
 use crate::config::Settings;
+use crate::delivery::Delivery;
 use crate::http::front_door::{self, ServeOptions};
 use crate::http::{self, openapi::ApiDoc};
-use crate::live::{Hub, Live, Outbox};
+use crate::live::{Hub, Live};
 use crate::store::{RoomRecord, Store};
 
 /// How long start-up waits for MongoDB to accept the index creation.
@@ -36,7 +37,7 @@ pub struct AppState {
     pub store: Store,
     pub live: Live,
     pub hub: Arc<Hub>,
-    pub outbox: Outbox,
+    pub delivery: Delivery,
     pub jwt: JwtKeys,
     pub hasher: PasswordHasher,
     pub default_room: RoomRecord,
@@ -45,16 +46,13 @@ pub struct AppState {
     pub cookie_secure: bool,
     pub trust_forwarded_for: bool,
     pub auth_rate_limit_per_minute: u32,
-    /// Messages whose insert had an unknown outcome, looked for in the background.
-    pub looks: http::messages::Looks,
 }
 
 pub struct Application {
     port: u16,
     server: Server,
     shutdown: Shutdown,
-    /// Kept to finish what is pending once the server has stopped: the looks for messages of
-    /// unknown outcome, the statistics counters, the events still waiting for Redis.
+    /// Kept to record, once the server has stopped, the batches this instance appended.
     state: web::Data<AppState>,
     shutdown_timeout: Duration,
 }
@@ -92,12 +90,12 @@ impl Application {
         let (signal, shutdown) = watch::channel(false);
         let hub = Hub::start(live.clone(), settings.sse_buffer_events, shutdown.clone());
         live.spawn_presence_sweeper(shutdown.clone());
-        let outbox = Outbox::start(live.clone());
+        let delivery = Delivery::start(store.clone(), live.clone(), shutdown.clone());
         let state = web::Data::new(AppState {
             store,
             live,
             hub,
-            outbox,
+            delivery,
             jwt: JwtKeys::new(&settings.jwt_secret, settings.jwt_ttl),
             hasher: PasswordHasher::new()?,
             default_room,
@@ -109,7 +107,6 @@ impl Application {
             cookie_secure: settings.cookie_secure,
             trust_forwarded_for: settings.trust_forwarded_for,
             auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
-            looks: http::messages::Looks::default(),
         });
 
         let listener = TcpListener::bind(&settings.listen_addr)
@@ -163,9 +160,9 @@ impl Application {
     }
 
     /// Serves until SIGINT/SIGTERM (or [`Shutdown::trigger`]), then ends the event streams,
-    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, then gives as long again
-    /// to each of: a last look for the messages whose insert had an unknown outcome, writing
-    /// the pending statistics counters, and appending the events still waiting for Redis.
+    /// drains in-flight requests for up to `SHUTDOWN_TIMEOUT_SECS`, and records what it
+    /// appended as finished within as long again. Nothing else is pending: a batch left
+    /// unfinished is finished by the reconciler of an instance still running (or of the next).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -174,22 +171,11 @@ impl Application {
             shutdown.trigger().await;
         });
         let served = self.server.await;
-        http::messages::look_before_stopping(&self.state, self.shutdown_timeout).await;
-        // Bounded like the other steps: a store that hangs must not hold the exit (and the
-        // appends after it) until the orchestrator kills the process.
-        let flushed =
-            tokio::time::timeout(self.shutdown_timeout, self.state.store.flush_counters())
-                .await
-                .unwrap_or_else(|_| Err(crate::store::timed_out("writing the counters")));
+        let flushed = tokio::time::timeout(self.shutdown_timeout, self.state.delivery.flush())
+            .await
+            .unwrap_or_else(|_| Err(crate::store::timed_out("finishing batches")));
         if let Err(err) = flushed {
-            tracing::error!(error = %err, "statistics counters not written at shutdown");
-        }
-        let unannounced = self.state.outbox.settle(self.shutdown_timeout).await;
-        if unannounced > 0 {
-            tracing::error!(
-                events = unannounced,
-                "events not appended at shutdown; clients will see their messages in history only"
-            );
+            tracing::warn!(error = %err, "batches not recorded finished at shutdown; the reconciler will");
         }
         served
     }

@@ -280,7 +280,8 @@ async fn main() -> anyhow::Result<()> {
                 body: body.join(" "),
                 created_at: bson::DateTime::from_millis(at.timestamp_millis()),
                 at_ms: at.timestamp_millis(),
-                attempt: None,
+                // Loaded history: counted here, never announced (no batch to finish).
+                batch: String::new(),
             };
             if rng.gen_bool(0.8) {
                 let room = match member_of[s].as_slice() {

@@ -23,7 +23,8 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
 use crate::live::{
-    Admission, EventId, HubItem, HubReceiver, Lagged, Subscription, TouchOutcome, sse_frame,
+    Admission, EventId, HubItem, HubReceiver, Lagged, ResyncCause, Subscription, TouchOutcome,
+    sse_frame,
 };
 use crate::startup::AppState;
 
@@ -135,7 +136,11 @@ pub struct Pump {
     subscription: Subscription,
     receiver: HubReceiver,
     opening: VecDeque<Bytes>,
+    /// Events up to this one the client has (it came from an instance that had read further).
     floor: Option<EventId>,
+    /// The log epoch the client is in: events of another epoch (an instance's tailer still
+    /// reading a log Redis lost) are not sent, nor a resync into this one.
+    epoch: String,
     shutdown: tokio::sync::watch::Receiver<bool>,
     heartbeat: tokio::time::Interval,
     refresh: tokio::time::Interval,
@@ -166,12 +171,21 @@ impl Pump {
         let mut floor = None;
         let mut ready_id = position.clone();
         if let Some(last) = &last {
-            if last.epoch != position.epoch {
+            // Judged against the log as Redis has it now, not as far as this instance has read
+            // it: Redis may have lost the log a moment ago, before the tailer noticed.
+            let epoch = state.live.epoch().await?;
+            if last.epoch != epoch {
+                ready_id = EventId::start_of(&epoch);
                 opening.push(resync_frame(
-                    &position,
+                    &ready_id,
                     "the event log was reset since your last event id",
                 ));
-            } else if position.is_after(last) {
+            } else if position.epoch != epoch || !position.is_after(last) {
+                // This instance has not read as far as the one the client came from: skip
+                // what the client already has when it arrives.
+                floor = Some(last.clone());
+                ready_id = last.clone();
+            } else {
                 match state.live.replay(last, &position).await? {
                     Some(missed) => {
                         // The rooms read are today's: replayed with the rooms of then.
@@ -187,11 +201,6 @@ impl Pump {
                         "the event log no longer holds everything after your last event id",
                     )),
                 }
-            } else {
-                // This instance has not read as far as the one the client came from: skip
-                // what the client already has when it arrives.
-                floor = Some(last.clone());
-                ready_id = last.clone();
             }
         }
         let ready = json!(ReadyEvent {
@@ -212,6 +221,7 @@ impl Pump {
             receiver,
             opening: opening.into(),
             floor,
+            epoch: ready_id.epoch.clone(),
             ended: false,
         })
     }
@@ -285,11 +295,11 @@ impl Pump {
     fn step(&mut self, item: &HubItem) -> Step {
         match item {
             HubItem::Event(event) => {
-                if self
+                let had = self
                     .floor
                     .as_ref()
-                    .is_some_and(|floor| !event.id.is_after(floor))
-                {
+                    .is_some_and(|floor| !event.id.is_after(floor));
+                if event.id.epoch != self.epoch || had {
                     return Step::Skip;
                 }
                 self.floor = None;
@@ -302,8 +312,12 @@ impl Pump {
                     }
                 }
             }
+            HubItem::Resync(position, ResyncCause::LogLost) if position.epoch == self.epoch => {
+                Step::Skip
+            }
             HubItem::Resync(position, cause) => {
                 self.floor = None;
+                self.epoch.clone_from(&position.epoch);
                 Step::Frame(resync_frame(position, cause.reason()))
             }
         }

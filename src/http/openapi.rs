@@ -47,7 +47,7 @@ use crate::http::{auth, events, health, messages, rooms, stats, users};
         events::ResyncEvent,
         events::PresenceEvent,
         events::LogoutEvent,
-        rooms::RoomMemberEvent,
+        crate::delivery::RoomMemberEvent,
     )),
     modifiers(&SecurityAddon),
     tags(

@@ -3,7 +3,6 @@ use std::collections::HashSet;
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
@@ -11,9 +10,8 @@ use crate::domain::{RoomId, RoomName};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
 use crate::http::messages::{HistoryQuery, MessagePage, history_page};
-use crate::live::{Audience, EventKind};
 use crate::startup::AppState;
-use crate::store::{CreateRoomError, RoomRecord, room_conversation};
+use crate::store::{CreateRoomError, MembershipChange, RoomRecord, room_conversation};
 
 const MAX_ROOMS_LISTED: i64 = 1000;
 
@@ -57,19 +55,6 @@ pub struct CreateRoomRequest {
 }
 
 /// The `room_member` event: someone joined or left a room.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RoomMemberEvent {
-    pub room_id: String,
-    pub room_name: String,
-    pub user_id: String,
-    pub username: String,
-    /// `joined` or `left`.
-    #[schema(example = "joined")]
-    pub action: String,
-    pub at: DateTime<Utc>,
-}
-
-/// Parses a room id from a path: malformed is a 400, unknown a 404.
 async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> {
     let id = RoomId::parse(raw).map_err(|e| ApiError::bad_request(e.code, e.message))?;
     state
@@ -79,28 +64,14 @@ async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> 
         .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))
 }
 
-async fn announce_membership(state: &AppState, room: &RoomRecord, user: &AuthUser, joined: bool) {
-    let event = RoomMemberEvent {
-        room_id: room.room_id().to_string(),
-        room_name: room.name.clone(),
-        user_id: user.user_id.to_string(),
-        username: user.username.clone(),
-        action: if joined { "joined" } else { "left" }.to_owned(),
-        at: crate::http::now(),
-    };
-    let data = json!(event).to_string();
-    state
-        .outbox
-        .publish(
-            EventKind::RoomMember,
-            Audience::Room(room.room_id()),
-            data,
-            None,
-        )
-        .await;
+/// Announces a stored membership change; the membership itself is already in place, so the
+/// answer does not wait on Redis (a change not announced here is announced by the reconciler).
+async fn announce(state: &AppState, change: Option<MembershipChange>) {
+    if let Some(change) = change {
+        state.delivery.announce(&change).await;
+    }
 }
 
-/// Create a room; the caller becomes its first member.
 #[utoipa::path(post, path = "/rooms", tag = "rooms",
     security(("bearer_auth" = [])),
     request_body = CreateRoomRequest,
@@ -118,9 +89,9 @@ pub async fn create_room(
     body: web::Json<CreateRoomRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = RoomName::parse(&body.name)?;
-    let room = state
+    let (room, joined) = state
         .store
-        .create_room(&name, user.user_id)
+        .create_room(&name, user.user_id, &user.username)
         .await
         .map_err(|err| match err {
             CreateRoomError::NameTaken => {
@@ -128,7 +99,7 @@ pub async fn create_room(
             }
             CreateRoomError::Database(err) => err.into(),
         })?;
-    announce_membership(&state, &room, &user, true).await;
+    announce(&state, joined).await;
     Ok(HttpResponse::Created().json(RoomResponse::new(&room, true)))
 }
 
@@ -173,8 +144,12 @@ pub async fn join_room(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = find_room(&state, &path).await?;
-    if !room.is_default && state.store.join_room(room.room_id(), user.user_id).await? {
-        announce_membership(&state, &room, &user, true).await;
+    if !room.is_default {
+        let joined = state
+            .store
+            .set_member(&room, user.user_id, &user.username, true)
+            .await?;
+        announce(&state, joined).await;
     }
     Ok(HttpResponse::Ok().json(RoomResponse::new(&room, true)))
 }
@@ -203,9 +178,11 @@ pub async fn leave_room(
             "everyone is in the default room",
         ));
     }
-    if state.store.leave_room(room.room_id(), user.user_id).await? {
-        announce_membership(&state, &room, &user, false).await;
-    }
+    let left = state
+        .store
+        .set_member(&room, user.user_id, &user.username, false)
+        .await?;
+    announce(&state, left).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

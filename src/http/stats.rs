@@ -188,6 +188,7 @@ async fn user_ranking(
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;
+    state.delivery.before_reading_counts().await;
     let tallies = state
         .store
         .ranking_candidates(kind, &Subjects::All, window, limit)
@@ -263,6 +264,7 @@ pub async fn rooms(
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let limit = limit(query.limit)?;
+    state.delivery.before_reading_counts().await;
     let (mut tallies, all_rooms) = tokio::try_join!(
         state.store.tally(Kind::Room, &Subjects::All, window),
         state.store.list_rooms(10_000),
@@ -340,6 +342,7 @@ pub async fn activity(
             ),
         ));
     }
+    state.delivery.before_reading_counts().await;
     let series = state.store.activity_series(level, window).await?;
     let mut points = Vec::new();
     let mut start = first_bucket;
@@ -393,6 +396,7 @@ pub async fn summary(
         to: None,
     };
     let all = Subjects::All;
+    state.delivery.before_reading_counts().await;
     let (users, rooms, [messages, direct], last_day) = tokio::try_join!(
         state.store.count_all("users"),
         state.store.count_all("rooms"),
@@ -439,6 +443,7 @@ pub async fn user_stats(
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
     let partners_of = Subjects::Prefix(format!("{id}|"));
+    state.delivery.before_reading_counts().await;
     let [sent, received, pairs] = if window.from.is_none() && window.to.is_none() {
         // All time: only the partners that can make the top `limit` are read.
         let ([sent, received], pairs) = tokio::try_join!(
@@ -451,7 +456,7 @@ pub async fn user_stats(
         )?;
         [sent, received, pairs]
     } else {
-        // One plan, one flush and one read of the raw edges for the three kinds.
+        // One plan and one read of the raw edges for the three kinds.
         state
             .store
             .tallies(

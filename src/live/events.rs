@@ -20,8 +20,7 @@ use redis::streams::StreamId;
 use serde_json::{Value, json};
 
 use super::Live;
-use crate::domain::{MessageId, RoomId, UserId};
-use crate::store::IDEMPOTENCY_WINDOW;
+use crate::domain::{RoomId, UserId};
 
 /// Lua shared by every script that appends to the log: creates the epoch when it is missing,
 /// numbers the entry (`n`, one more than the entry before it, so that a tailer can tell when
@@ -41,49 +40,27 @@ local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kin
 end
 ";
 
-/// KEYS: stream, epoch, count, this group's marker, the marker of a group whose reply arrived
-/// (to drop; this group's own marker when there is none), then the announcement keys of the
-/// group's messages that have one. ARGV: candidate epoch, maxlen, mode, the lifetimes in
-/// seconds of group markers and of announcement keys, then kind, audience, data and the index
-/// of its announcement key (0 for none) for each event in order.
+/// KEYS: stream, epoch, count, the batch's marker. ARGV: candidate epoch, maxlen, mode, the
+/// marker's lifetime in seconds, then kind, audience and data of each event in order.
 ///
-/// If the marker is set, an earlier attempt at this same group went through (its reply was
-/// lost), and nothing is appended; the reply is then empty. Otherwise the events are appended
-/// and the marker set (last, so that a script stopped half-way by an error leaves no marker:
-/// its retry appends again rather than never), and the reply holds the id of each event in
-/// order, `<epoch>-<ms>-<seq>`: one script call appends a whole group, with one epoch (the
-/// script is atomic). An event with an announcement key is appended only if the key is not
-/// set, and sets it to its id; when it is set, the message was announced before, and its id
-/// there stands for the event.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+/// Appends the events of one batch, once: the marker (a list of the ids appended) is set in
+/// the same atomic step, last, so that a script stopped half-way by an error leaves none. Any
+/// later call for the batch (a retry after a lost reply, the reconciler, a retried post)
+/// appends nothing and gets the ids of the first. Ids are `<epoch>-<ms>-<seq>`.
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
         if redis.call('EXISTS', KEYS[4]) == 1 then
-            return {{}}
+            return redis.call('LRANGE', KEYS[4], 0, -1)
         end
-        local result = {{}}
-        for i = 6, #ARGV, 4 do
-            local announced = tonumber(ARGV[i + 3])
-            local earlier = false
-            if announced > 0 then
-                earlier = redis.call('GET', KEYS[5 + announced])
-            end
-            if earlier then
-                result[#result + 1] = earlier
-            else
-                local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
-                local id = appended[1] .. '-' .. appended[2]
-                if announced > 0 then
-                    redis.call('SET', KEYS[5 + announced], id, 'EX', ARGV[5])
-                end
-                result[#result + 1] = id
-            end
+        local ids = {{}}
+        for i = 5, #ARGV, 3 do
+            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+            ids[#ids + 1] = appended[1] .. '-' .. appended[2]
         end
-        redis.call('SET', KEYS[4], '1', 'EX', ARGV[4])
-        if KEYS[5] ~= KEYS[4] then
-            redis.call('DEL', KEYS[5])
-        end
-        return result
+        redis.call('RPUSH', KEYS[4], unpack(ids))
+        redis.call('EXPIRE', KEYS[4], ARGV[4])
+        return ids
         "
     ))
 });
@@ -352,58 +329,20 @@ pub fn sse_frame(id: Option<&EventId>, event: &str, data: &str) -> Bytes {
     Bytes::from(frame)
 }
 
-/// How long the marker of a group whose reply was lost is kept: a retry within that time is
-/// recognised (retries go on, with backoff, for as long as Redis is unreachable).
-pub const GROUP_MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// Names one group of events across its attempts. The append script sets a marker for it
-/// in the same atomic step as the appends, so that a retry of a group whose reply was lost (a timeout while Redis was
-/// busy, a dropped connection) finds the marker and appends nothing, in whichever order the
-/// attempts run. The next group's script drops the marker of a group whose reply arrived, so
-/// markers outlive only groups that were retried.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupToken(String);
-
-impl GroupToken {
-    /// 128 random bits: unique across instances and restarts.
-    pub fn new() -> Self {
-        Self(format!("{:032x}", rand::thread_rng().r#gen::<u128>()))
-    }
-}
-
-impl Default for GroupToken {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// How long a batch's marker is kept while the batch is not known finished: as long as the
+/// reconciler or a retry might append it again.
+pub const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long it is kept once the batch is finished: longer than a finisher takes between
+/// reading that a batch is unfinished and appending it, so that it still finds the marker.
+pub const FINISHED_MARKER_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// An event to append.
-#[derive(Clone, Copy, Debug)]
-pub struct NewEvent<'a> {
+#[derive(Clone, Debug)]
+pub struct NewEvent {
     pub kind: EventKind,
-    pub audience: &'a Audience,
+    pub audience: Audience,
     /// The JSON sent to clients.
-    pub data: &'a str,
-    /// The message this event announces, when a retry of its request may announce it again
-    /// (it was posted with an idempotency key): the event is then appended only if no event
-    /// announced that message before (within [`ANNOUNCEMENT_TTL`]).
-    pub announces: Option<MessageId>,
-}
-
-/// How long the announcement of a message posted with an idempotency key is remembered: as
-/// long as the key, so that a retry with it never announces the message a second time, plus
-/// an hour for clocks that differ (the key's age is read on the API's clock, this lifetime
-/// counted on Redis's).
-pub const ANNOUNCEMENT_TTL: Duration = Duration::from_secs(IDEMPOTENCY_WINDOW.as_secs() + 60 * 60);
-
-/// What [`Live::append_group`] did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Appended {
-    /// Appended now: the ids of the group's events, in order (for an event whose message
-    /// was announced before, the id of that earlier event).
-    Now(Vec<EventId>),
-    /// Already appended by an earlier attempt with the same token; nothing was appended.
-    Earlier,
+    pub data: String,
 }
 
 fn unexpected_reply(what: &str) -> redis::RedisError {
@@ -433,51 +372,31 @@ impl Live {
         }
     }
 
-    /// Appends `events` in order with one script call (one round trip, one Lua invocation),
-    /// unless an earlier attempt with the same `token` went through (see [`GroupToken`]).
-    /// `acknowledged` is the token of a group whose reply arrived: its marker is dropped.
-    pub async fn append_group(
+    /// Appends the events of `batch` in order with one script call, unless an earlier call
+    /// for the batch did: returns the ids either way (see [`APPEND`]).
+    pub async fn append(
         &self,
-        token: &GroupToken,
-        events: &[NewEvent<'_>],
-        acknowledged: Option<&GroupToken>,
-    ) -> redis::RedisResult<Appended> {
-        let marker = self.keys.group_marker(&token.0);
-        let drop =
-            acknowledged.map_or_else(|| marker.clone(), |done| self.keys.group_marker(&done.0));
-        let mut invocation = PUBLISH.prepare_invoke();
+        batch: &str,
+        events: &[NewEvent],
+    ) -> redis::RedisResult<Vec<EventId>> {
+        let mut invocation = APPEND.prepare_invoke();
         invocation
             .key(self.keys.events())
             .key(self.keys.epoch())
             .key(self.keys.event_count())
-            .key(marker)
-            .key(drop)
+            .key(self.keys.batch_marker(batch))
             .arg(new_epoch())
             .arg(self.event_log_max_len)
             .arg(self.trim_mode())
-            .arg(GROUP_MARKER_TTL.as_secs())
-            .arg(ANNOUNCEMENT_TTL.as_secs());
-        let mut announcements = 0_usize;
+            .arg(MARKER_TTL.as_secs());
         for event in events {
-            let index = match event.announces {
-                Some(message) => {
-                    invocation.key(self.keys.announcement(message));
-                    announcements += 1;
-                    announcements
-                }
-                None => 0,
-            };
             invocation
                 .arg(event.kind.as_str())
                 .arg(event.audience.encode())
-                .arg(event.data)
-                .arg(index);
+                .arg(&event.data);
         }
         let mut conn = self.redis.clone();
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        if reply.is_empty() {
-            return Ok(Appended::Earlier);
-        }
         if reply.len() != events.len() {
             return Err(unexpected_reply(&format!(
                 "{} ids for {} events",
@@ -488,8 +407,38 @@ impl Live {
         reply
             .iter()
             .map(|id| EventId::parse(id).ok_or_else(|| unexpected_reply(id)))
-            .collect::<redis::RedisResult<_>>()
-            .map(Appended::Now)
+            .collect()
+    }
+
+    /// The ids of a batch's events while its marker is kept; `None` after.
+    pub async fn marker(&self, batch: &str) -> redis::RedisResult<Option<Vec<EventId>>> {
+        let mut conn = self.redis.clone();
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.keys.batch_marker(batch))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await?;
+        Ok((!ids.is_empty()).then(|| ids.iter().filter_map(|id| EventId::parse(id)).collect()))
+    }
+
+    /// Shortens the markers of finished batches to [`FINISHED_MARKER_TTL`].
+    pub async fn settle_markers(&self, batches: &[&str]) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for batch in batches {
+            pipe.expire(
+                self.keys.batch_marker(batch),
+                FINISHED_MARKER_TTL.as_secs().cast_signed(),
+            )
+            .ignore();
+        }
+        let mut conn = self.redis.clone();
+        pipe.query_async(&mut conn).await
+    }
+
+    /// The current epoch of the log, created when missing.
+    pub async fn epoch(&self) -> redis::RedisResult<String> {
+        self.epoch_on(&mut self.redis.clone()).await
     }
 
     /// The current epoch of the log, created when missing.

@@ -4,7 +4,6 @@
 
 mod events;
 mod hub;
-mod outbox;
 mod presence;
 mod rate_limit;
 mod subscription;
@@ -15,16 +14,14 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use events::{
-    ANNOUNCEMENT_TTL, Appended, Audience, EventId, EventKind, GroupToken, LogEvent, MemberChange,
+    Audience, EventId, EventKind, FINISHED_MARKER_TTL, LogEvent, MARKER_TTL, MemberChange,
     NewEvent, sse_frame,
 };
 pub use hub::{Hub, HubItem, HubReceiver, Lagged, ResyncCause};
-pub use outbox::Outbox;
 pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
 
 use crate::config::Settings;
-use crate::domain::MessageId;
 
 #[derive(Clone)]
 pub struct Live {
@@ -67,14 +64,9 @@ impl Keys {
         format!("{}events:epoch", self.prefix)
     }
 
-    /// Set by the script that appends a group of events (see `outbox`).
-    fn group_marker(&self, token: &str) -> String {
-        format!("{}events:group:{token}", self.prefix)
-    }
-
-    /// The id of the event that announced `message` (see `NewEvent::announces`).
-    fn announcement(&self, message: MessageId) -> String {
-        format!("{}events:message:{message}", self.prefix)
+    /// The ids of a batch's events, set by the script that appends them (see `events`).
+    fn batch_marker(&self, batch: &str) -> String {
+        format!("{}events:batch:{batch}", self.prefix)
     }
 
     /// How many entries were ever appended to the log (numbers each entry).

@@ -1,15 +1,18 @@
-use std::future::IntoFuture;
+//! Messages: the stored record, the insert of a batch (the group commit, idempotency keys
+//! claimed in it), the messages of one batch (to finish it), and history pages.
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId};
-use mongodb::options::{CollectionOptions, IndexOptions, ReadConcern};
+use mongodb::error::{Error, ErrorKind};
+use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::writer::{WriteFailure, outcome_unknown};
-use super::{Store, is_duplicate_key};
+use super::{Store, ids};
 use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 
 /// How long an idempotency key is remembered.
@@ -20,13 +23,16 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// `(conversation, seq)` index backwards.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MessageRecord {
+    /// Made by the group commit in the order messages are stored (see `ids`).
     #[serde(rename = "_id")]
     pub id: ObjectId,
-    /// The history order and cursor: `_id` in hex (hex of equal length sorts like the id).
-    /// A field of its own because the local MongoDB stand-in can neither put `_id` in a
-    /// compound index nor match ObjectId values outside `_id`; ids of other documents are
-    /// hex strings here for the same reason, which real MongoDB indexes and compares alike.
+    /// The history order and cursor: `_id` in hex (hex of equal length sorts like the id). A
+    /// field of its own because nx-27017 can neither put `_id` in a compound index nor match
+    /// ObjectId values outside `_id` (docs/local-servers.md).
     pub seq: String,
+    /// The batch (group commit) that stored it, in hex: it is announced and counted with its
+    /// batch, exactly once (see `finish`).
+    pub batch: String,
     pub conversation: String,
     pub sender_id: String,
     pub sender_name: String,
@@ -35,16 +41,9 @@ pub struct MessageRecord {
     pub recipient_name: Option<String>,
     pub body: String,
     pub created_at: bson::DateTime,
-    /// `created_at` in milliseconds since the epoch, what statistics compare: the local
-    /// stand-in compares BSON dates as text (wrong below one second); integers compare
-    /// exactly everywhere.
+    /// `created_at` in milliseconds, shared by the whole batch: what statistics and the
+    /// reconciler compare (nx-27017 compares dates as text).
     pub at_ms: i64,
-    /// Posts with an idempotency key only: a token of the attempt that stored the message.
-    /// Attempts of one key all write the same id, so after an insert of unknown outcome the
-    /// stored token tells whether this attempt stored it (and must count it) or a retry did
-    /// (which counted it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attempt: Option<String>,
 }
 
 impl MessageRecord {
@@ -56,7 +55,7 @@ impl MessageRecord {
         DateTime::from_timestamp_millis(self.created_at.timestamp_millis()).unwrap_or_default()
     }
 
-    fn same_request(&self, other: &MessageRecord) -> bool {
+    fn same_post(&self, other: &MessageRecord) -> bool {
         self.conversation == other.conversation
             && self.sender_id == other.sender_id
             && self.body == other.body
@@ -89,6 +88,34 @@ pub struct NewMessage {
     pub idempotency_key: Option<String>,
 }
 
+impl NewMessage {
+    fn into_record(self, id: ObjectId, batch: &str, at_ms: i64) -> MessageRecord {
+        let (conversation, room_id, recipient_id, recipient_name) = match self.target {
+            Target::Room(room) => (room_conversation(room), Some(room.to_string()), None, None),
+            Target::Direct { user, username } => (
+                direct_conversation(self.sender, user),
+                None,
+                Some(user.to_string()),
+                Some(username),
+            ),
+        };
+        MessageRecord {
+            id,
+            seq: id.to_hex(),
+            batch: batch.to_owned(),
+            conversation,
+            sender_id: self.sender.to_string(),
+            sender_name: self.sender_name,
+            room_id,
+            recipient_id,
+            recipient_name,
+            body: self.body.into_inner(),
+            created_at: bson::DateTime::from_millis(at_ms),
+            at_ms,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct IdempotencyRecord {
     /// `<sender id>:<key>`
@@ -98,38 +125,29 @@ struct IdempotencyRecord {
     created_at: bson::DateTime,
 }
 
-pub enum Inserted {
-    /// Stored now.
-    Created(MessageRecord),
-    /// The idempotency key was used before for this very message: here it is.
+/// What became of one post of a batch.
+#[derive(Debug)]
+pub enum Written {
+    /// Stored now, with the batch.
+    Stored(MessageRecord),
+    /// Its idempotency key was used before for this very message: here it is, as stored (in
+    /// the batch that stored it).
     Replayed(MessageRecord),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum InsertMessageError {
-    #[error("the idempotency key was used for a different message")]
+    /// Its idempotency key was used before for a different message.
     KeyReused,
-    #[error(transparent)]
-    Database(#[from] mongodb::error::Error),
-    /// The insert failed in a way that may have stored the message all the same (a timeout, a
-    /// lost connection, a write concern not met).
-    #[error("{source}")]
-    MaybeStored {
-        record: Box<MessageRecord>,
-        source: mongodb::error::Error,
-    },
+    /// Not stored by this batch. When the error leaves the outcome unknown (a timeout, a lost
+    /// connection), it may be stored all the same: then its batch is finished by the
+    /// reconciler, or by a retry with its key.
+    Failed(Error),
 }
 
-impl From<WriteFailure> for InsertMessageError {
-    fn from(failure: WriteFailure) -> Self {
-        match failure.maybe_stored {
-            Some(record) => Self::MaybeStored {
-                record: Box::new(record),
-                source: failure.error,
-            },
-            None => Self::Database(failure.error),
-        }
-    }
+/// A batch of posts, as inserted.
+pub struct InsertedBatch {
+    /// The batch id, in hex.
+    pub id: String,
+    pub at_ms: i64,
+    /// One outcome per post, in order.
+    pub written: Vec<Written>,
 }
 
 fn messages(db: &Database) -> Collection<MessageRecord> {
@@ -141,201 +159,229 @@ fn idempotency_keys(db: &Database) -> Collection<IdempotencyRecord> {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
     messages(db)
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "conversation": 1, "seq": -1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("conversation_history".to_owned())
-                        .build(),
-                )
+                .options(named("conversation_history"))
                 .build(),
         )
         .await?;
-    // Statistics count the edges of a window from the messages themselves.
+    // Statistics count the edges of a window from the messages themselves; the reconciler
+    // counts and reads them by time to find batches nobody finished.
     messages(db)
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "at_ms": 1 })
-                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
+                .options(named("at_ms"))
                 .build(),
         )
         .await?;
+    let mut expiry = named("expire_after_a_day");
+    expiry.expire_after = Some(IDEMPOTENCY_WINDOW);
     idempotency_keys(db)
         .create_index(
             IndexModel::builder()
                 .keys(doc! { "created_at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("expire_after_a_day".to_owned())
-                        .expire_after(IDEMPOTENCY_WINDOW)
-                        .build(),
-                )
+                .options(expiry)
                 .build(),
         )
         .await?;
     Ok(())
 }
 
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Which posts of an unordered `insert_many` of `n` failed, with the server's code for each
+/// when it rejected that post alone (`None` when the whole command failed).
+fn failed_posts(err: &Error, n: usize) -> HashMap<usize, (Option<i32>, Error)> {
+    match err.kind.as_ref() {
+        ErrorKind::InsertMany(failure) if failure.write_concern_error.is_none() => failure
+            .write_errors
+            .iter()
+            .flatten()
+            .map(|e| (e.index, (Some(e.code), err.clone())))
+            .collect(),
+        _ => (0..n).map(|i| (i, (None, err.clone()))).collect(),
+    }
+}
+
 impl Store {
-    /// Stores a message and counts it in the statistics (written behind, see `writer`),
-    /// honouring its idempotency key. Without a key the message joins the next group commit.
-    /// With one, the key is claimed first and points at the message id; a retry that finds
-    /// the key claimed writes the message under that same id, so an attempt that died between
-    /// the two writes is completed by its retry and concurrent retries converge on one message.
-    /// An insert that fails with its outcome unknown gives the record back, uncounted
-    /// ([`InsertMessageError::MaybeStored`]).
-    pub async fn insert_message(&self, new: NewMessage) -> Result<Inserted, InsertMessageError> {
-        let id = ObjectId::new();
-        let now = bson::DateTime::now();
-        let mut record = MessageRecord {
-            id,
-            seq: id.to_hex(),
-            conversation: match &new.target {
-                Target::Room(room) => room_conversation(*room),
-                Target::Direct { user, .. } => direct_conversation(new.sender, *user),
-            },
-            sender_id: new.sender.to_string(),
-            sender_name: new.sender_name,
-            room_id: match &new.target {
-                Target::Room(room) => Some(room.to_string()),
-                Target::Direct { .. } => None,
-            },
-            recipient_id: match &new.target {
-                Target::Direct { user, .. } => Some(user.to_string()),
-                Target::Room(_) => None,
-            },
-            recipient_name: match new.target {
-                Target::Direct { username, .. } => Some(username),
-                Target::Room(_) => None,
-            },
-            body: new.body.into_inner(),
-            created_at: now,
-            at_ms: now.timestamp_millis(),
-            attempt: None,
-        };
-        let Some(key) = new.idempotency_key else {
-            // Group commit with concurrent posts; counted before this returns.
-            return Ok(Inserted::Created(self.writer.write(record).await?));
-        };
-
-        record.attempt = Some(ObjectId::new().to_hex());
-        let key_id = format!("{}:{key}", new.sender);
-        let claim = IdempotencyRecord {
-            id: key_id.clone(),
-            message_id: record.id,
-            created_at: record.created_at,
-        };
-        // Every step is bounded like the group commit's insert: without a primary a post
-        // answers 503 in time instead of hanging.
-        let keys = idempotency_keys(&self.db);
-        match self
-            .bounded(
-                "claiming an idempotency key",
-                keys.insert_one(&claim).into_future(),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(err) if is_duplicate_key(&err) => {
-                let existing = self
-                    .bounded(
-                        "reading an idempotency key",
-                        keys.find_one(doc! { "_id": &key_id }).into_future(),
-                    )
-                    .await?;
-                match existing {
-                    Some(existing) if !expired(&existing) => {
-                        record.id = existing.message_id;
-                        record.seq = existing.message_id.to_hex();
-                    }
-                    // Older than the window but not yet swept by the TTL monitor: reuse the key.
-                    _ => {
-                        let reuse = keys
-                            .replace_one(doc! { "_id": &key_id }, &claim)
-                            .upsert(true);
-                        self.bounded("reusing an idempotency key", reuse.into_future())
-                            .await?;
-                    }
-                }
-            }
-            Err(err) => return Err(err.into()),
+    /// Stores a batch of posts with one `insert` (majority, journaled, bounded), in order: the
+    /// batch and each message get ids that sort in that order, and the batch's time. A post
+    /// with an idempotency key claims the key first (one more `insert` for the batch's keys);
+    /// a key claimed before gives its message id to the post, so that a retry writes the
+    /// message the first attempt wrote, whether or not that attempt got as far as writing it.
+    pub async fn insert_batch(&self, posts: Vec<NewMessage>) -> InsertedBatch {
+        let at_ms = ids::stamp();
+        let batch = ids::next(at_ms).to_hex();
+        let keys: Vec<Option<String>> = posts
+            .iter()
+            .map(|p| {
+                p.idempotency_key
+                    .as_ref()
+                    .map(|k| format!("{}:{k}", p.sender))
+            })
+            .collect();
+        let mut records: Vec<MessageRecord> = posts
+            .into_iter()
+            .map(|post| post.into_record(ids::next(at_ms), &batch, at_ms))
+            .collect();
+        let mut written: Vec<Option<Written>> = records.iter().map(|_| None).collect();
+        if keys.iter().any(Option::is_some) {
+            self.claim_keys(&keys, &mut records, &mut written).await;
         }
-        let messages = messages(&self.db);
-        let insert = messages.insert_one(&record).into_future();
-        match self.bounded("the message insert", insert).await {
-            Ok(_) => {
-                self.writer.count(&record);
-                Ok(Inserted::Created(record))
+        let pending: Vec<usize> = (0..records.len())
+            .filter(|&i| written[i].is_none())
+            .collect();
+        if !pending.is_empty() {
+            let collection = messages(&self.db);
+            let insert = collection
+                .insert_many(pending.iter().map(|&i| &records[i]))
+                .ordered(false);
+            let failed = match self.bounded("the message insert", insert).await {
+                Ok(_) => HashMap::new(),
+                Err(err) => failed_posts(&err, pending.len()),
+            };
+            let mut replays = Vec::new();
+            for (n, &i) in pending.iter().enumerate() {
+                written[i] = Some(match failed.get(&n) {
+                    None => Written::Stored(records[i].clone()),
+                    Some((Some(DUPLICATE_KEY), _)) if keys[i].is_some() => {
+                        replays.push(i);
+                        continue;
+                    }
+                    Some((_, err)) => Written::Failed(err.clone()),
+                });
             }
-            Err(err) if is_duplicate_key(&err) => {
-                let find = messages.find_one(doc! { "_id": record.id }).into_future();
-                let original = self
-                    .bounded("reading a message", find)
-                    .await?
-                    .ok_or_else(|| mongodb::error::Error::custom("idempotent message vanished"))?;
-                if original.same_request(&record) {
-                    Ok(Inserted::Replayed(original))
-                } else {
-                    Err(InsertMessageError::KeyReused)
-                }
-            }
-            Err(err) if outcome_unknown(&err) => Err(InsertMessageError::MaybeStored {
-                record: Box::new(record),
-                source: err,
-            }),
-            Err(err) => Err(err.into()),
+            self.replays(&replays, &records, &mut written).await;
+        }
+        InsertedBatch {
+            id: batch,
+            at_ms,
+            written: written
+                .into_iter()
+                .map(|w| w.unwrap_or_else(|| Written::Failed(Error::custom("not written"))))
+                .collect(),
         }
     }
 
-    /// `operation`, given up as timed out (its outcome unknown) past the write bound.
-    async fn bounded<T>(
+    /// Claims the idempotency keys of a batch; a post whose key was claimed before takes the
+    /// claimed message id. A post whose claim fails is failed.
+    async fn claim_keys(
         &self,
-        what: &str,
-        operation: impl std::future::Future<Output = mongodb::error::Result<T>>,
-    ) -> mongodb::error::Result<T> {
-        tokio::time::timeout(self.write_bound(), operation)
-            .await
-            .unwrap_or_else(|_| Err(super::timed_out(what)))
-    }
-
-    /// Whether `record`'s post is stored, and if so by which attempt (bounded like a write: a
-    /// store that hangs is an error). `None` also when its id holds another post: its key was
-    /// reused for a different message, whose own attempts answer for it.
-    pub async fn message_stored(
-        &self,
-        record: &MessageRecord,
-    ) -> mongodb::error::Result<Option<StoredBy>> {
-        // Majority: a write found on a primary only could still be rolled back.
-        let messages = self.db.collection_with_options::<MessageRecord>(
-            "messages",
-            CollectionOptions::builder()
-                .read_concern(ReadConcern::majority())
-                .build(),
-        );
-        let find = messages.find_one(doc! { "_id": record.id }).into_future();
-        let found = tokio::time::timeout(self.write_bound(), find)
-            .await
-            .unwrap_or_else(|_| Err(super::timed_out("looking a message up")))?;
-        Ok(match found {
-            Some(stored) if stored.attempt == record.attempt => Some(StoredBy::ThisAttempt),
-            Some(stored) if stored.same_request(record) => {
-                Some(StoredBy::AnotherAttempt(Box::new(stored)))
+        keys: &[Option<String>],
+        records: &mut [MessageRecord],
+        written: &mut [Option<Written>],
+    ) {
+        let keyed: Vec<usize> = (0..keys.len()).filter(|&i| keys[i].is_some()).collect();
+        let claims: Vec<IdempotencyRecord> = keyed
+            .iter()
+            .map(|&i| IdempotencyRecord {
+                id: keys[i].clone().unwrap_or_default(),
+                message_id: records[i].id,
+                created_at: records[i].created_at,
+            })
+            .collect();
+        let collection = idempotency_keys(&self.db);
+        let insert = collection.insert_many(&claims).ordered(false);
+        let failed = match self.bounded("claiming keys", insert).await {
+            Ok(_) => return,
+            Err(err) => failed_posts(&err, keyed.len()),
+        };
+        let taken: Vec<&str> = failed
+            .iter()
+            .filter(|(_, (code, _))| *code == Some(DUPLICATE_KEY))
+            .map(|(n, _)| claims[*n].id.as_str())
+            .collect();
+        let read = async {
+            let found = collection.find(doc! { "_id": { "$in": &taken } }).await?;
+            found.try_collect::<Vec<_>>().await
+        };
+        let existing: HashMap<String, IdempotencyRecord> =
+            match self.bounded("reading claimed keys", read).await {
+                Ok(found) => found.into_iter().map(|c| (c.id.clone(), c)).collect(),
+                Err(err) => {
+                    for &n in failed.keys() {
+                        written[keyed[n]] = Some(Written::Failed(err.clone()));
+                    }
+                    return;
+                }
+            };
+        for (n, (code, err)) in failed {
+            let i = keyed[n];
+            let taken = code == Some(DUPLICATE_KEY);
+            match existing.get(&claims[n].id) {
+                Some(claim) if taken && !expired(claim) => {
+                    records[i].id = claim.message_id;
+                    records[i].seq = claim.message_id.to_hex();
+                }
+                // Older than the window but not yet swept by the TTL monitor: reuse the key.
+                Some(_) if taken => {
+                    let reuse = collection.replace_one(doc! { "_id": &claims[n].id }, &claims[n]);
+                    if let Err(err) = self.bounded("reusing a key", reuse).await {
+                        written[i] = Some(Written::Failed(err));
+                    }
+                }
+                _ => written[i] = Some(Written::Failed(err)),
             }
-            _ => None,
-        })
+        }
     }
 
-    /// Counts a message in the statistics that its own attempt was found to have stored after
-    /// the insert failed with its outcome unknown (and so was not counted then).
-    pub fn count_found(&self, record: &MessageRecord) {
-        self.writer.count(record);
+    /// Posts whose message id was stored before (a retry with its key): the message as stored
+    /// if it is the same post, a reused key otherwise.
+    async fn replays(
+        &self,
+        replays: &[usize],
+        records: &[MessageRecord],
+        written: &mut [Option<Written>],
+    ) {
+        if replays.is_empty() {
+            return;
+        }
+        let ids: Vec<ObjectId> = replays.iter().map(|&i| records[i].id).collect();
+        let collection = messages(&self.db);
+        let read = async {
+            let found = collection.find(doc! { "_id": { "$in": ids } }).await?;
+            found.try_collect::<Vec<_>>().await
+        };
+        let found = self.bounded("reading stored messages", read).await;
+        for &i in replays {
+            written[i] = Some(match &found {
+                Err(err) => Written::Failed(err.clone()),
+                Ok(stored) => match stored.iter().find(|m| m.id == records[i].id) {
+                    Some(original) if original.same_post(&records[i]) => {
+                        Written::Replayed(original.clone())
+                    }
+                    Some(_) => Written::KeyReused,
+                    None => Written::Failed(Error::custom("an idempotent message vanished")),
+                },
+            });
+        }
+    }
+
+    /// The messages of one batch, in the order their events are appended (by id). Majority:
+    /// a batch is never finished with a write a failover could roll back.
+    pub async fn batch_messages(
+        &self,
+        batch: &str,
+        at_ms: i64,
+    ) -> mongodb::error::Result<Vec<MessageRecord>> {
+        let collection = self.majority::<MessageRecord>("messages");
+        let read = async {
+            let found = collection
+                .find(doc! { "at_ms": { "$eq": at_ms }, "batch": { "$eq": batch } })
+                .sort(doc! { "_id": 1 })
+                .await?;
+            found.try_collect().await
+        };
+        self.bounded("reading a batch", read).await
     }
 
     /// The message `sender` stored as `body` in `room` with idempotency key `key` within the
-    /// window, if any: a retry of that post is answered (and announced) with it even if the
-    /// sender has left the room since. Read only: nothing is claimed or stored.
+    /// window, if any: a retry of that post is answered with it even if the sender has left
+    /// the room since. Read only: nothing is claimed or stored.
     pub async fn posted_with_key(
         &self,
         sender: UserId,
@@ -380,16 +426,6 @@ impl Store {
             .try_collect()
             .await
     }
-}
-
-/// Which attempt stored a post found after its insert had an unknown outcome.
-#[derive(Debug)]
-pub enum StoredBy {
-    /// The attempt looked for: nothing has counted it, the look does.
-    ThisAttempt,
-    /// Another attempt of the same post (same idempotency key), here as stored: that attempt
-    /// counts it, or its own look does.
-    AnotherAttempt(Box<MessageRecord>),
 }
 
 fn expired(record: &IdempotencyRecord) -> bool {

@@ -7,29 +7,32 @@
 //! scanned the whole collection there (a history page took 500 ms at 200,000 messages; with
 //! `$eq`, an index search of under a millisecond).
 
+mod finish;
+mod ids;
 mod messages;
 mod rooms;
 mod settled;
 pub mod stats;
 mod users;
-mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use mongodb::bson::doc;
+use mongodb::bson::{Bson, doc};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, ReadPreference, SelectionCriteria, WriteConcern,
+    Acknowledgment, ClientOptions, CollectionOptions, ReadConcern, ReadPreference,
+    SelectionCriteria, WriteConcern,
 };
-use mongodb::{Client, Database};
+use mongodb::{Client, Collection, Database};
 
+pub use finish::{Finished, Source, Unfinished};
 pub use messages::{
-    IDEMPOTENCY_WINDOW, InsertMessageError, Inserted, MessageRecord, NewMessage, StoredBy, Target,
+    IDEMPOTENCY_WINDOW, InsertedBatch, MessageRecord, NewMessage, Target, Written,
     direct_conversation, room_conversation,
 };
-pub use rooms::{CreateRoomError, DEFAULT_ROOM, RoomRecord};
+pub use rooms::{CreateRoomError, DEFAULT_ROOM, MembershipChange, RoomRecord};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
@@ -40,16 +43,14 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Store {
     db: Database,
-    /// `wtimeout` of majority writes issued as raw commands.
-    write_timeout_ms: i64,
+    /// How long one operation may take before it is given up (see [`Store::write_bound`]).
+    write_bound: Duration,
     /// Counter sums over ranges that no longer change (see `settled`).
     settled: Arc<settled::SettledRanges>,
     /// The messages of settled hours, by hour start (ms), for the raw edges of windows.
     settled_edges: Arc<settled::SettledRanges<i64, Arc<Vec<stats::EdgeMessage>>>>,
     /// Rooms by id: they never change once created.
     known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
-    /// Group commit of new messages (see `writer`).
-    writer: writer::MessageWriter,
     /// Grouped reads of users' rooms (see `rooms::RoomsOfUsers`).
     rooms_of_users: rooms::RoomsOfUsers,
 }
@@ -85,13 +86,12 @@ impl Store {
         });
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
         let db = client.database(&settings.mongodb_database);
-        let write_timeout_ms =
-            i64::try_from(settings.mongodb_timeout.as_millis()).unwrap_or(i64::MAX);
+        // The write-concern wait plus as long again for the connection.
+        let write_bound = settings.mongodb_timeout * 2;
         Ok(Self {
-            writer: writer::MessageWriter::spawn(db.clone(), write_timeout_ms),
-            rooms_of_users: rooms::RoomsOfUsers::spawn(db.clone(), write_bound(write_timeout_ms)),
+            rooms_of_users: rooms::RoomsOfUsers::spawn(db.clone(), write_bound),
             db,
-            write_timeout_ms,
+            write_bound,
             settled: Arc::default(),
             settled_edges: Arc::default(),
             known_rooms: Arc::default(),
@@ -103,6 +103,7 @@ impl Store {
         users::ensure_indexes(&self.db).await?;
         rooms::ensure_indexes(&self.db).await?;
         stats::ensure_indexes(&self.db).await?;
+        finish::ensure_indexes(&self.db).await?;
         messages::ensure_indexes(&self.db).await
     }
 
@@ -135,29 +136,51 @@ impl Store {
         Ok(hello.get_bool("isWritablePrimary").unwrap_or(false))
     }
 
-    /// Writes the statistics counters this instance still holds (see `writer`); called on
-    /// shutdown, after the last request.
-    pub async fn flush_counters(&self) -> mongodb::error::Result<()> {
-        self.writer.flush_counters().await
-    }
-
-    /// The statistics read barrier: counts this instance holds are written first, so it reads
-    /// its own writes. If that fails the read goes on (without them) rather than failing too:
-    /// the error is logged and the increments are kept for the next attempt.
-    pub(crate) async fn flush_before_reading(&self) {
-        if let Err(err) = self.writer.flush_counters().await {
-            tracing::warn!(error = %err, "statistics read without this instance's latest counts");
-        }
-    }
-
     /// How long one write may take before it is given up as failed: the write-concern wait
     /// plus as long again for the connection.
     pub(crate) fn write_bound(&self) -> Duration {
-        write_bound(self.write_timeout_ms)
+        self.write_bound
     }
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// `operation`, given up as timed out (its outcome unknown) past the write bound.
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &str,
+        operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> mongodb::error::Result<T> {
+        tokio::time::timeout(self.write_bound(), operation.into_future())
+            .await
+            .unwrap_or_else(|_| Err(timed_out(what)))
+    }
+
+    /// A collection read with majority read concern: for reads that decide to announce or
+    /// count, which must never act on a write a failover could roll back.
+    pub(crate) fn majority<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection_with_options(
+            name,
+            CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .build(),
+        )
+    }
+}
+
+/// Now, in milliseconds since the epoch, as stored times are.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// An integer field as the servers return it (32 or 64 bits).
+pub(crate) fn integer(value: Option<&Bson>) -> Option<i64> {
+    match value? {
+        Bson::Int32(v) => Some(i64::from(*v)),
+        Bson::Int64(v) => Some(*v),
+        Bson::Double(v) => Some(*v as i64),
+        _ => None,
     }
 }
 
@@ -231,9 +254,4 @@ fn server_codes(err: &mongodb::error::Error) -> Vec<i32> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// See [`Store::write_bound`].
-pub(crate) fn write_bound(write_timeout_ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(write_timeout_ms).unwrap_or(0)) * 2
 }

@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, doc, oid::ObjectId};
+use mongodb::bson::{self, Document, doc, oid::ObjectId};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, is_duplicate_key};
+use super::{Store, ids, is_duplicate_key};
 use crate::domain::{RoomId, RoomName, UserId};
 
 /// Rooms remembered by id per instance (see [`Store::find_room`]).
@@ -45,13 +45,60 @@ impl RoomRecord {
     }
 }
 
+/// One user's membership of one room, and its last change: a join or leave is stored with the
+/// batch id and time that announce it (see `finish`), so a change whose instance died before
+/// announcing it is found and announced by the reconciler. Leaving keeps the document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MembershipRecord {
-    #[serde(rename = "_id")]
-    id: ObjectId,
     room_id: String,
     user_id: String,
-    joined_at: bson::DateTime,
+    /// Absent in documents of older versions, which were all members.
+    #[serde(default = "member_by_default")]
+    member: bool,
+    #[serde(default)]
+    room_name: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    batch: String,
+    #[serde(default)]
+    at_ms: i64,
+}
+
+fn member_by_default() -> bool {
+    true
+}
+
+/// A join or a leave, as stored: what its `room_member` event says.
+#[derive(Debug, Clone)]
+pub struct MembershipChange {
+    pub room: RoomId,
+    pub room_name: String,
+    pub user: UserId,
+    pub username: String,
+    pub joined: bool,
+    /// The batch that announces it, and when it happened.
+    pub batch: String,
+    pub at_ms: i64,
+}
+
+impl MembershipChange {
+    fn from_record(record: MembershipRecord) -> Option<Self> {
+        Some(Self {
+            room: RoomId::parse(&record.room_id).ok()?,
+            user: UserId::parse(&record.user_id).ok()?,
+            room_name: record.room_name,
+            username: record.username,
+            joined: record.member,
+            batch: record.batch,
+            at_ms: record.at_ms,
+        })
+    }
+}
+
+/// Members only: documents of those who left stay.
+fn members() -> Document {
+    doc! { "member": { "$ne": false } }
 }
 
 fn rooms(db: &Database) -> Collection<RoomRecord> {
@@ -97,6 +144,15 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
                 .build(),
         )
         .await?;
+    // The reconciler counts and reads changes by time.
+    memberships(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "at_ms": 1 })
+                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
+                .build(),
+        )
+        .await?;
     Ok(())
 }
 
@@ -134,12 +190,13 @@ impl Store {
         }
     }
 
-    /// Creates a room and makes its creator a member.
+    /// Creates a room and makes its creator a member: the change to announce.
     pub async fn create_room(
         &self,
         name: &RoomName,
         creator: UserId,
-    ) -> Result<RoomRecord, CreateRoomError> {
+        creator_name: &str,
+    ) -> Result<(RoomRecord, Option<MembershipChange>), CreateRoomError> {
         let room = RoomRecord {
             id: ObjectId::new(),
             name: name.as_str().to_owned(),
@@ -153,8 +210,8 @@ impl Store {
             Err(err) if is_duplicate_key(&err) => return Err(CreateRoomError::NameTaken),
             Err(err) => return Err(err.into()),
         }
-        self.join_room(room.room_id(), creator).await?;
-        Ok(room)
+        let joined = self.set_member(&room, creator, creator_name, true).await?;
+        Ok((room, joined))
     }
 
     /// All rooms, by name, at most `limit`.
@@ -207,33 +264,64 @@ impl Store {
         if room.is_default {
             return Ok(true);
         }
-        let found = memberships(&self.db)
-            .find_one(doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$eq": user.to_string() } })
-            .await?;
-        Ok(found.is_some())
+        let mut filter = doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$eq": user.to_string() } };
+        filter.extend(members());
+        Ok(memberships(&self.db).find_one(filter).await?.is_some())
     }
 
-    /// Returns whether `user` was not a member before (a repeated join changes nothing).
-    pub async fn join_room(&self, room: RoomId, user: UserId) -> mongodb::error::Result<bool> {
+    /// Makes `user` a member of `room` or not; the change to announce, or `None` when it
+    /// changes nothing (a repeated join or leave). The change is stored with the batch that
+    /// announces it (see [`MembershipRecord`]).
+    pub async fn set_member(
+        &self,
+        room: &RoomRecord,
+        user: UserId,
+        username: &str,
+        member: bool,
+    ) -> mongodb::error::Result<Option<MembershipChange>> {
+        let at_ms = ids::stamp();
         let record = MembershipRecord {
-            id: ObjectId::new(),
-            room_id: room.to_string(),
+            room_id: room.room_id().to_string(),
             user_id: user.to_string(),
-            joined_at: bson::DateTime::now(),
+            member,
+            room_name: room.name.clone(),
+            username: username.to_owned(),
+            batch: ids::next(at_ms).to_hex(),
+            at_ms,
         };
-        match memberships(&self.db).insert_one(record).await {
-            Ok(_) => Ok(true),
-            Err(err) if is_duplicate_key(&err) => Ok(false),
+        // Only a document that says otherwise changes; joining one that does not exist
+        // inserts it, and a join of a member fails on the unique index instead.
+        let filter = doc! {
+            "room_id": { "$eq": &record.room_id },
+            "user_id": { "$eq": &record.user_id },
+            "member": if member { doc! { "$ne": true } } else { doc! { "$ne": false } },
+        };
+        let update =
+            doc! { "$set": bson::to_document(&record).map_err(mongodb::error::Error::custom)? };
+        let collection = memberships(&self.db);
+        let change = collection.update_one(filter, update).upsert(member);
+        match self.bounded("a membership change", change).await {
+            Ok(result) if result.modified_count + u64::from(result.upserted_id.is_some()) > 0 => {
+                Ok(MembershipChange::from_record(record))
+            }
+            Ok(_) => Ok(None),
+            Err(err) if is_duplicate_key(&err) => Ok(None),
             Err(err) => Err(err),
         }
     }
 
-    /// Returns whether `user` was a member.
-    pub async fn leave_room(&self, room: RoomId, user: UserId) -> mongodb::error::Result<bool> {
-        let result = memberships(&self.db)
-            .delete_one(doc! { "room_id": { "$eq": room.to_string() }, "user_id": { "$eq": user.to_string() } })
-            .await?;
-        Ok(result.deleted_count > 0)
+    /// The membership change stored with `batch` at `at_ms`, if it is still the last one
+    /// (a newer change of the same membership supersedes it, and announces the state).
+    pub async fn membership_change(
+        &self,
+        batch: &str,
+        at_ms: i64,
+    ) -> mongodb::error::Result<Option<MembershipChange>> {
+        let collection = self.majority::<MembershipRecord>("memberships");
+        let find =
+            collection.find_one(doc! { "at_ms": { "$eq": at_ms }, "batch": { "$eq": batch } });
+        let found = self.bounded("reading a membership change", find).await?;
+        Ok(found.and_then(MembershipChange::from_record))
     }
 }
 
@@ -288,8 +376,10 @@ async fn read_groups(db: Database, bound: Duration, mut queue: mpsc::Receiver<Ro
         let requests = std::mem::take(&mut group);
         let users: HashSet<&str> = requests.iter().map(|r| r.user.as_str()).collect();
         let read = async {
+            let mut filter = doc! { "user_id": { "$in": users.into_iter().collect::<Vec<_>>() } };
+            filter.extend(members());
             memberships(&db)
-                .find(doc! { "user_id": { "$in": users.into_iter().collect::<Vec<_>>() } })
+                .find(filter)
                 .await?
                 .try_collect::<Vec<MembershipRecord>>()
                 .await

@@ -184,19 +184,6 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
             )
             .await?;
     }
-    db.collection::<Document>(COUNTED)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("expire_after_a_day".to_owned())
-                        .expire_after(std::time::Duration::from_secs(24 * 3600))
-                        .build(),
-                )
-                .build(),
-        )
-        .await?;
     // All-time rankings read the largest counts of a `key` range first (`ranking_candidates`).
     for collection in ["activity_all_time", "pairs_all_time"] {
         db.collection::<Document>(collection)
@@ -420,10 +407,13 @@ impl Store {
     pub async fn record_activity(&self, message: &MessageRecord) -> mongodb::error::Result<()> {
         let mut increments = Increments::default();
         increments.count(message);
-        let flush = bson::oid::ObjectId::new().to_hex();
-        increments
-            .write_once(&self.db, &flush, self.write_bound())
-            .await
+        let finished = super::Finished {
+            batch: bson::oid::ObjectId::new().to_hex(),
+            at_ms: message.at_ms,
+            events: 1,
+            increments,
+        };
+        self.finish(&[finished], None).await
     }
 
     /// Tallies of `kind` per subject over `window`, exact.
@@ -444,7 +434,6 @@ impl Store {
         queries: [(Kind, &Subjects); N],
         window: Window,
     ) -> mongodb::error::Result<[HashMap<String, Tally>; N]> {
-        self.flush_before_reading().await;
         let now = Utc::now();
         let plan = plan(window, now, Level::All);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
@@ -506,7 +495,6 @@ impl Store {
         if window.from.is_some() || window.to.is_some() || matches!(subjects, Subjects::Exact(_)) {
             return self.tally(kind, subjects, window).await;
         }
-        self.flush_before_reading().await;
         let (low, high) = id_range(Level::All, kind, subjects, 0, 1);
         let range = doc! { "key": { "$gte": &low, "$lt": &high } };
         let collection = self
@@ -552,7 +540,6 @@ impl Store {
         user: &str,
         limit: usize,
     ) -> mongodb::error::Result<Vec<(String, Tally)>> {
-        self.flush_before_reading().await;
         let prefix = format!("{user}|");
         let (low, high) = id_range(
             Level::All,
@@ -673,7 +660,6 @@ impl Store {
         level: Level,
         window: Window,
     ) -> mongodb::error::Result<HashMap<i64, i64>> {
-        self.flush_before_reading().await;
         let now = Utc::now();
         let plan = plan(window, now, level);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
@@ -793,6 +779,7 @@ pub struct Increments {
     counters: HashMap<String, Increment>,
 }
 
+#[derive(Clone)]
 struct Increment {
     collection: &'static str,
     level: Level,
@@ -868,24 +855,30 @@ impl Increments {
         }
     }
 
-    /// Applies the increments exactly once, however often it is called with the same `flush`
-    /// id: in one transaction with a record of that id (`counted`), each counter updated once
-    /// however many messages it counts. A call after an unknown outcome (a lost connection, a
-    /// commit that timed out) finds the record if the first one committed, and applies
-    /// nothing; otherwise it applies them. Bounded by `bound`; on error nothing is known to be
-    /// applied, and the caller calls again with the same id.
-    pub(super) async fn write_once(
-        &self,
-        db: &Database,
-        flush: &str,
-        bound: std::time::Duration,
-    ) -> mongodb::error::Result<()> {
-        tokio::time::timeout(bound, self.transaction(db, flush))
-            .await
-            .unwrap_or_else(|_| Err(super::timed_out("writing the counters")))
+    /// Adds `other`'s increments to these.
+    pub(super) fn add(&mut self, other: &Increments) {
+        for (id, theirs) in &other.counters {
+            match self.counters.get_mut(id) {
+                Some(mine) => {
+                    mine.n += theirs.n;
+                    mine.first = mine.first.min(theirs.first);
+                    mine.last = mine.last.max(theirs.last);
+                }
+                None => {
+                    self.counters.insert(id.clone(), theirs.clone());
+                }
+            }
+        }
     }
 
-    async fn transaction(&self, db: &Database, flush: &str) -> mongodb::error::Result<()> {
+    /// Applies the increments within `session`'s transaction (see `finish`, which makes it
+    /// exactly once): `update` commands of at most [`UPDATES_PER_COMMAND`] upserts per counter
+    /// collection, each counter updated once however many messages it counts.
+    pub(super) async fn apply(
+        &self,
+        db: &Database,
+        session: &mut mongodb::ClientSession,
+    ) -> mongodb::error::Result<()> {
         let mut by_collection: HashMap<&'static str, Vec<Document>> = HashMap::new();
         for (id, m) in &self.counters {
             by_collection.entry(m.collection).or_default().push(doc! {
@@ -899,43 +892,25 @@ impl Increments {
                 "upsert": true,
             });
         }
-        let mut session = db.client().start_session().await?;
-        session.start_transaction().await?;
-        let record = doc! { "_id": flush, "at": mongodb::bson::DateTime::now() };
-        match db
-            .collection::<Document>(COUNTED)
-            .insert_one(record)
-            .session(&mut session)
-            .await
-        {
-            Ok(_) => {}
-            // Applied by an earlier call with this id.
-            Err(err) if super::is_duplicate_key(&err) => return Ok(()),
-            Err(err) => return Err(err),
-        }
         for (collection, updates) in by_collection {
             for updates in updates.chunks(UPDATES_PER_COMMAND) {
                 let reply = db
                     .run_command(doc! { "update": collection, "updates": updates, "ordered": true })
-                    .session(&mut session)
+                    .session(&mut *session)
                     .await?;
                 if let Ok(errors) = reply.get_array("writeErrors")
                     && !errors.is_empty()
                 {
-                    // Aborted when the session is dropped: nothing of this flush is applied.
+                    // The transaction is then aborted: nothing of it is applied.
                     return Err(mongodb::error::Error::custom(format!(
                         "activity counters: {errors:?}"
                     )));
                 }
             }
         }
-        session.commit_transaction().await
+        Ok(())
     }
 }
-
-/// Records of the counter flushes applied, by flush id (see [`Increments::write_once`]); kept a
-/// day, far longer than a flush is retried.
-const COUNTED: &str = "counted";
 
 /// Upserts sent in one `update` command at most (the server's limit is 100,000 and 16 MiB).
 const UPDATES_PER_COMMAND: usize = 1000;
@@ -984,7 +959,7 @@ fn edge_record(m: &EdgeMessage) -> MessageRecord {
         body: String::new(),
         created_at: m.created_at,
         at_ms: m.at_ms,
-        attempt: None,
+        batch: String::new(),
     }
 }
 
@@ -1009,7 +984,7 @@ mod tests {
             body: String::new(),
             created_at: bson::DateTime::from_millis(at_ms),
             at_ms,
-            attempt: None,
+            batch: String::new(),
         }
     }
 

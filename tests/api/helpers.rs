@@ -520,9 +520,105 @@ impl ScratchRedis {
             let _ = child.wait();
         }
     }
+
+    /// Stops the process without closing its sockets (SIGSTOP): a Redis that hangs.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis runs").id();
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} failed");
+    }
 }
 
 impl Drop for ScratchRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits (bounded) until the reconciler of `app`'s deployment has walked past `at_ms`: every
+/// batch stored before then is finished, and will not be finished again.
+pub async fn reconciled_past(app: &TestApp, at_ms: i64) {
+    let client = mongodb::Client::with_uri_str(&app.settings.mongodb_uri)
+        .await
+        .unwrap();
+    let reconciler = client
+        .database(&app.settings.mongodb_database)
+        .collection::<mongodb::bson::Document>("reconciler");
+    let past = eventually(Duration::from_secs(30), || async {
+        let found = reconciler
+            .find_one(mongodb::bson::doc! { "_id": "reconciler" })
+            .await
+            .unwrap();
+        found
+            .and_then(|d| d.get_i64("watermark").ok())
+            .is_some_and(|watermark| watermark > at_ms)
+    })
+    .await;
+    assert!(past, "the reconciler did not get past {at_ms}");
+}
+
+/// An instance of the service in a process of its own (the `chat-server` binary), sharing
+/// `app`'s database, Redis prefix and secret: one that can be killed with SIGKILL, or whose
+/// ids come from another process. Killed on drop.
+pub struct ChildApp {
+    pub address: String,
+    child: Child,
+}
+
+impl ChildApp {
+    pub async fn start(app: &TestApp) -> ChildApp {
+        let port = free_port();
+        let s = &app.settings;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        command
+            .env_clear()
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("MONGODB_URI", &s.mongodb_uri)
+            .env("MONGODB_DATABASE", &s.mongodb_database)
+            .env(
+                "MONGODB_TIMEOUT_MS",
+                s.mongodb_timeout.as_millis().to_string(),
+            )
+            .env("REDIS_URL", &s.redis_url)
+            .env("REDIS_KEY_PREFIX", &s.redis_key_prefix)
+            .env("JWT_SECRET", s.jwt_secret.expose())
+            .env("HTTP_WORKERS", "2")
+            .env("AUTH_RATE_LIMIT_PER_MINUTE", "1000")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = command.spawn().expect("the chat-server binary starts");
+        let address = format!("http://127.0.0.1:{port}");
+        let health = format!("{address}/healthz");
+        let up = eventually(Duration::from_secs(30), || async {
+            reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up, "the chat-server process did not come up on port {port}");
+        ChildApp { address, child }
+    }
+
+    /// SIGKILL: the process dies at once, whatever it was doing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildApp {
     fn drop(&mut self) {
         self.kill();
     }

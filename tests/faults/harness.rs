@@ -9,6 +9,8 @@
 //!   503 is there at most once); the statistics count exactly what history holds;
 //! - every subscriber got every message posted while it was subscribed exactly once, except
 //!   where a `resync` told it to reload history;
+//! - a message acknowledged before another was sent comes first, in history and on every
+//!   stream (the order people saw is the order they find on reload);
 //! - no response was a 5xx other than 503 with `Retry-After`, and none a 4xx;
 //! - within [`RECOVERY_BOUND`] of the repair, readiness is back on both instances, posts
 //!   succeed and every subscriber has its stream open again.
@@ -248,8 +250,9 @@ struct Post {
     body: String,
     /// When the first attempt was sent.
     sent: Duration,
-    /// The stored message's id, once a 2xx said so.
+    /// The stored message's id, once a 2xx said so, and when.
     id: Option<String>,
+    acked: Duration,
 }
 
 #[derive(Default)]
@@ -324,7 +327,12 @@ async fn post(
             }
             tokio::time::sleep(BACKOFF).await;
         };
-        log.posts.push(Post { body, sent, id });
+        log.posts.push(Post {
+            body,
+            sent,
+            id,
+            acked: shared.now(),
+        });
     }
     log
 }
@@ -663,6 +671,14 @@ impl Traffic {
             ));
         }
 
+        // Order: history, then each stream between its resyncs.
+        let times: HashMap<&str, (Duration, Duration)> = posts
+            .iter()
+            .filter_map(|p| Some((p.id.as_deref()?, (p.sent, p.acked))))
+            .collect();
+        let oldest_first: Vec<&str> = ids_in_history.iter().rev().copied().collect();
+        broken.extend(causal_inversions("history", &oldest_first, &times));
+
         // Streams: each message sent while subscribed, once, unless a resync came after it
         // was sent.
         let in_history_ids: HashSet<&str> = ids_in_history.iter().copied().collect();
@@ -691,15 +707,25 @@ impl Traffic {
             resyncs += resync_times.len();
             let mut since_resync: HashSet<&str> = HashSet::new();
             let mut delivered: HashSet<&str> = HashSet::new();
+            let mut segment: Vec<&str> = Vec::new();
             for (_, seen) in &log.seen {
                 match seen {
-                    Seen::Resync => since_resync.clear(),
+                    Seen::Resync => {
+                        since_resync.clear();
+                        broken.extend(causal_inversions(
+                            &format!("subscriber {n}"),
+                            &segment,
+                            &times,
+                        ));
+                        segment.clear();
+                    }
                     Seen::Message(id) => {
                         if !since_resync.insert(id) {
                             duplicated += 1;
                             broken.push(format!("subscriber {n} got {id} twice"));
                         }
                         delivered.insert(id);
+                        segment.push(id);
                         if !in_history_ids.contains(id.as_str()) {
                             broken.push(format!(
                                 "subscriber {n} got {id}, which history does not hold"
@@ -709,6 +735,11 @@ impl Traffic {
                     _ => {}
                 }
             }
+            broken.extend(causal_inversions(
+                &format!("subscriber {n}"),
+                &segment,
+                &times,
+            ));
             let Some(first_ready) = first_ready else {
                 let refusal = log.seen.iter().rev().find_map(|(_, seen)| match seen {
                     Seen::Refused(why) => Some(why.as_str()),
@@ -826,6 +857,33 @@ impl Traffic {
             broken,
         }
     }
+}
+
+/// Where `order` (oldest first) puts a message after another although it was acknowledged
+/// before the other was sent. Messages posted at the same time may come in either order.
+fn causal_inversions(
+    what: &str,
+    order: &[&str],
+    times: &HashMap<&str, (Duration, Duration)>,
+) -> Vec<String> {
+    let mut broken = Vec::new();
+    let mut latest_sent: Option<(&str, Duration)> = None;
+    for id in order {
+        let Some(&(sent, acked)) = times.get(id) else {
+            continue;
+        };
+        if let Some((before, before_sent)) = latest_sent
+            && acked < before_sent
+        {
+            broken.push(format!(
+                "{what} puts {id} after {before}, which was sent after {id} was acknowledged"
+            ));
+        }
+        if latest_sent.is_none_or(|(_, at)| sent > at) {
+            latest_sent = Some((id, sent));
+        }
+    }
+    broken
 }
 
 /// Every message of `general`, newest first.

@@ -1,0 +1,293 @@
+//! The delivery path: how a post or a membership change becomes durable, reaches every stream
+//! of its audience once, and is counted once. Its promises and the one mechanism that keeps
+//! each are in `docs/delivery.md`; in short:
+//!
+//! - **Batches.** Posts are stored by a group commit (`pipeline`): one insert per batch, ids
+//!   that sort in the order of storage, the batch id on every message. A membership change is
+//!   a batch of its own, stored with its membership.
+//! - **The log.** A batch's events are appended to the Redis log by one script that also sets
+//!   the batch's marker, so that any number of appends of one batch append it once.
+//! - **Finish records.** A batch is counted in the transaction that records it finished; the
+//!   record's unique id makes that exactly once, whoever finishes it.
+//! - **The reconciler.** One instance at a time walks the stored batches in time, a little
+//!   behind the present, and finishes any without a record: its instance died, Redis was
+//!   away, or its write had an unknown outcome.
+
+mod payload;
+mod pipeline;
+mod reconciler;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use payload::{MessageResponse, RoomMemberEvent, UserRef, membership_event, message_event};
+
+use crate::live::{EventId, Live, NewEvent};
+use crate::store::stats::Increments;
+use crate::store::{
+    Finished, MembershipChange, MessageRecord, NewMessage, Source, Store, Unfinished,
+};
+
+/// How often the batches an instance appended are recorded finished (and counted).
+pub const FINISH_EVERY: Duration = Duration::from_millis(250);
+
+/// A post, as the pipeline answers it.
+pub enum Posted {
+    Created(MessageResponse),
+    /// A retry with the key of a stored post.
+    Replayed(MessageResponse),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("the idempotency key was used for a different message")]
+    KeyReused,
+    /// Not stored, or its outcome unknown (then it is finished later if it was stored).
+    #[error(transparent)]
+    Store(#[from] mongodb::error::Error),
+}
+
+#[derive(Clone)]
+pub struct Delivery {
+    /// How long a post waits for its answer: the store's write bound.
+    bound: Duration,
+    posts: mpsc::Sender<pipeline::PostJob>,
+    appends: mpsc::Sender<pipeline::AppendJob>,
+    finishing: Arc<Finishing>,
+}
+
+impl Delivery {
+    /// Starts the pipeline, the finishing of appended batches and the reconciler; they stop
+    /// with `shutdown` (what is left unfinished, another instance's reconciler finishes).
+    pub fn start(store: Store, live: Live, shutdown: watch::Receiver<bool>) -> Self {
+        let finishing = Arc::new(Finishing {
+            pending: Mutex::default(),
+            writing: tokio::sync::Mutex::new(()),
+            store: store.clone(),
+            live: live.clone(),
+        });
+        let (posts, appends) = pipeline::start(&store, &live, &finishing, shutdown.clone());
+        tokio::spawn(Arc::clone(&finishing).run(shutdown.clone()));
+        tokio::spawn(reconciler::run(Arc::clone(&finishing), shutdown));
+        Self {
+            bound: store.write_bound(),
+            posts,
+            appends,
+            finishing,
+        }
+    }
+
+    /// Stores a post with the next batch and announces it; answers once it is in the log (or
+    /// Redis refused it: the message is stored, and its batch is finished later). A post not
+    /// answered within the write bound (the store hangs, or batches ahead of it are slow)
+    /// fails, its outcome unknown: if it is stored after all, its batch is finished as usual.
+    pub async fn post(&self, new: NewMessage) -> Result<Posted, PostError> {
+        let (done, answer) = oneshot::channel();
+        let stopped = || PostError::Store(mongodb::error::Error::custom("the pipeline stopped"));
+        let queued = async {
+            self.posts
+                .send(pipeline::PostJob { new, done })
+                .await
+                .map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())
+        };
+        let answer = tokio::time::timeout(self.bound, queued)
+            .await
+            .map_err(|_| PostError::Store(crate::store::timed_out("the message insert")))??;
+        match answer {
+            pipeline::Answer::Stored(record, event_id) => {
+                let mut response = MessageResponse::from(&record);
+                response.event_id = event_id.map(|id| id.to_string());
+                Ok(Posted::Created(response))
+            }
+            pipeline::Answer::Replayed(record) => Ok(Posted::Replayed(self.replay(&record).await)),
+            pipeline::Answer::KeyReused => Err(PostError::KeyReused),
+            pipeline::Answer::Failed(err) => Err(PostError::Store(err)),
+        }
+    }
+
+    /// The answer to a retry of a stored post: the message, and its event's id. If its batch
+    /// is not finished (its first attempt died, or got a 503), it is finished now, once.
+    pub async fn replay(&self, record: &MessageRecord) -> MessageResponse {
+        let mut response = MessageResponse::from(record);
+        let unfinished = Unfinished {
+            batch: record.batch.clone(),
+            at_ms: record.at_ms,
+            source: Source::Messages,
+        };
+        let events = self.finishing.finish_replayed(&unfinished).await;
+        response.event_id = events
+            .into_iter()
+            .find(|(id, _)| *id == record.id.to_hex())
+            .map(|(_, event)| event.to_string());
+        response
+    }
+
+    /// Announces a stored membership change (a batch of its own), in order with the posts.
+    pub async fn announce(&self, change: &MembershipChange) -> Option<EventId> {
+        let (done, answer) = oneshot::channel();
+        let job = pipeline::AppendJob::change(change, done);
+        self.appends.send(job).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Records what this instance appended as finished (counting it): the last step of a
+    /// shutdown.
+    pub async fn flush(&self) -> mongodb::error::Result<()> {
+        self.finishing.flush().await
+    }
+
+    /// The statistics read barrier: what this instance appended is counted first, so that an
+    /// instance reads its own posts. If that fails the read goes on without them (they are
+    /// counted later), rather than failing too.
+    pub async fn before_reading_counts(&self) {
+        if let Err(err) = self.flush().await {
+            tracing::warn!(error = %err, "statistics read without this instance's latest counts");
+        }
+    }
+}
+
+/// Batches appended by this instance, waiting to be recorded finished.
+pub(crate) struct Finishing {
+    pending: Mutex<Vec<Finished>>,
+    /// One write at a time, so that a read barrier also waits for a write in flight.
+    writing: tokio::sync::Mutex<()>,
+    store: Store,
+    live: Live,
+}
+
+impl Finishing {
+    fn add(&self, finished: Finished) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(finished);
+    }
+
+    /// Records the pending batches finished, with their counts. On failure they stay
+    /// pending, and are recorded (exactly once) by a later call.
+    async fn flush(&self) -> mongodb::error::Result<()> {
+        let _turn = self.writing.lock().await;
+        let batches =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if batches.is_empty() {
+            return Ok(());
+        }
+        if let Err(err) = self.store.finish(&batches, None).await {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let newer = std::mem::replace(&mut *pending, batches);
+            pending.extend(newer);
+            return Err(err);
+        }
+        self.settle(&batches).await;
+        Ok(())
+    }
+
+    async fn settle(&self, batches: &[Finished]) {
+        if batches.is_empty() {
+            return;
+        }
+        let ids: Vec<&str> = batches.iter().map(|b| b.batch.as_str()).collect();
+        if let Err(err) = self.live.settle_markers(&ids).await {
+            tracing::debug!(error = %err, "batch markers left to expire in a day");
+        }
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(FINISH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(err) = self.flush().await {
+                tracing::warn!(error = %err, "batches not recorded finished yet; will retry");
+            }
+        }
+    }
+
+    /// The events of a stored batch, as its first append made them: its messages by id, or
+    /// its membership change. Empty when nothing of it is stored (any more).
+    async fn events_of(
+        &self,
+        batch: &Unfinished,
+    ) -> mongodb::error::Result<(Vec<NewEvent>, Vec<String>, Increments)> {
+        let mut increments = Increments::default();
+        Ok(match batch.source {
+            Source::Messages => {
+                let messages = self.store.batch_messages(&batch.batch, batch.at_ms).await?;
+                for message in &messages {
+                    increments.count(message);
+                }
+                let ids = messages.iter().map(|m| m.id.to_hex()).collect();
+                (
+                    messages.iter().map(message_event).collect(),
+                    ids,
+                    increments,
+                )
+            }
+            Source::Membership => {
+                let change = self
+                    .store
+                    .membership_change(&batch.batch, batch.at_ms)
+                    .await?;
+                let events: Vec<NewEvent> = change.iter().map(membership_event).collect();
+                let ids = events.iter().map(|_| batch.batch.clone()).collect();
+                (events, ids, increments)
+            }
+        })
+    }
+
+    /// Appends a stored batch (once, whoever else does: see `Live::append`) and gives what to
+    /// record, with the event id of each message; `None` when nothing of it is stored.
+    async fn append_stored(
+        &self,
+        batch: &Unfinished,
+    ) -> anyhow::Result<Option<(Finished, Vec<(String, EventId)>)>> {
+        let (events, ids, increments) = self.events_of(batch).await?;
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let appended = self.live.append(&batch.batch, &events).await?;
+        let finished = Finished {
+            batch: batch.batch.clone(),
+            at_ms: batch.at_ms,
+            events: i64::try_from(events.len()).unwrap_or(i64::MAX),
+            increments,
+        };
+        Ok(Some((finished, ids.into_iter().zip(appended).collect())))
+    }
+
+    /// For a retried post: the event ids of its batch, appending and finishing it if no one
+    /// has (best effort: on failure the reconciler does it, and the answer has no event id).
+    async fn finish_replayed(&self, batch: &Unfinished) -> Vec<(String, EventId)> {
+        let done = match self.store.is_finished(&batch.batch).await {
+            Ok(done) => done,
+            Err(_) => return Vec::new(),
+        };
+        if done {
+            // Its marker, if it is still kept, has the ids; never append a finished batch.
+            return match (
+                self.events_of(batch).await,
+                self.live.marker(&batch.batch).await,
+            ) {
+                (Ok((_, ids, _)), Ok(Some(events))) => ids.into_iter().zip(events).collect(),
+                _ => Vec::new(),
+            };
+        }
+        match self.append_stored(batch).await {
+            Ok(Some((finished, events))) => {
+                self.add(finished);
+                events
+            }
+            Ok(None) => Vec::new(),
+            Err(err) => {
+                tracing::debug!(batch = %batch.batch, error = %err, "a retried post's batch is left to the reconciler");
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! One instance's path from a post to the log: the group commit, then the appender, each a
+//! task that takes its work in order, so that the log holds one instance's messages in the
+//! order of their ids (history's order).
+//!
+//! The writer takes every post that queued up while it stored the previous batch (up to
+//! [`MAX_BATCH`]) and stores them with one insert; idle, a batch is one post. Under load the
+//! store sees a few large writes instead of many small ones. A stored batch goes to the
+//! appender; a post that was not stored is answered at once (a 503 whose outcome is unknown
+//! may have been stored: the reconciler finishes its batch then).
+//!
+//! The appender appends each batch with one script call, answers its posts with their event
+//! ids, and hands the batch to `Finishing`. When Redis refuses, the posts are answered without
+//! an event id (their messages are stored) and the batch is retried in place, later batches
+//! waiting behind it, so that the log keeps the order; after [`GIVE_UP`] it is left to the
+//! reconciler. Nothing here needs to outlive a crash: a batch stored and not finished is found
+//! by the reconciler.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::{Finishing, membership_event, message_event};
+use crate::live::{EventId, Live, NewEvent};
+use crate::store::stats::Increments;
+use crate::store::{Finished, MembershipChange, MessageRecord, NewMessage, Store, Written};
+
+/// Posts stored by one insert at most.
+pub const MAX_BATCH: usize = 256;
+/// Posts waiting for the writer before new ones wait to queue (backpressure).
+const QUEUE: usize = 4096;
+/// Batches waiting for the appender; past it a stored batch is left to the reconciler.
+const APPENDS: usize = 1024;
+/// How long the appender retries a batch Redis refused before leaving it to the reconciler.
+const GIVE_UP: Duration = Duration::from_secs(60);
+
+pub(super) struct PostJob {
+    pub new: NewMessage,
+    pub done: oneshot::Sender<Answer>,
+}
+
+pub(super) enum Answer {
+    Stored(MessageRecord, Option<EventId>),
+    Replayed(MessageRecord),
+    KeyReused,
+    Failed(mongodb::error::Error),
+}
+
+/// Who waits for an event's id.
+enum Waiter {
+    Post(Box<MessageRecord>, oneshot::Sender<Answer>),
+    Change(oneshot::Sender<Option<EventId>>),
+}
+
+impl Waiter {
+    fn answer(self, id: Option<EventId>) {
+        // A request that gave up waiting needs no answer.
+        let _ = match self {
+            Waiter::Post(record, done) => done.send(Answer::Stored(*record, id)).map_err(drop),
+            Waiter::Change(done) => done.send(id).map_err(drop),
+        };
+    }
+}
+
+/// A stored batch, for the appender.
+pub(super) struct AppendJob {
+    batch: String,
+    at_ms: i64,
+    events: Vec<NewEvent>,
+    /// One per event, in order.
+    waiters: Vec<Waiter>,
+    increments: Increments,
+}
+
+impl AppendJob {
+    pub(super) fn change(
+        change: &MembershipChange,
+        done: oneshot::Sender<Option<EventId>>,
+    ) -> Self {
+        Self {
+            batch: change.batch.clone(),
+            at_ms: change.at_ms,
+            events: vec![membership_event(change)],
+            waiters: vec![Waiter::Change(done)],
+            increments: Increments::default(),
+        }
+    }
+
+    fn answer(&mut self, ids: Option<&[EventId]>) {
+        for (n, waiter) in std::mem::take(&mut self.waiters).into_iter().enumerate() {
+            waiter.answer(ids.and_then(|ids| ids.get(n)).cloned());
+        }
+    }
+}
+
+pub(super) fn start(
+    store: &Store,
+    live: &Live,
+    finishing: &Arc<Finishing>,
+    shutdown: watch::Receiver<bool>,
+) -> (mpsc::Sender<PostJob>, mpsc::Sender<AppendJob>) {
+    let (posts, queue) = mpsc::channel(QUEUE);
+    let (appends, batches) = mpsc::channel(APPENDS);
+    // A batch is appended by one atomic script, which trims the log as it goes: a batch
+    // longer than the log would trim its own first events before any tailer read them.
+    let max_batch = MAX_BATCH.min((live.event_log_max_len() / 4).max(1));
+    tokio::spawn(write(store.clone(), queue, appends.clone(), max_batch));
+    tokio::spawn(append(
+        live.clone(),
+        Arc::clone(finishing),
+        batches,
+        shutdown,
+    ));
+    (posts, appends)
+}
+
+async fn write(
+    store: Store,
+    mut queue: mpsc::Receiver<PostJob>,
+    appends: mpsc::Sender<AppendJob>,
+    max_batch: usize,
+) {
+    let mut jobs: Vec<PostJob> = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        let (posts, answers): (Vec<NewMessage>, Vec<_>) =
+            jobs.drain(..).map(|job| (job.new, job.done)).unzip();
+        tracing::debug!(posts = posts.len(), "group commit");
+        let batch = store.insert_batch(posts).await;
+        let mut stored = Vec::new();
+        for (written, done) in batch.written.into_iter().zip(answers) {
+            let answer = match written {
+                Written::Stored(record) => {
+                    stored.push((record, done));
+                    continue;
+                }
+                Written::Replayed(record) => Answer::Replayed(record),
+                Written::KeyReused => Answer::KeyReused,
+                Written::Failed(err) => Answer::Failed(err),
+            };
+            let _ = done.send(answer);
+        }
+        if stored.is_empty() {
+            continue;
+        }
+        // Events in the order of their messages' ids, as the reconciler would make them.
+        stored.sort_by_key(|(record, _)| record.id);
+        let mut increments = Increments::default();
+        for (record, _) in &stored {
+            increments.count(record);
+        }
+        let job = AppendJob {
+            batch: batch.id,
+            at_ms: batch.at_ms,
+            events: stored
+                .iter()
+                .map(|(record, _)| message_event(record))
+                .collect(),
+            waiters: stored
+                .into_iter()
+                .map(|(record, done)| Waiter::Post(Box::new(record), done))
+                .collect(),
+            increments,
+        };
+        if let Err(full) = appends.try_send(job) {
+            let mut refused = full.into_inner();
+            tracing::warn!(batch = %refused.batch, "the appender is behind; batch left to the reconciler");
+            refused.answer(None);
+        }
+    }
+}
+
+async fn append(
+    live: Live,
+    finishing: Arc<Finishing>,
+    mut batches: mpsc::Receiver<AppendJob>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Batches behind one that Redis refused, their posts answered already.
+    let mut waiting: VecDeque<AppendJob> = VecDeque::new();
+    loop {
+        let mut job = match waiting.pop_front() {
+            Some(job) => job,
+            None => match batches.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let since = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match live.append(&job.batch, &job.events).await {
+                Ok(ids) => {
+                    job.answer(Some(&ids));
+                    finishing.add(Finished {
+                        batch: std::mem::take(&mut job.batch),
+                        at_ms: job.at_ms,
+                        events: i64::try_from(ids.len()).unwrap_or(i64::MAX),
+                        increments: std::mem::take(&mut job.increments),
+                    });
+                    break;
+                }
+                Err(err) => {
+                    // The batch is stored: its posts succeeded; its events come later, and
+                    // those of the batches behind it after them.
+                    if !job.waiters.is_empty() {
+                        tracing::warn!(batch = %job.batch, error = %err, "cannot append to the event log; retrying");
+                        job.answer(None);
+                    }
+                    if since.elapsed() > GIVE_UP {
+                        tracing::warn!(batch = %job.batch, "batch left to the reconciler");
+                        break;
+                    }
+                    let retry = tokio::time::sleep(delay);
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            _ = &mut retry => break,
+                            Some(mut later) = batches.recv() => {
+                                later.answer(None);
+                                if waiting.len() < APPENDS {
+                                    waiting.push_back(later);
+                                } else {
+                                    tracing::warn!(batch = %later.batch, "batch left to the reconciler");
+                                }
+                            }
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Finish records: a batch (the messages of one group commit, or one membership change) is
+//! finished once its events are in the log and its messages are counted. Its record is
+//! inserted in the same transaction as its counts, and its unique `_id` (the batch id) is what
+//! makes counting exactly once: a second finisher's transaction fails on it and applies
+//! nothing. The reconciler walks stored batches in time and finishes those without a record;
+//! its place (the watermark) and lease are one document, moved in the same transactions.
+
+use std::collections::HashSet;
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::stats::Increments;
+use super::{Store, is_duplicate_key};
+
+/// A finished batch, to record.
+pub struct Finished {
+    pub batch: String,
+    pub at_ms: i64,
+    /// Events it announced (messages, or one membership change).
+    pub events: i64,
+    pub increments: Increments,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FinishRecord {
+    #[serde(rename = "_id")]
+    batch: String,
+    at_ms: i64,
+    events: i64,
+    /// For the expiry: a record outlives by far the time a batch can take to be finished.
+    at: mongodb::bson::DateTime,
+}
+
+/// A stored batch with no finish record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    pub batch: String,
+    pub at_ms: i64,
+    pub source: Source,
+}
+
+/// Where a batch's events come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Messages,
+    Membership,
+}
+
+fn records(db: &Database) -> Collection<FinishRecord> {
+    db.collection("finished")
+}
+
+fn reconciler(db: &Database) -> Collection<Document> {
+    db.collection("reconciler")
+}
+
+pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
+    records(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "at_ms": 1 })
+                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
+                .build(),
+        )
+        .await?;
+    records(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "at": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .name("expire_after_a_week".to_owned())
+                        .expire_after(std::time::Duration::from_secs(7 * 24 * 3600))
+                        .build(),
+                )
+                .build(),
+        )
+        .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Records `batches` finished and applies their counts in one transaction, and moves the
+    /// reconciler's watermark to `watermark` when given. Batches already finished (by another
+    /// finisher) are left out, with their counts, and the rest written. On error nothing is
+    /// known to be applied: the caller tries again with the same batches.
+    pub async fn finish(
+        &self,
+        batches: &[Finished],
+        watermark: Option<i64>,
+    ) -> mongodb::error::Result<()> {
+        // A batch can be handed in twice (its instance and a retried post both appended it).
+        let mut seen = HashSet::new();
+        let mut todo: Vec<&Finished> = batches.iter().filter(|b| seen.insert(&b.batch)).collect();
+        // Each round either commits or finds finished batches to leave out.
+        for _ in 0..3 {
+            match self
+                .bounded("finishing batches", self.finish_once(&todo, watermark))
+                .await
+            {
+                Err(err) if is_duplicate_key(&err) => {
+                    let done = self.already_finished(&todo).await?;
+                    todo.retain(|b| !done.contains(&b.batch));
+                }
+                other => return other,
+            }
+        }
+        Err(mongodb::error::Error::custom(
+            "batches kept being finished elsewhere",
+        ))
+    }
+
+    async fn finish_once(
+        &self,
+        batches: &[&Finished],
+        watermark: Option<i64>,
+    ) -> mongodb::error::Result<()> {
+        if batches.is_empty() && watermark.is_none() {
+            return Ok(());
+        }
+        let mut increments = Increments::default();
+        let now = mongodb::bson::DateTime::now();
+        let finished: Vec<FinishRecord> = batches
+            .iter()
+            .map(|b| {
+                increments.add(&b.increments);
+                FinishRecord {
+                    batch: b.batch.clone(),
+                    at_ms: b.at_ms,
+                    events: b.events,
+                    at: now,
+                }
+            })
+            .collect();
+        let mut session = self.db.client().start_session().await?;
+        session.start_transaction().await?;
+        if !finished.is_empty() {
+            records(&self.db)
+                .insert_many(&finished)
+                .session(&mut session)
+                .await?;
+        }
+        increments.apply(&self.db, &mut session).await?;
+        if let Some(watermark) = watermark {
+            reconciler(&self.db)
+                .update_one(
+                    doc! { "_id": "reconciler" },
+                    doc! { "$max": { "watermark": watermark } },
+                )
+                .upsert(true)
+                .session(&mut session)
+                .await?;
+        }
+        session.commit_transaction().await
+    }
+
+    async fn already_finished(
+        &self,
+        batches: &[&Finished],
+    ) -> mongodb::error::Result<HashSet<String>> {
+        let ids: Vec<&str> = batches.iter().map(|b| b.batch.as_str()).collect();
+        self.finished_among(&ids).await
+    }
+
+    async fn finished_among(&self, ids: &[&str]) -> mongodb::error::Result<HashSet<String>> {
+        let finished = self.majority::<Document>("finished");
+        let found: Vec<Document> = self
+            .bounded("reading finish records", async {
+                finished
+                    .find(doc! { "_id": { "$in": ids } })
+                    .projection(doc! { "_id": 1 })
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
+    }
+
+    /// Whether `batch` is finished.
+    pub async fn is_finished(&self, batch: &str) -> mongodb::error::Result<bool> {
+        Ok(!self.finished_among(&[batch]).await?.is_empty())
+    }
+
+    /// Takes (or keeps) the reconciler's lease for `owner` until `until_ms`, unless another
+    /// instance holds it past `now_ms`; returns the watermark when the lease is this owner's
+    /// (`Some(None)` before any), `None` when it is another's.
+    pub async fn reconciler_lease(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> mongodb::error::Result<Option<Option<i64>>> {
+        let lease = reconciler(&self.db);
+        let take = lease
+            .find_one_and_update(
+                doc! { "_id": "reconciler", "$or": [
+                    { "owner": { "$eq": owner } },
+                    { "until": { "$lt": now_ms } },
+                    { "until": { "$exists": false } },
+                ] },
+                doc! { "$set": { "owner": owner, "until": until_ms } },
+            )
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After);
+        match self.bounded("taking the reconciler's lease", take).await {
+            Ok(Some(lease)) => Ok(Some(lease.get_i64("watermark").ok())),
+            // The document exists and another instance holds the lease: the upsert fails on
+            // the document's id (nx-27017 answers no document instead).
+            Ok(None) => Ok(None),
+            Err(err) if is_duplicate_key(&err) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The batches stored in `[from_ms, to_ms)` (messages, then membership changes) that have
+    /// no finish record. When the events stored in the window and those its records account
+    /// for are as many, that is all it reads: a count of each.
+    pub async fn unfinished(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> mongodb::error::Result<Vec<Unfinished>> {
+        let window = doc! { "at_ms": { "$gte": from_ms, "$lt": to_ms } };
+        let stored = self.count_in("messages", &window).await?
+            + self.count_in("memberships", &window).await?;
+        let sum = vec![
+            doc! { "$match": window.clone() },
+            doc! { "$group": { "_id": null, "events": { "$sum": "$events" } } },
+        ];
+        let accounted = self
+            .bounded("summing finish records", async {
+                let mut cursor = self.majority::<Document>("finished").aggregate(sum).await?;
+                let first = cursor.try_next().await?;
+                Ok(first
+                    .and_then(|d| super::integer(d.get("events")))
+                    .unwrap_or(0))
+            })
+            .await?;
+        tracing::debug!(from_ms, to_ms, stored, accounted, "reconciler window");
+        if stored == accounted {
+            return Ok(Vec::new());
+        }
+        let mut batches = Vec::new();
+        for (collection, source) in [
+            ("messages", Source::Messages),
+            ("memberships", Source::Membership),
+        ] {
+            let stored = self.majority::<Document>(collection);
+            let found: Vec<Document> = self
+                .bounded("reading stored batches", async {
+                    stored
+                        .find(window.clone())
+                        .projection(doc! { "batch": 1, "at_ms": 1 })
+                        .await?
+                        .try_collect()
+                        .await
+                })
+                .await?;
+            for d in found {
+                // Loaded history (and documents of older versions) has no batch to finish.
+                let (Ok(batch), Ok(at_ms)) = (d.get_str("batch"), d.get_i64("at_ms")) else {
+                    continue;
+                };
+                if batch.is_empty() {
+                    continue;
+                }
+                let batch = Unfinished {
+                    batch: batch.to_owned(),
+                    at_ms,
+                    source,
+                };
+                if !batches.contains(&batch) {
+                    batches.push(batch);
+                }
+            }
+        }
+        let ids: Vec<&str> = batches.iter().map(|b| b.batch.as_str()).collect();
+        let done = self.finished_among(&ids).await?;
+        batches.retain(|b| !done.contains(&b.batch));
+        batches.sort_by_key(|b| b.at_ms);
+        Ok(batches)
+    }
+
+    async fn count_in(&self, collection: &str, filter: &Document) -> mongodb::error::Result<i64> {
+        // `$match` + `$count` uses the index on both servers (nx-27017's `count` scans).
+        let pipeline = vec![doc! { "$match": filter.clone() }, doc! { "$count": "n" }];
+        self.bounded("counting stored events", async {
+            let mut cursor = self
+                .majority::<Document>(collection)
+                .aggregate(pipeline)
+                .await?;
+            let first = cursor.try_next().await?;
+            Ok(first.and_then(|d| super::integer(d.get("n"))).unwrap_or(0))
+        })
+        .await
+    }
+}
