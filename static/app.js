@@ -556,17 +556,16 @@
     return li;
   }
 
-  // Adds a message to the open conversation, in time order, once: history pages, the POST
-  // response and the SSE stream may all bring the same message.
+  // Adds a message to the open conversation, in history's order (message ids sort as history
+  // does), once: history pages, the POST response and the SSE stream may all bring the same
+  // message, and two instances' messages may come live in the other order.
   function addMessage(conv, message) {
     if (conv.messages.has(message.id)) return false;
     conv.messages.set(message.id, message);
     const li = messageElement(message);
-    const t = Date.parse(message.created_at);
-    li.dataset.t = String(t);
     const list = $("messages");
     let after = list.lastElementChild;
-    while (after && (Number(after.dataset.t) > t || (Number(after.dataset.t) === t && after.dataset.id > message.id))) {
+    while (after && after.dataset.id > message.id) {
       after = after.previousElementSibling;
     }
     if (after) after.after(li);

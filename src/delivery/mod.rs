@@ -93,13 +93,20 @@ impl Delivery {
                 .map_err(|_| stopped())?;
             answer.await.map_err(|_| stopped())
         };
-        let answer = tokio::time::timeout(self.bound, queued)
+        let deadline = tokio::time::Instant::now() + self.bound;
+        let answer = tokio::time::timeout_at(deadline, queued)
             .await
             .map_err(|_| PostError::Store(crate::store::timed_out("the message insert")))??;
         match answer {
-            pipeline::Answer::Stored(record, event_id) => {
+            pipeline::Answer::Stored(record, appended) => {
                 let mut response = MessageResponse::from(&record);
-                response.event_id = event_id.map(|id| id.to_string());
+                // Stored: the post succeeded whatever the append does, within the bound.
+                let event_id = tokio::time::timeout_at(deadline, appended).await;
+                response.event_id = event_id
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .map(|id| id.to_string());
                 Ok(Posted::Created(response))
             }
             pipeline::Answer::Replayed(record) => Ok(Posted::Replayed(self.replay(&record).await)),
@@ -112,16 +119,8 @@ impl Delivery {
     /// is not finished (its first attempt died, or got a 503), it is finished now, once.
     pub async fn replay(&self, record: &MessageRecord) -> MessageResponse {
         let mut response = MessageResponse::from(record);
-        let unfinished = Unfinished {
-            batch: record.batch.clone(),
-            at_ms: record.at_ms,
-            source: Source::Messages,
-        };
-        let events = self.finishing.finish_replayed(&unfinished).await;
-        response.event_id = events
-            .into_iter()
-            .find(|(id, _)| *id == record.id.to_hex())
-            .map(|(_, event)| event.to_string());
+        let event_id = self.finishing.replayed_event(record).await;
+        response.event_id = event_id.map(|id| id.to_string());
         response
     }
 
@@ -209,85 +208,69 @@ impl Finishing {
         }
     }
 
-    /// The events of a stored batch, as its first append made them: its messages by id, or
-    /// its membership change. Empty when nothing of it is stored (any more).
+    /// The events of a stored batch as its first append made them (its messages by id, or its
+    /// membership change), with their counts. Empty when nothing of it is stored (any more).
     async fn events_of(
         &self,
         batch: &Unfinished,
-    ) -> mongodb::error::Result<(Vec<NewEvent>, Vec<String>, Increments)> {
+    ) -> mongodb::error::Result<(Vec<NewEvent>, Increments)> {
         let mut increments = Increments::default();
-        Ok(match batch.source {
+        let events = match batch.source {
             Source::Messages => {
                 let messages = self.store.batch_messages(&batch.batch, batch.at_ms).await?;
-                for message in &messages {
-                    increments.count(message);
-                }
-                let ids = messages.iter().map(|m| m.id.to_hex()).collect();
-                (
-                    messages.iter().map(message_event).collect(),
-                    ids,
-                    increments,
-                )
+                messages.iter().for_each(|m| increments.count(m));
+                messages.iter().map(message_event).collect()
             }
             Source::Membership => {
-                let change = self
-                    .store
-                    .membership_change(&batch.batch, batch.at_ms)
-                    .await?;
-                let events: Vec<NewEvent> = change.iter().map(membership_event).collect();
-                let ids = events.iter().map(|_| batch.batch.clone()).collect();
-                (events, ids, increments)
+                let change = self.store.membership_change(&batch.batch, batch.at_ms);
+                change.await?.iter().map(membership_event).collect()
             }
-        })
+        };
+        Ok((events, increments))
     }
 
-    /// Appends a stored batch (once, whoever else does: see `Live::append`) and gives what to
-    /// record, with the event id of each message; `None` when nothing of it is stored.
+    /// Appends a stored batch (once, whoever else does: see `Live::append`); what to record,
+    /// and the ids of its events. `None` when nothing of it is stored.
     async fn append_stored(
         &self,
         batch: &Unfinished,
-    ) -> anyhow::Result<Option<(Finished, Vec<(String, EventId)>)>> {
-        let (events, ids, increments) = self.events_of(batch).await?;
+    ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
+        let (events, increments) = self.events_of(batch).await?;
         if events.is_empty() {
             return Ok(None);
         }
-        let appended = self.live.append(&batch.batch, &events).await?;
+        let ids = self.live.append(&batch.batch, &events).await?;
         let finished = Finished {
             batch: batch.batch.clone(),
             at_ms: batch.at_ms,
             events: i64::try_from(events.len()).unwrap_or(i64::MAX),
             increments,
         };
-        Ok(Some((finished, ids.into_iter().zip(appended).collect())))
+        Ok(Some((finished, ids)))
     }
 
-    /// For a retried post: the event ids of its batch, appending and finishing it if no one
-    /// has (best effort: on failure the reconciler does it, and the answer has no event id).
-    async fn finish_replayed(&self, batch: &Unfinished) -> Vec<(String, EventId)> {
-        let done = match self.store.is_finished(&batch.batch).await {
-            Ok(done) => done,
-            Err(_) => return Vec::new(),
+    /// For a retried post: its event's id, appending and finishing its batch if no one has.
+    /// Best effort: otherwise the reconciler finishes it, and the answer has no event id.
+    async fn replayed_event(&self, record: &MessageRecord) -> Option<EventId> {
+        let batch = Unfinished {
+            batch: record.batch.clone(),
+            at_ms: record.at_ms,
+            source: Source::Messages,
         };
-        if done {
-            // Its marker, if it is still kept, has the ids; never append a finished batch.
-            return match (
-                self.events_of(batch).await,
-                self.live.marker(&batch.batch).await,
-            ) {
-                (Ok((_, ids, _)), Ok(Some(events))) => ids.into_iter().zip(events).collect(),
-                _ => Vec::new(),
-            };
-        }
-        match self.append_stored(batch).await {
-            Ok(Some((finished, events))) => {
-                self.add(finished);
-                events
-            }
-            Ok(None) => Vec::new(),
-            Err(err) => {
-                tracing::debug!(batch = %batch.batch, error = %err, "a retried post's batch is left to the reconciler");
-                Vec::new()
-            }
-        }
+        let messages = self
+            .store
+            .batch_messages(&batch.batch, batch.at_ms)
+            .await
+            .ok()?;
+        let position = messages.iter().position(|m| m.id == record.id)?;
+        let ids = if self.store.is_finished(&batch.batch).await.ok()? {
+            // Never append a finished batch: its marker has the ids while it is kept.
+            self.live.marker(&batch.batch).await.ok()??
+        } else {
+            let (finished, ids) = self.append_stored(&batch).await.ok()??;
+            self.add(finished);
+            ids
+        };
+        ids.get(position).cloned()
     }
 }

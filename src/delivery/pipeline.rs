@@ -42,26 +42,12 @@ pub(super) struct PostJob {
 }
 
 pub(super) enum Answer {
-    Stored(MessageRecord, Option<EventId>),
+    /// Stored; the id of its event follows once the batch is appended (`None` if Redis
+    /// refused it).
+    Stored(MessageRecord, oneshot::Receiver<Option<EventId>>),
     Replayed(MessageRecord),
     KeyReused,
     Failed(mongodb::error::Error),
-}
-
-/// Who waits for an event's id.
-enum Waiter {
-    Post(Box<MessageRecord>, oneshot::Sender<Answer>),
-    Change(oneshot::Sender<Option<EventId>>),
-}
-
-impl Waiter {
-    fn answer(self, id: Option<EventId>) {
-        // A request that gave up waiting needs no answer.
-        let _ = match self {
-            Waiter::Post(record, done) => done.send(Answer::Stored(*record, id)).map_err(drop),
-            Waiter::Change(done) => done.send(id).map_err(drop),
-        };
-    }
 }
 
 /// A stored batch, for the appender.
@@ -69,8 +55,8 @@ pub(super) struct AppendJob {
     batch: String,
     at_ms: i64,
     events: Vec<NewEvent>,
-    /// One per event, in order.
-    waiters: Vec<Waiter>,
+    /// Who waits for each event's id, in order.
+    waiters: Vec<oneshot::Sender<Option<EventId>>>,
     increments: Increments,
 }
 
@@ -83,14 +69,15 @@ impl AppendJob {
             batch: change.batch.clone(),
             at_ms: change.at_ms,
             events: vec![membership_event(change)],
-            waiters: vec![Waiter::Change(done)],
+            waiters: vec![done],
             increments: Increments::default(),
         }
     }
 
     fn answer(&mut self, ids: Option<&[EventId]>) {
         for (n, waiter) in std::mem::take(&mut self.waiters).into_iter().enumerate() {
-            waiter.answer(ids.and_then(|ids| ids.get(n)).cloned());
+            // A request that gave up waiting needs no answer.
+            let _ = waiter.send(ids.and_then(|ids| ids.get(n)).cloned());
         }
     }
 }
@@ -132,8 +119,9 @@ async fn write(
         for (written, done) in batch.written.into_iter().zip(answers) {
             let answer = match written {
                 Written::Stored(record) => {
-                    stored.push((record, done));
-                    continue;
+                    let (event, event_id) = oneshot::channel();
+                    stored.push((record.clone(), event));
+                    Answer::Stored(record, event_id)
                 }
                 Written::Replayed(record) => Answer::Replayed(record),
                 Written::KeyReused => Answer::KeyReused,
@@ -150,17 +138,15 @@ async fn write(
         for (record, _) in &stored {
             increments.count(record);
         }
+        let (events, waiters) = stored
+            .into_iter()
+            .map(|(record, waiter)| (message_event(&record), waiter))
+            .unzip();
         let job = AppendJob {
             batch: batch.id,
             at_ms: batch.at_ms,
-            events: stored
-                .iter()
-                .map(|(record, _)| message_event(record))
-                .collect(),
-            waiters: stored
-                .into_iter()
-                .map(|(record, done)| Waiter::Post(Box::new(record), done))
-                .collect(),
+            events,
+            waiters,
             increments,
         };
         if let Err(full) = appends.try_send(job) {

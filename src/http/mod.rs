@@ -3,9 +3,11 @@
 //! JSON error shape.
 
 pub mod auth;
+pub mod conversations;
 pub mod events;
 pub mod front_door;
 pub mod health;
+pub mod history;
 pub mod messages;
 pub mod openapi;
 pub mod page;
@@ -52,10 +54,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/rooms/{room_id}/messages").route(web::get().to(rooms::room_messages)),
         )
         .service(web::resource("/messages").route(web::post().to(messages::create_message)))
-        .service(web::resource("/conversations").route(web::get().to(messages::list_conversations)))
+        .service(
+            web::resource("/conversations").route(web::get().to(conversations::list_conversations)),
+        )
         .service(
             web::resource("/conversations/{username}/messages")
-                .route(web::get().to(messages::conversation_messages)),
+                .route(web::get().to(conversations::conversation_messages)),
         )
         .service(web::resource("/events").route(web::get().to(events::events)))
         .service(web::resource("/stats/most-active").route(web::get().to(stats::most_active)))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::http::{auth, events, health, messages, rooms, stats, users};
+use crate::http::{auth, conversations, events, health, messages, rooms, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,8 +29,8 @@ use crate::http::{auth, events, health, messages, rooms, stats, users};
         rooms::leave_room,
         rooms::room_messages,
         messages::create_message,
-        messages::conversation_messages,
-        messages::list_conversations,
+        conversations::conversation_messages,
+        conversations::list_conversations,
         events::events,
         stats::most_active,
         stats::most_solicited,

@@ -9,7 +9,7 @@ use crate::auth::AuthUser;
 use crate::domain::{RoomId, RoomName};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
-use crate::http::messages::{HistoryQuery, MessagePage, history_page};
+use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::startup::AppState;
 use crate::store::{CreateRoomError, MembershipChange, RoomRecord, room_conversation};
 

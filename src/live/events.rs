@@ -40,8 +40,8 @@ local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kin
 end
 ";
 
-/// KEYS: stream, epoch, count, the batch's marker. ARGV: candidate epoch, maxlen, mode, the
-/// marker's lifetime in seconds, then kind, audience and data of each event in order.
+/// KEYS: the batch's marker, stream, epoch, count. ARGV: the marker's lifetime in seconds,
+/// candidate epoch, maxlen, mode, then kind, audience and data of each event in order.
 ///
 /// Appends the events of one batch, once: the marker (a list of the ids appended) is set in
 /// the same atomic step, last, so that a script stopped half-way by an error leaves none. Any
@@ -50,16 +50,16 @@ end
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
-        if redis.call('EXISTS', KEYS[4]) == 1 then
-            return redis.call('LRANGE', KEYS[4], 0, -1)
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+            return redis.call('LRANGE', KEYS[1], 0, -1)
         end
         local ids = {{}}
         for i = 5, #ARGV, 3 do
-            local appended = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[i], ARGV[i + 1], ARGV[i + 2])
+            local appended = append(KEYS[2], KEYS[3], KEYS[4], ARGV[2], ARGV[3], ARGV[4], ARGV[i], ARGV[i + 1], ARGV[i + 2])
             ids[#ids + 1] = appended[1] .. '-' .. appended[2]
         end
-        redis.call('RPUSH', KEYS[4], unpack(ids))
-        redis.call('EXPIRE', KEYS[4], ARGV[4])
+        redis.call('RPUSH', KEYS[1], unpack(ids))
+        redis.call('EXPIRE', KEYS[1], ARGV[1])
         return ids
         "
     ))
@@ -363,6 +363,21 @@ impl Live {
         self.event_log_max_len
     }
 
+    /// Adds, after a script's own keys and arguments, what its `append` (see [`APPEND_LUA`])
+    /// needs: the log's keys, then a candidate epoch, the log's length and the trim mode.
+    pub(crate) fn with_log<'a, 's>(
+        &self,
+        invocation: &'a mut redis::ScriptInvocation<'s>,
+    ) -> &'a mut redis::ScriptInvocation<'s> {
+        invocation
+            .key(self.keys.events())
+            .key(self.keys.epoch())
+            .key(self.keys.event_count())
+            .arg(new_epoch())
+            .arg(self.event_log_max_len)
+            .arg(self.trim_mode())
+    }
+
     /// XADD trims exactly for small logs (tests) and approximately (cheaper) for real ones.
     pub(crate) fn trim_mode(&self) -> &'static str {
         if self.event_log_max_len >= 1000 {
@@ -381,14 +396,9 @@ impl Live {
     ) -> redis::RedisResult<Vec<EventId>> {
         let mut invocation = APPEND.prepare_invoke();
         invocation
-            .key(self.keys.events())
-            .key(self.keys.epoch())
-            .key(self.keys.event_count())
             .key(self.keys.batch_marker(batch))
-            .arg(new_epoch())
-            .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
             .arg(MARKER_TTL.as_secs());
+        self.with_log(&mut invocation);
         for event in events {
             invocation
                 .arg(event.kind.as_str())

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use redis::Script;
 
 use super::Live;
-use super::events::{APPEND_LUA, new_epoch};
+use super::events::APPEND_LUA;
 use crate::domain::UserId;
 
 const NOW_LUA: &str = r"
@@ -142,23 +142,17 @@ impl Live {
     ) -> redis::RedisResult<TouchOutcome> {
         let user = user.to_string();
         let mut conn = self.redis.clone();
-        let outcome: i64 = TOUCH
+        let mut touch = TOUCH.prepare_invoke();
+        touch
             .key(self.keys.revoked(jti))
             .key(self.keys.sessions(&user))
             .key(self.keys.online())
             .key(self.keys.names())
-            .key(self.keys.events())
-            .key(self.keys.epoch())
-            .key(self.keys.event_count())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
-            .arg(username)
-            .arg(new_epoch())
-            .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(username);
+        let outcome: i64 = self.with_log(&mut touch).invoke_async(&mut conn).await?;
         Ok(if outcome == -1 {
             TouchOutcome::Revoked
         } else {
@@ -180,41 +174,29 @@ impl Live {
             .unwrap_or(u64::MAX)
             .max(1000);
         let mut conn = self.redis.clone();
-        let went_offline: i64 = REVOKE
+        let mut revoke = REVOKE.prepare_invoke();
+        revoke
             .key(self.keys.revoked(jti))
             .key(self.keys.sessions(&user))
             .key(self.keys.online())
             .key(self.keys.names())
-            .key(self.keys.events())
-            .key(self.keys.epoch())
-            .key(self.keys.event_count())
             .arg(jti)
             .arg(&user)
             .arg(self.ttl_ms())
-            .arg(revoke_for_ms)
-            .arg(new_epoch())
-            .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
-            .invoke_async(&mut conn)
-            .await?;
+            .arg(revoke_for_ms);
+        let went_offline: i64 = self.with_log(&mut revoke).invoke_async(&mut conn).await?;
         Ok(went_offline == 1)
     }
 
     /// Announces users silent for the TTL as offline; returns how many.
     pub async fn sweep_presence(&self) -> redis::RedisResult<usize> {
         let mut conn = self.redis.clone();
-        SWEEP
+        let mut sweep = SWEEP.prepare_invoke();
+        sweep
             .key(self.keys.online())
             .key(self.keys.names())
-            .key(self.keys.events())
-            .key(self.keys.epoch())
-            .key(self.keys.event_count())
-            .arg(self.ttl_ms())
-            .arg(new_epoch())
-            .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
-            .invoke_async(&mut conn)
-            .await
+            .arg(self.ttl_ms());
+        self.with_log(&mut sweep).invoke_async(&mut conn).await
     }
 
     /// Runs [`Live::sweep_presence`] a few times per TTL until shutdown. Every instance runs

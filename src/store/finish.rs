@@ -96,22 +96,25 @@ impl Store {
         // A batch can be handed in twice (its instance and a retried post both appended it).
         let mut seen = HashSet::new();
         let mut todo: Vec<&Finished> = batches.iter().filter(|b| seen.insert(&b.batch)).collect();
-        // Each round either commits or finds finished batches to leave out.
+        // A failed commit may have been applied (a lost reply; nx-27017 reports concurrent
+        // transactions as failed after applying them): what was, its records say, and the
+        // rest is tried again.
+        let mut failure = None;
         for _ in 0..3 {
             match self
                 .bounded("finishing batches", self.finish_once(&todo, watermark))
                 .await
             {
-                Err(err) if is_duplicate_key(&err) => {
-                    let done = self.already_finished(&todo).await?;
-                    todo.retain(|b| !done.contains(&b.batch));
-                }
-                other => return other,
+                Ok(()) => return Ok(()),
+                Err(err) => failure = Some(err),
+            }
+            let done = self.already_finished(&todo).await?;
+            todo.retain(|b| !done.contains(&b.batch));
+            if todo.is_empty() && watermark.is_none() {
+                return Ok(());
             }
         }
-        Err(mongodb::error::Error::custom(
-            "batches kept being finished elsewhere",
-        ))
+        Err(failure.unwrap_or_else(|| mongodb::error::Error::custom("finishing batches failed")))
     }
 
     async fn finish_once(
