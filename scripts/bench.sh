@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Issue-6 benchmarks, each next to its ceiling and in the same run: the send path (POST /messages
-# vs a bare MongoDB insert vs GET /healthz), SSE fan-out (two API instances vs nginx + nchan)
-# and the memory of idle streams (API vs nchan). Installs what is missing (redis-server,
-# nx-27017, nginx + libnginx-mod-nchan), starts everything on loopback ports of its own, prints
-# one markdown table, and stops everything on exit. All state lives in .work/loadbench.
+# vs a bare MongoDB insert vs GET /healthz), SSE fan-out (two API instances vs nginx + nchan, in
+# memory and with Redis storage) and the memory of idle streams (API vs nchan). Installs what is
+# missing (redis-server, nx-27017, nginx + libnginx-mod-nchan), starts everything on loopback
+# ports of its own, prints one markdown table, then a met/not met verdict for each target of
+# issue 19, and stops everything on exit. All state lives in .work/loadbench.
 #   ulimit -n 65536; ./scripts/bench.sh
 # Environment: SEND_CONCURRENCY (32), SEND_SECONDS (10), FANOUT_SUBSCRIBERS ("100 1000 5000"),
 # FANOUT_MESSAGES (per count: "100:20000 1000:500 5000:100"; others 100), FANOUT_PUBLISHERS
-# ("32 128": each subscriber count runs once per publisher count, the API then nchan),
-# IDLE_STREAMS (10000), IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout
-# idle": which to run), BENCH_STATS=1 (also run
+# ("32 128": each subscriber count runs once per publisher count: at 100 subscribers the API
+# with no subscribers first, then the API, nchan, nchan + Redis), IDLE_STREAMS (10000),
+# IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout idle": which to run),
+# BENCH_STATS=1 (also run
 # scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
 # LOADBENCH_MONGO_PORT (27148), LOADBENCH_API_PORT (18110), LOADBENCH_API2_PORT (18111),
 # LOADBENCH_NCHAN_PORT (18120), RUST_LOG (warn) for the API instances (logs in .work/loadbench).
@@ -118,7 +120,8 @@ write_nginx_conf() {
     module=${module:-/usr/lib/nginx/modules/ngx_nchan_module.so}
     mkdir -p "$DIR/nginx-tmp"
     cat >"$DIR/nginx.conf" <<EOF
-# Written by scripts/bench.sh: nchan as the SSE fan-out ceiling, in memory, no auth.
+# Written by scripts/bench.sh: nchan as the SSE fan-out ceiling, no auth; in memory (/pub, /sub)
+# and with Redis storage (/rpub, /rsub: the benchmark's Redis, as nchan runs on several servers).
 load_module $module;
 daemon on;
 pid $DIR/nginx.pid;
@@ -138,6 +141,9 @@ http {
     scgi_temp_path $DIR/nginx-tmp/scgi;
     keepalive_requests 1000000;
     nchan_max_reserved_memory 256M;
+    upstream bench_redis {
+        nchan_redis_server redis://127.0.0.1:$REDIS_PORT;
+    }
     server {
         listen 127.0.0.1:$NCHAN_PORT backlog=4096;
         location ~ ^/pub/(\w+)$ {
@@ -150,6 +156,23 @@ http {
             nchan_subscriber eventsource;
             nchan_channel_id \$1;
             # Live messages only: a new subscriber gets nothing published before it came.
+            nchan_subscriber_first_message newest;
+        }
+        # The same with Redis storage. Their own channel group: a channel id is one channel of
+        # nginx's shared memory, whichever storage its locations use.
+        location ~ ^/rpub/(\w+)$ {
+            nchan_redis_pass bench_redis;
+            nchan_channel_group redis;
+            nchan_publisher http;
+            nchan_channel_id \$1;
+            nchan_message_buffer_length 1000;
+            nchan_message_timeout 5m;
+        }
+        location ~ ^/rsub/(\w+)$ {
+            nchan_redis_pass bench_redis;
+            nchan_channel_group redis;
+            nchan_subscriber eventsource;
+            nchan_channel_id \$1;
             nchan_subscriber_first_message newest;
         }
     }
@@ -233,21 +256,32 @@ HEALTH_RATE=$(rate_of "send ceiling" healthz)
 fi
 
 wants fanout || FANOUT_SUBSCRIBERS=""
-# Each pair of rows (API, nchan) runs back to back, so that both see the machine in the same
-# state. Publishers are closed loops: with few of them, the rate is bounded by how long one
-# publish takes (a durable write for the API, memory for nchan) rather than by capacity.
+# Each group of rows (API, nchan, nchan + Redis) runs back to back, so that all see the machine
+# in the same state. Publishers are closed loops: with few of them, the rate is bounded by how
+# long one publish takes (a durable write for the API, memory or Redis for nchan) rather than by
+# capacity. At 100 subscribers the API's publish rate is held to its rate with the same
+# publishers posting the same way and no subscribers, measured right before.
+# api_fanout SUBSCRIBERS LABEL: the API's row with the loop's $m messages and $p publishers.
+api_fanout() {
+    row fanout --target api --sub-urls "$API1,$API2" --pub-url "$API1" --subscribers "$1" \
+        --messages "$m" --publishers "$p" --timeout-secs 120 --label "$2" \
+        --cpu "api1:$(pid_of api1),api2:$(pid_of api2),$STORES"
+}
 for n in $FANOUT_SUBSCRIBERS; do
     m=$(messages_for "$n")
     for p in $FANOUT_PUBLISHERS; do
-        log "2. fan-out: $n subscribers, $m messages, $p publishers (api, then nchan)"
-        row fanout --target api --sub-urls "$API1,$API2" --pub-url "$API1" --subscribers "$n" \
-            --messages "$m" --publishers "$p" --timeout-secs 120 \
-            --label "api: streams on 2 instances, POST via 1" \
-            --cpu "api1:$(pid_of api1),api2:$(pid_of api2),$STORES"
+        log "2. fan-out: $n subscribers, $m messages, $p publishers (api, nchan, nchan + Redis)"
+        if [ "$n" = 100 ]; then api_fanout 0 "api: no subscribers, POST via 1"; fi
+        api_fanout "$n" "api: streams on 2 instances, POST via 1"
         row fanout --target nchan --sub-urls "$NCHAN/sub/fan${n}p$p" \
             --pub-url "$NCHAN/pub/fan${n}p$p" --subscribers "$n" --messages "$m" \
             --publishers "$p" --timeout-secs 120 \
             --label "nchan (nginx, $NGINX_WORKERS workers)" --cpu "$(nginx_cpu)"
+        row fanout --target nchan --sub-urls "$NCHAN/rsub/fan${n}p$p" \
+            --pub-url "$NCHAN/rpub/fan${n}p$p" --subscribers "$n" --messages "$m" \
+            --publishers "$p" --timeout-secs 120 \
+            --label "nchan + Redis (nginx, $NGINX_WORKERS workers)" \
+            --cpu "$(nginx_cpu),redis:$(pid_of redis)"
     done
 done
 
@@ -318,12 +352,71 @@ if [ -n "${SEND_RATE:-}" ] && [ -n "${MONGO_RATE:-}" ] && [ -n "${HEALTH_RATE:-}
         if (m == 0 || h == 0) { print "Send path: a ceiling row failed; no ratios"; exit }
         printf "Send path: api/mongo = %.2f, api/healthz = %.3f (requests/s ratios)\n", s / m, s / h }'
 fi
-# Fan-out: API against nchan for each load (the rows come in pairs, API first).
-{ grep "^| fan-out " "$ROWS" || true; } | awk -F'|' '
-    { gsub(/^ +| +$/, "", $4); gsub(/ /, "", $5); gsub(/ /, "", $7) }
-    $3 ~ /^ api/ { load = $4; rate = $5; p99 = $7; next }
-    $3 ~ /^ nchan/ && $4 == load && rate > 0 && $5 > 0 {
-        printf "Fan-out %s: api/nchan = %.2f (deliveries/s), p99 %s against %s ms\n", load, rate / $5, p99, $7 }'
+# The verdicts on the targets of issue 19, from the table. Fan-out rows are keyed by their load
+# ("1000 subs, 32 pubs") and kind: api, base (the API with no subscribers, under the key of the
+# 100-subscriber row it comes right before), nchan and redis (nchan + Redis).
+awk -F'|' '
+    function verdict(ok) { return ok ? "met" : "not met" }
+    function have(kind, key) { return (kind SUBSEP key) in rate }
+    { for (i = 2; i <= NF; i++) gsub(/^ +| +$/, "", $i) }
+    $2 == "fan-out" {
+        words = split($4, w, " ")
+        subs = w[1]; key = (subs == 0 ? 100 : subs) " subs, " w[words - 1] " pubs"
+        kind = $3 ~ /^api/ ? (subs == 0 ? "base" : "api") : ($3 ~ /Redis/ ? "redis" : "nchan")
+        if (!(key in seen)) { seen[key]; keys[++nkeys] = key }
+        if ($5 != "-") { rate[kind, key] = $5; p99[kind, key] = $7 }
+        if (match($10, /^publish [0-9]+\/s/)) pub[kind, key] = substr($10, 9, RLENGTH - 10) + 0
+    }
+    $2 == "send" && $3 ~ /POST/ && $5 != "-" { send = $5 + 0 }
+    $2 == "send ceiling" && $3 ~ /insert_one/ && $5 != "-" { insert = $5 + 0 }
+    $2 == "idle memory" && match($10, /[0-9.]+ KiB\/stream/) {
+        idle[$3 ~ /^api/ ? "api" : "nchan"] = substr($10, RSTART, RLENGTH - 11) + 0
+    }
+    $2 == "idle memory" { idle_rows++ }
+    $2 ~ /^send/ { send_rows++ }
+    # Every row but the memory ones (no such column) must have no errors, lost or duplicates.
+    NR > 2 && $2 != "idle memory" {
+        rows++
+        if ($9 !~ /^[0\/]+$/) bad = bad sprintf("%s%s (%s): %s", bad == "" ? "" : "; ", $3, $4, $9)
+    }
+    END {
+        name["nchan"] = "nchan"; name["redis"] = "nchan + Redis"
+        for (k = 1; k <= nkeys; k++) {
+            key = keys[k]; target = key ~ /^100 / ? 2 : 1
+            if (target == 2) {
+                what = "Target 2 (" key "), publish rate with subscribers against without: "
+                if (!(("api" SUBSEP key) in pub) || !(("base" SUBSEP key) in pub) || pub["base", key] == 0)
+                    print what "not measured (a row failed)"
+                else
+                    printf "%s%s: %d/s against %d/s (%.2f, at least 0.90)\n", what,
+                        verdict(pub["api", key] >= 0.9 * pub["base", key]), pub["api", key],
+                        pub["base", key], pub["api", key] / pub["base", key]
+            }
+            for (v = 1; v <= 2; v++) {
+                other = v == 1 ? "nchan" : "redis"
+                what = "Target " target " (" key "), api against " name[other] ": "
+                if (!have("api", key) || !have(other, key)) { print what "not measured (a row failed)"; continue }
+                a = rate["api", key]; b = rate[other, key]; ap = p99["api", key]; bp = p99[other, key]
+                if (target == 2)
+                    printf "%s%s: p99 %s against %s ms\n", what, verdict(ap + 0 <= bp + 0), ap, bp
+                else
+                    printf "%s%s: %d against %d deliveries/s (%.2f), p99 %s against %s ms\n", what,
+                        verdict(a + 0 >= b + 0 && ap + 0 <= bp + 0), a, b, a / b, ap, bp
+            }
+        }
+        if (send_rows) {
+            what = "Target 4, send path, api POST against insert_one: "
+            if (send == "" || insert == "" || insert == 0) print what "not measured (a row failed)"
+            else printf "%s%s: %d/s against %d/s (%.2f)\n", what, verdict(send >= insert), send, insert, send / insert
+        }
+        if (idle_rows) {
+            what = "Target 4, idle stream memory, api against nchan: "
+            if (!("api" in idle) || !("nchan" in idle)) print what "not measured (a row failed)"
+            else printf "%s%s: %s against %s KiB/stream\n", what, verdict(idle["api"] <= idle["nchan"]), idle["api"], idle["nchan"]
+        }
+        if (bad == "") printf "Target 4, nothing lost or duplicated: met (errors/lost/dup all 0 in the %d rows)\n", rows
+        else print "Target 4, nothing lost or duplicated: not met: " bad
+    }' "$ROWS"
 echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~15 min) and measures them (or BENCH_STATS=1)."
 echo "nginx: worker_processes $NGINX_WORKERS ($(nginx_workers | wc -w) workers), worker_connections 20000, worker_rlimit_nofile $NOFILE; open files limit $NOFILE"
 echo "Scenarios took ${elapsed} s; $(date -u '+%F %T UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
