@@ -12,7 +12,11 @@
 //!                  --messages M [--publishers 4] [--users 20] --timeout-secs T
 //! loadgen idle     --target api|nchan --url U1[,U2] --streams N --hold-secs H
 //!                  --ready-file PATH [--users 20] [--timeout-secs T]
+//! loadgen log-append --redis REDIS_URL --batch B --concurrency C --seconds S
 //! ```
+//!
+//! `log-append` measures one Redis event log on its own: C tasks append batches of B events
+//! (300-byte messages) through the API's own append script; the rate is events per second.
 //!
 //! For `api`, URLs are API base URLs (`http://127.0.0.1:18110`; streams are `BASE/events`,
 //! messages are posted to `general` through `--pub-url`); for `nchan` they are the full
@@ -74,6 +78,7 @@ fn main() {
             "mongo-insert" => mongo_insert(&args).await,
             "fanout" => fanout(&args).await,
             "idle" => idle(&args).await,
+            "log-append" => log_append(&args).await,
             other => die(&format!("unknown subcommand `{other}`")),
         }
     });
@@ -508,6 +513,44 @@ async fn healthz(args: &Args) -> i32 {
     report_loop("send ceiling", target, concurrency, seconds, stats, note)
 }
 
+async fn log_append(args: &Args) -> i32 {
+    use chat_server::domain::RoomId;
+    use chat_server::live::{Audience, EventKind, Live, NewEvent};
+    let redis = args.required("redis");
+    let batch: usize = args.number("batch", 1);
+    let concurrency: usize = args.number("concurrency", 32);
+    let seconds: u64 = args.number("seconds", 10);
+    let prefix = format!("loadgen:{}:", ObjectId::new().to_hex());
+    let vars = [("REDIS_URL", redis.as_str()), ("REDIS_KEY_PREFIX", prefix.as_str()), ("APP_ENV", "development")];
+    let settings = chat_server::config::Settings::from_lookup(|name| {
+        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap_or_else(|e| die(&format!("settings: {e}")));
+    let live = Live::connect(&settings).unwrap_or_else(|e| die(&format!("redis: {e}")));
+    let event = NewEvent {
+        kind: EventKind::Message,
+        audience: Audience::Room(RoomId::new()),
+        data: json!({"body": "x".repeat(220), "id": ObjectId::new().to_hex()}).to_string(),
+    };
+    let events = Arc::new(vec![event; batch]);
+    let op: Op = Arc::new(move |worker, iteration| {
+        let (live, events) = (live.clone(), Arc::clone(&events));
+        async move {
+            let id = format!("{worker}-{iteration}");
+            live.append(&id, &events).await.map(drop).map_err(|e| e.to_string())
+        }
+        .boxed()
+    });
+    let cpu = CpuWatch::new(args);
+    let mut stats = bounded_closed_loop("log-append", concurrency, seconds, op).await;
+    let calls = stats.ok;
+    let note = format!("{calls} script calls of {batch} events; rate = events/s; {}", cpu.report());
+    // The row's rate counts events, not calls.
+    stats.ok *= batch as u64;
+    let target = args.string("label", &format!("append script, {batch} events a call"));
+    report_loop("log", target, concurrency, seconds, stats, note)
+}
+
 async fn mongo_insert(args: &Args) -> i32 {
     let uri = args.required("uri");
     let db = args.required("db");
@@ -521,7 +564,12 @@ async fn mongo_insert(args: &Args) -> i32 {
         .unwrap_or_else(|e| die(&format!("bad --uri: {e}")));
     options.app_name = Some("loadgen".to_owned());
     options.retry_writes = Some(true);
-    options.write_concern = Some(WriteConcern::majority());
+    options.write_concern = Some(
+        WriteConcern::builder()
+            .w(mongodb::options::Acknowledgment::Majority)
+            .journal(true)
+            .build(),
+    );
     let pool = options.max_pool_size.unwrap_or(10);
     let client = mongodb::Client::with_options(options).expect("mongodb client");
     let messages = client

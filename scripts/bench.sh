@@ -10,7 +10,8 @@
 # FANOUT_MESSAGES (per count: "100:20000 1000:500 5000:100"; others 100), FANOUT_PUBLISHERS
 # ("32 128": each subscriber count runs once per publisher count: at 100 subscribers the API
 # with no subscribers first, then the API, nchan, nchan + Redis), IDLE_STREAMS (10000),
-# IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout idle": which to run),
+# IDLE_HOLD_SECS (10), NGINX_WORKERS (auto), SCENARIOS ("send fanout idle log": which to run;
+# log: the event log alone, the append script with 1, 10 and 100 events a call),
 # BENCH_STATS=1 (also run
 # scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
 # LOADBENCH_MONGO_PORT (27148), LOADBENCH_API_PORT (18110), LOADBENCH_API2_PORT (18111),
@@ -32,7 +33,7 @@ FANOUT_PUBLISHERS="${FANOUT_PUBLISHERS:-32 128}"
 IDLE_STREAMS="${IDLE_STREAMS:-10000}"
 IDLE_HOLD_SECS="${IDLE_HOLD_SECS:-10}"
 NGINX_WORKERS="${NGINX_WORKERS:-auto}"
-SCENARIOS="${SCENARIOS:-send fanout idle}"
+SCENARIOS="${SCENARIOS:-send fanout idle log}"
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 DIR="$WORK/loadbench"
 LOADGEN="$ROOT/target/release/examples/loadgen"
@@ -341,6 +342,14 @@ start_nginx
 # shellcheck disable=SC2046 # one PID per word
 idle_rss "nchan (fresh nginx, sum of workers' PSS)" nchan "$NCHAN/sub/idle" "$(nginx_cpu)" \
     $(nginx_workers)
+fi
+
+if wants log; then
+log "4. the event log alone: the append script, C=$SEND_CONCURRENCY for $SEND_SECONDS s"
+for b in 1 10 100; do
+    row log-append --redis "$REDIS_URL" --batch "$b" --concurrency "$SEND_CONCURRENCY" \
+        --seconds "$SEND_SECONDS" --cpu "redis:$(pid_of redis)"
+done
 fi
 
 elapsed=$((SECONDS - began))
