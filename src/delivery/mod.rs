@@ -68,7 +68,7 @@ impl Delivery {
             store: store.clone(),
             live: live.clone(),
         });
-        let (posts, appends) = pipeline::start(&store, &live, &finishing, shutdown.clone());
+        let (posts, appends) = pipeline::start(&store, &live, &finishing);
         tokio::spawn(Arc::clone(&finishing).run(shutdown.clone()));
         tokio::spawn(reconciler::run(Arc::clone(&finishing), shutdown));
         Self {

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Finishing, membership_event, message_event};
@@ -33,7 +33,9 @@ pub const MAX_BATCH: usize = 256;
 const QUEUE: usize = 4096;
 /// Batches waiting for the appender; past it a stored batch is left to the reconciler.
 const APPENDS: usize = 1024;
-/// How long the appender retries a batch Redis refused before leaving it to the reconciler.
+/// How long after a batch was stored the appender may still append it; then it is left to the
+/// reconciler. Well within `FINISHED_MARKER_TTL`, so that the appender can never append a
+/// batch again once its marker is gone.
 const GIVE_UP: Duration = Duration::from_secs(60);
 
 pub(super) struct PostJob {
@@ -58,6 +60,7 @@ pub(super) struct AppendJob {
     /// Who waits for each event's id, in order.
     waiters: Vec<oneshot::Sender<Option<EventId>>>,
     increments: Increments,
+    stored: Instant,
 }
 
 impl AppendJob {
@@ -71,6 +74,7 @@ impl AppendJob {
             events: vec![membership_event(change)],
             waiters: vec![done],
             increments: Increments::default(),
+            stored: Instant::now(),
         }
     }
 
@@ -86,7 +90,6 @@ pub(super) fn start(
     store: &Store,
     live: &Live,
     finishing: &Arc<Finishing>,
-    shutdown: watch::Receiver<bool>,
 ) -> (mpsc::Sender<PostJob>, mpsc::Sender<AppendJob>) {
     let (posts, queue) = mpsc::channel(QUEUE);
     let (appends, batches) = mpsc::channel(APPENDS);
@@ -94,12 +97,7 @@ pub(super) fn start(
     // longer than the log would trim its own first events before any tailer read them.
     let max_batch = MAX_BATCH.min((live.event_log_max_len() / 4).max(1));
     tokio::spawn(write(store.clone(), queue, appends.clone(), max_batch));
-    tokio::spawn(append(
-        live.clone(),
-        Arc::clone(finishing),
-        batches,
-        shutdown,
-    ));
+    tokio::spawn(append(live.clone(), Arc::clone(finishing), batches));
     (posts, appends)
 }
 
@@ -148,6 +146,7 @@ async fn write(
             events,
             waiters,
             increments,
+            stored: Instant::now(),
         };
         if let Err(full) = appends.try_send(job) {
             let mut refused = full.into_inner();
@@ -157,12 +156,7 @@ async fn write(
     }
 }
 
-async fn append(
-    live: Live,
-    finishing: Arc<Finishing>,
-    mut batches: mpsc::Receiver<AppendJob>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiver<AppendJob>) {
     // Batches behind one that Redis refused, their posts answered already.
     let mut waiting: VecDeque<AppendJob> = VecDeque::new();
     loop {
@@ -173,9 +167,13 @@ async fn append(
                 None => return,
             },
         };
-        let since = Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
+            if job.stored.elapsed() > GIVE_UP {
+                tracing::warn!(batch = %job.batch, "batch left to the reconciler");
+                job.answer(None);
+                break;
+            }
             match live.append(&job.batch, &job.events).await {
                 Ok(ids) => {
                     job.answer(Some(&ids));
@@ -194,10 +192,6 @@ async fn append(
                         tracing::warn!(batch = %job.batch, error = %err, "cannot append to the event log; retrying");
                         job.answer(None);
                     }
-                    if since.elapsed() > GIVE_UP {
-                        tracing::warn!(batch = %job.batch, "batch left to the reconciler");
-                        break;
-                    }
                     let retry = tokio::time::sleep(delay);
                     tokio::pin!(retry);
                     loop {
@@ -211,7 +205,6 @@ async fn append(
                                     tracing::warn!(batch = %later.batch, "batch left to the reconciler");
                                 }
                             }
-                            _ = shutdown.changed() => return,
                         }
                     }
                     delay = (delay * 2).min(Duration::from_secs(2));
