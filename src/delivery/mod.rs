@@ -59,8 +59,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Starts the pipeline, the finishing of appended batches and the reconciler; they stop
-    /// with `shutdown` (what is left unfinished, another instance's reconciler finishes).
+    /// Starts the pipeline, the finishing of appended batches and the reconciler. The last
+    /// two stop with `shutdown` (what is left unfinished, another instance's reconciler
+    /// finishes); the pipeline serves the requests still draining, and ends with the process.
     pub fn start(store: Store, live: Live, shutdown: watch::Receiver<bool>) -> Self {
         let finishing = Arc::new(Finishing {
             pending: Mutex::default(),
@@ -85,7 +86,8 @@ impl Delivery {
     /// fails, its outcome unknown: if it is stored after all, its batch is finished as usual.
     pub async fn post(&self, new: NewMessage) -> Result<Posted, PostError> {
         let (done, answer) = oneshot::channel();
-        let stopped = || PostError::Store(mongodb::error::Error::custom("the pipeline stopped"));
+        // Only while the process ends: as temporary as a store that is away.
+        let stopped = || PostError::Store(crate::store::unavailable("the pipeline stopped"));
         let queued = async {
             self.posts
                 .send(pipeline::PostJob { new, done })
@@ -109,7 +111,12 @@ impl Delivery {
                     .map(|id| id.to_string());
                 Ok(Posted::Created(response))
             }
-            pipeline::Answer::Replayed(record) => Ok(Posted::Replayed(self.replay(&record).await)),
+            pipeline::Answer::Replayed(record) => {
+                let replay = tokio::time::timeout_at(deadline, self.replay(&record)).await;
+                Ok(Posted::Replayed(
+                    replay.unwrap_or_else(|_| MessageResponse::from(&record)),
+                ))
+            }
             pipeline::Answer::KeyReused => Err(PostError::KeyReused),
             pipeline::Answer::Failed(err) => Err(PostError::Store(err)),
         }
@@ -236,6 +243,15 @@ impl Finishing {
         batch: &Unfinished,
     ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
         let (events, increments) = self.events_of(batch).await?;
+        self.append_events(batch, events, increments).await
+    }
+
+    async fn append_events(
+        &self,
+        batch: &Unfinished,
+        events: Vec<NewEvent>,
+        increments: Increments,
+    ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
         if events.is_empty() {
             return Ok(None);
         }
@@ -243,6 +259,7 @@ impl Finishing {
         let finished = Finished {
             batch: batch.batch.clone(),
             at_ms: batch.at_ms,
+            source: batch.source,
             events: i64::try_from(events.len()).unwrap_or(i64::MAX),
             increments,
         };
@@ -267,7 +284,13 @@ impl Finishing {
             // Never append a finished batch: its marker has the ids while it is kept.
             self.live.marker(&batch.batch).await.ok()??
         } else {
-            let (finished, ids) = self.append_stored(&batch).await.ok()??;
+            let mut increments = Increments::default();
+            messages.iter().for_each(|m| increments.count(m));
+            let events = messages.iter().map(message_event).collect();
+            let (finished, ids) = self
+                .append_events(&batch, events, increments)
+                .await
+                .ok()??;
             self.add(finished);
             ids
         };

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::{Finishing, membership_event, message_event};
 use crate::live::{EventId, Live, NewEvent};
 use crate::store::stats::Increments;
-use crate::store::{Finished, MembershipChange, MessageRecord, NewMessage, Store, Written};
+use crate::store::{Finished, MembershipChange, MessageRecord, NewMessage, Source, Store, Written};
 
 /// Posts stored by one insert at most.
 pub const MAX_BATCH: usize = 256;
@@ -56,6 +56,7 @@ pub(super) enum Answer {
 pub(super) struct AppendJob {
     batch: String,
     at_ms: i64,
+    source: Source,
     events: Vec<NewEvent>,
     /// Who waits for each event's id, in order.
     waiters: Vec<oneshot::Sender<Option<EventId>>>,
@@ -71,6 +72,7 @@ impl AppendJob {
         Self {
             batch: change.batch.clone(),
             at_ms: change.at_ms,
+            source: Source::Membership,
             events: vec![membership_event(change)],
             waiters: vec![done],
             increments: Increments::default(),
@@ -143,6 +145,7 @@ async fn write(
         let job = AppendJob {
             batch: batch.id,
             at_ms: batch.at_ms,
+            source: Source::Messages,
             events,
             waiters,
             increments,
@@ -176,13 +179,16 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
             }
             match live.append(&job.batch, &job.events).await {
                 Ok(ids) => {
-                    job.answer(Some(&ids));
+                    // Handed to finishing before the posts are answered, so that a statistics
+                    // read right after the answer counts them (the read barrier).
                     finishing.add(Finished {
-                        batch: std::mem::take(&mut job.batch),
+                        batch: job.batch.clone(),
                         at_ms: job.at_ms,
+                        source: job.source,
                         events: i64::try_from(ids.len()).unwrap_or(i64::MAX),
                         increments: std::mem::take(&mut job.increments),
                     });
+                    job.answer(Some(&ids));
                     break;
                 }
                 Err(err) => {

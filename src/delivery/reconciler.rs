@@ -12,14 +12,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Finishing;
+use crate::store::Lease;
 
 /// How often the reconciler looks.
 const EVERY: Duration = Duration::from_secs(1);
 /// How long a lease lasts without being renewed: then another instance takes over.
 const LEASE: Duration = Duration::from_secs(5);
-/// The most of the store's history one pass covers (a reconciler far behind catches up in
-/// steps).
+/// The most of the store's history, and of batches, one pass covers: a reconciler far behind
+/// catches up in steps, each recorded in one transaction of bounded size.
 const MAX_WINDOW_MS: i64 = 60_000;
+const MAX_BATCHES: usize = 200;
 
 pub(super) async fn run(finishing: Arc<Finishing>, mut shutdown: watch::Receiver<bool>) {
     let owner = mongodb::bson::oid::ObjectId::new().to_hex();
@@ -51,7 +53,8 @@ async fn pass(finishing: &Finishing, owner: &str) -> anyhow::Result<usize> {
     let store = &finishing.store;
     let now = crate::store::now_ms();
     let lease_ms = i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX);
-    let Some(watermark) = store.reconciler_lease(owner, now, now + lease_ms).await? else {
+    let Lease::Mine { watermark } = store.reconciler_lease(owner, now, now + lease_ms).await?
+    else {
         return Ok(0);
     };
     let lag = i64::try_from(lag(store).as_millis()).unwrap_or(i64::MAX);
@@ -65,19 +68,46 @@ async fn pass(finishing: &Finishing, owner: &str) -> anyhow::Result<usize> {
     if to <= from {
         return Ok(0);
     }
+    // Everything stored before `reached` is finished once this pass is recorded.
+    let mut reached = to;
     let mut finished = Vec::new();
     for batch in store.unfinished(from, to).await? {
-        if let Some((done, _)) = finishing.append_stored(&batch).await? {
-            finished.push(done);
+        if finished.len() == MAX_BATCHES {
+            reached = batch.at_ms;
+            break;
+        }
+        // Finished meanwhile (by its instance, or by a reconciler that took over while this
+        // pass was slow): its marker may be on its way out, so it is never appended again.
+        if store.is_finished(&batch.batch).await? {
+            continue;
+        }
+        match finishing.append_stored(&batch).await {
+            Ok(Some((done, _))) => finished.push(done),
+            Ok(None) => {}
+            Err(err) if retry_later(&err) => {
+                reached = batch.at_ms;
+                break;
+            }
+            // A document no version can read, say: logged and passed, not a wall.
+            Err(err) => {
+                tracing::error!(batch = %batch.batch, error = %err, "a stored batch cannot be finished; skipped");
+            }
         }
     }
-    store.finish(&finished, Some(to)).await?;
+    store.finish(&finished, Some(reached)).await?;
     finishing.settle(&finished).await;
     Ok(finished.len())
 }
 
-/// How far behind the present the reconciler stays: a write is given up after the write
-/// bound, and a second more covers the clocks of instances and the time to record it.
+/// Whether finishing a batch failed for a while only (the store or Redis away).
+fn retry_later(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<mongodb::error::Error>()
+        .is_none_or(crate::store::is_transient)
+}
+
+/// How far behind the present the reconciler stays: a batch is stored within the write bound
+/// of its time or not at all, and two seconds more cover the clocks of instances (which must
+/// agree that well) and the time to record it.
 pub fn lag(store: &crate::store::Store) -> Duration {
-    store.write_bound() + Duration::from_secs(1)
+    store.write_bound() + Duration::from_secs(2)
 }

@@ -175,7 +175,10 @@ impl Pump {
             // it: Redis may have lost the log a moment ago, before the tailer noticed.
             let epoch = state.live.epoch().await?;
             if last.epoch != epoch {
-                ready_id = EventId::start_of(&epoch);
+                // From where this instance is, when it has read into the new log already.
+                if position.epoch != epoch {
+                    ready_id = EventId::start_of(&epoch);
+                }
                 opening.push(resync_frame(
                     &ready_id,
                     "the event log was reset since your last event id",

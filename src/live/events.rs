@@ -44,9 +44,9 @@ end
 /// candidate epoch, maxlen, mode, then kind, audience and data of each event in order.
 ///
 /// Appends the events of one batch, once: the marker (a list of the ids appended) is set in
-/// the same atomic step, last, so that a script stopped half-way by an error leaves none. Any
-/// later call for the batch (a retry after a lost reply, the reconciler, a retried post)
-/// appends nothing and gets the ids of the first. Ids are `<epoch>-<ms>-<seq>`.
+/// the same atomic step (no command of the script can fail once it has appended). Any later
+/// call for the batch (a retry after a lost reply, the reconciler, a retried post) appends
+/// nothing and gets the ids of the first. Ids are `<epoch>-<ms>-<seq>`.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
@@ -332,8 +332,10 @@ pub fn sse_frame(id: Option<&EventId>, event: &str, data: &str) -> Bytes {
 /// How long a batch's marker is kept while the batch is not known finished: as long as the
 /// reconciler or a retry might append it again.
 pub const MARKER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-/// How long it is kept once the batch is finished: longer than a finisher takes between
-/// reading that a batch is unfinished and appending it, so that it still finds the marker.
+/// How long it is kept once the batch is finished: longer than any finisher takes between
+/// reading that a batch is unfinished and appending it (the reconciler checks again just
+/// before each append; the appender gives up on a batch a minute after it was stored), so
+/// that it still finds the marker.
 pub const FINISHED_MARKER_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// An event to append.
@@ -490,20 +492,6 @@ impl Live {
         upto: &EventId,
     ) -> redis::RedisResult<Option<Vec<LogEvent>>> {
         let mut conn = self.redis.clone();
-        let (first, trimmed): (String, i64) = LOG_HEAD
-            .key(self.keys.events())
-            .invoke_async(&mut conn)
-            .await?;
-        let gap = match EventId::new(&after.epoch, &first) {
-            // The entry the client saw is still there: nothing after it is missing.
-            Some(first) if !first.is_after(after) => false,
-            // Everything the log ever held is still there.
-            Some(_) => trimmed > 0,
-            None => upto.is_after(after),
-        };
-        if gap {
-            return Ok(None);
-        }
         let mut events = Vec::new();
         let mut cursor = after.stream_id();
         loop {
@@ -526,9 +514,23 @@ impl Live {
                     .filter(|e| e.id.epoch == after.epoch),
             );
             if !full {
-                return Ok(Some(events));
+                break;
             }
         }
+        // Checked once everything is read: trimming only ever drops the oldest entries, so if
+        // nothing after `after` is gone now, nothing was gone while the pages were read.
+        let (first, trimmed): (String, i64) = LOG_HEAD
+            .key(self.keys.events())
+            .invoke_async(&mut conn)
+            .await?;
+        let gap = match EventId::new(&after.epoch, &first) {
+            // The entry the client saw is still there: nothing after it is missing.
+            Some(first) if !first.is_after(after) => false,
+            // Everything the log ever held is still there.
+            Some(_) => trimmed > 0,
+            None => upto.is_after(after),
+        };
+        Ok((!gap).then_some(events))
     }
 }
 

@@ -303,7 +303,9 @@ async fn tail_once(
                 start.clone(),
                 Some(HubItem::Resync(start.clone(), ResyncCause::LogLost)),
             )]);
-            *last_number = None;
+            // Read from the new log's start: its first entry is numbered 1, and a higher
+            // number means entries were trimmed before this instance read them.
+            *last_number = Some(0);
             start
         }
         None => {

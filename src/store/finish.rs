@@ -20,6 +20,7 @@ use super::{Store, is_duplicate_key};
 pub struct Finished {
     pub batch: String,
     pub at_ms: i64,
+    pub source: Source,
     /// Events it announced (messages, or one membership change).
     pub events: i64,
     pub increments: Increments,
@@ -30,6 +31,7 @@ struct FinishRecord {
     #[serde(rename = "_id")]
     batch: String,
     at_ms: i64,
+    source: Source,
     events: i64,
     /// For the expiry: a record outlives by far the time a batch can take to be finished.
     at: mongodb::bson::DateTime,
@@ -43,10 +45,22 @@ pub struct Unfinished {
     pub source: Source,
 }
 
+/// Who holds the reconciler's lease.
+pub enum Lease {
+    /// This instance, with the reconciler's watermark (none before the first pass).
+    Mine {
+        watermark: Option<i64>,
+    },
+    Others,
+}
+
 /// Where a batch's events come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Source {
+    /// A group commit's messages: never updated, so their number in a window is final.
     Messages,
+    /// A membership change: state, overwritten by the next change of that membership.
     Membership,
 }
 
@@ -134,6 +148,7 @@ impl Store {
                 FinishRecord {
                     batch: b.batch.clone(),
                     at_ms: b.at_ms,
+                    source: b.source,
                     events: b.events,
                     at: now,
                 }
@@ -193,14 +208,13 @@ impl Store {
     }
 
     /// Takes (or keeps) the reconciler's lease for `owner` until `until_ms`, unless another
-    /// instance holds it past `now_ms`; returns the watermark when the lease is this owner's
-    /// (`Some(None)` before any), `None` when it is another's.
+    /// instance holds it past `now_ms`.
     pub async fn reconciler_lease(
         &self,
         owner: &str,
         now_ms: i64,
         until_ms: i64,
-    ) -> mongodb::error::Result<Option<Option<i64>>> {
+    ) -> mongodb::error::Result<Lease> {
         let lease = reconciler(&self.db);
         let take = lease
             .find_one_and_update(
@@ -214,28 +228,33 @@ impl Store {
             .upsert(true)
             .return_document(mongodb::options::ReturnDocument::After);
         match self.bounded("taking the reconciler's lease", take).await {
-            Ok(Some(lease)) => Ok(Some(lease.get_i64("watermark").ok())),
+            Ok(Some(lease)) => Ok(Lease::Mine {
+                watermark: lease.get_i64("watermark").ok(),
+            }),
             // The document exists and another instance holds the lease: the upsert fails on
             // the document's id (nx-27017 answers no document instead).
-            Ok(None) => Ok(None),
-            Err(err) if is_duplicate_key(&err) => Ok(None),
+            Ok(None) => Ok(Lease::Others),
+            Err(err) if is_duplicate_key(&err) => Ok(Lease::Others),
             Err(err) => Err(err),
         }
     }
 
-    /// The batches stored in `[from_ms, to_ms)` (messages, then membership changes) that have
-    /// no finish record. When the events stored in the window and those its records account
-    /// for are as many, that is all it reads: a count of each.
+    /// The batches stored in `[from_ms, to_ms)` that have no finish record, oldest first.
+    /// Messages are never updated: when the window holds as many as its finish records
+    /// account for, none is unfinished, and two counts are all it reads. Membership changes
+    /// are state (a later change overwrites the document and its batch), so those of the
+    /// window are always read; they are few.
     pub async fn unfinished(
         &self,
         from_ms: i64,
         to_ms: i64,
     ) -> mongodb::error::Result<Vec<Unfinished>> {
         let window = doc! { "at_ms": { "$gte": from_ms, "$lt": to_ms } };
-        let stored = self.count_in("messages", &window).await?
-            + self.count_in("memberships", &window).await?;
+        let stored = self.count_in("messages", &window).await?;
+        let mut of_messages = window.clone();
+        of_messages.insert("source", doc! { "$ne": "membership" });
         let sum = vec![
-            doc! { "$match": window.clone() },
+            doc! { "$match": of_messages },
             doc! { "$group": { "_id": null, "events": { "$sum": "$events" } } },
         ];
         let accounted = self
@@ -247,15 +266,12 @@ impl Store {
                     .unwrap_or(0))
             })
             .await?;
-        tracing::debug!(from_ms, to_ms, stored, accounted, "reconciler window");
-        if stored == accounted {
-            return Ok(Vec::new());
+        let mut sources = vec![("memberships", Source::Membership)];
+        if stored != accounted {
+            sources.insert(0, ("messages", Source::Messages));
         }
         let mut batches = Vec::new();
-        for (collection, source) in [
-            ("messages", Source::Messages),
-            ("memberships", Source::Membership),
-        ] {
+        for (collection, source) in sources {
             let stored = self.majority::<Document>(collection);
             let found: Vec<Document> = self
                 .bounded("reading stored batches", async {

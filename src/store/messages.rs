@@ -12,7 +12,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, ids};
+use super::{Store, bounded_until, ids};
 use crate::domain::{MessageBody, MessageId, RoomId, UserId};
 
 /// How long an idempotency key is remembered.
@@ -31,7 +31,9 @@ pub struct MessageRecord {
     /// ObjectId values outside `_id` (docs/local-servers.md).
     pub seq: String,
     /// The batch (group commit) that stored it, in hex: it is announced and counted with its
-    /// batch, exactly once (see `finish`).
+    /// batch, exactly once (see `finish`). Empty in loaded history and in messages of older
+    /// versions, which have nothing to finish.
+    #[serde(default)]
     pub batch: String,
     pub conversation: String,
     pub sender_id: String,
@@ -214,6 +216,10 @@ impl Store {
     /// a key claimed before gives its message id to the post, so that a retry writes the
     /// message the first attempt wrote, whether or not that attempt got as far as writing it.
     pub async fn insert_batch(&self, posts: Vec<NewMessage>) -> InsertedBatch {
+        // One bound for every step, from the batch's time: a batch is stored within the write
+        // bound of its time or not at all (bar a store that applies a write after the client
+        // gave up), which is what the reconciler's lag counts on.
+        let deadline = tokio::time::Instant::now() + self.write_bound();
         let at_ms = ids::stamp();
         let batch = ids::next(at_ms).to_hex();
         let keys: Vec<Option<String>> = posts
@@ -230,7 +236,8 @@ impl Store {
             .collect();
         let mut written: Vec<Option<Written>> = records.iter().map(|_| None).collect();
         if keys.iter().any(Option::is_some) {
-            self.claim_keys(&keys, &mut records, &mut written).await;
+            self.claim_keys(deadline, &keys, &mut records, &mut written)
+                .await;
         }
         let pending: Vec<usize> = (0..records.len())
             .filter(|&i| written[i].is_none())
@@ -240,7 +247,7 @@ impl Store {
             let insert = collection
                 .insert_many(pending.iter().map(|&i| &records[i]))
                 .ordered(false);
-            let failed = match self.bounded("the message insert", insert).await {
+            let failed = match bounded_until(deadline, "the message insert", insert).await {
                 Ok(_) => HashMap::new(),
                 Err(err) => failed_posts(&err, pending.len()),
             };
@@ -271,6 +278,7 @@ impl Store {
     /// claimed message id. A post whose claim fails is failed.
     async fn claim_keys(
         &self,
+        deadline: tokio::time::Instant,
         keys: &[Option<String>],
         records: &mut [MessageRecord],
         written: &mut [Option<Written>],
@@ -286,7 +294,7 @@ impl Store {
             .collect();
         let collection = idempotency_keys(&self.db);
         let insert = collection.insert_many(&claims).ordered(false);
-        let failed = match self.bounded("claiming keys", insert).await {
+        let failed = match bounded_until(deadline, "claiming keys", insert).await {
             Ok(_) => return,
             Err(err) => failed_posts(&err, keyed.len()),
         };
@@ -300,7 +308,7 @@ impl Store {
             found.try_collect::<Vec<_>>().await
         };
         let existing: HashMap<String, IdempotencyRecord> =
-            match self.bounded("reading claimed keys", read).await {
+            match bounded_until(deadline, "reading claimed keys", read).await {
                 Ok(found) => found.into_iter().map(|c| (c.id.clone(), c)).collect(),
                 Err(err) => {
                     for &n in failed.keys() {
@@ -320,9 +328,13 @@ impl Store {
                 // Older than the window but not yet swept by the TTL monitor: reuse the key.
                 Some(_) if taken => {
                     let reuse = collection.replace_one(doc! { "_id": &claims[n].id }, &claims[n]);
-                    if let Err(err) = self.bounded("reusing a key", reuse).await {
+                    if let Err(err) = bounded_until(deadline, "reusing a key", reuse).await {
                         written[i] = Some(Written::Failed(err));
                     }
+                }
+                // Claimed, and gone by now (swept as expired): a retry claims it anew.
+                None if taken => {
+                    written[i] = Some(Written::Failed(super::unavailable("a claimed key expired")));
                 }
                 _ => written[i] = Some(Written::Failed(err)),
             }
@@ -355,7 +367,7 @@ impl Store {
                         Written::Replayed(original.clone())
                     }
                     Some(_) => Written::KeyReused,
-                    None => Written::Failed(Error::custom("an idempotent message vanished")),
+                    None => Written::Failed(super::unavailable("an idempotent message vanished")),
                 },
             });
         }

@@ -27,7 +27,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database};
 
-pub use finish::{Finished, Source, Unfinished};
+pub use finish::{Finished, Lease, Source, Unfinished};
 pub use messages::{
     IDEMPOTENCY_WINDOW, InsertedBatch, MessageRecord, NewMessage, Target, Written,
     direct_conversation, room_conversation,
@@ -152,9 +152,8 @@ impl Store {
         what: &str,
         operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> mongodb::error::Result<T> {
-        tokio::time::timeout(self.write_bound(), operation.into_future())
-            .await
-            .unwrap_or_else(|_| Err(timed_out(what)))
+        let deadline = tokio::time::Instant::now() + self.write_bound();
+        bounded_until(deadline, what, operation).await
     }
 
     /// A collection read with majority read concern: for reads that decide to announce or
@@ -169,9 +168,30 @@ impl Store {
     }
 }
 
+/// `operation`, given up as timed out (its outcome unknown) at `deadline`.
+pub(crate) async fn bounded_until<T>(
+    deadline: tokio::time::Instant,
+    what: &str,
+    operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+) -> mongodb::error::Result<T> {
+    tokio::time::timeout_at(deadline, operation.into_future())
+        .await
+        .unwrap_or_else(|_| Err(timed_out(what)))
+}
+
 /// Now, in milliseconds since the epoch, as stored times are.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A boolean field as the servers return it: nx-27017 stores a boolean that `$set` writes into
+/// an existing document as 0 or 1 (docs/local-servers.md).
+pub(crate) fn lenient_bool<'de, D: serde::Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    use serde::Deserialize;
+    Ok(match Bson::deserialize(value)? {
+        Bson::Boolean(b) => b,
+        other => integer(Some(&other)).is_some_and(|n| n != 0),
+    })
 }
 
 /// An integer field as the servers return it (32 or 64 bits).
@@ -182,6 +202,12 @@ pub(crate) fn integer(value: Option<&Bson>) -> Option<i64> {
         Bson::Double(v) => Some(*v as i64),
         _ => None,
     }
+}
+
+/// The store cannot be used right now (a race with its own expiry, the process ending): a
+/// 503, as a store that is away.
+pub(crate) fn unavailable(what: &str) -> mongodb::error::Error {
+    std::io::Error::other(what.to_owned()).into()
 }
 
 /// A store call that did not finish within its bound. An I/O error, like an unreachable

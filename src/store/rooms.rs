@@ -53,7 +53,10 @@ struct MembershipRecord {
     room_id: String,
     user_id: String,
     /// Absent in documents of older versions, which were all members.
-    #[serde(default = "member_by_default")]
+    #[serde(
+        default = "member_by_default",
+        deserialize_with = "super::lenient_bool"
+    )]
     member: bool,
     #[serde(default)]
     room_name: String,

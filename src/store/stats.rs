@@ -410,6 +410,7 @@ impl Store {
         let finished = super::Finished {
             batch: bson::oid::ObjectId::new().to_hex(),
             at_ms: message.at_ms,
+            source: super::Source::Messages,
             events: 1,
             increments,
         };

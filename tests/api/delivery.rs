@@ -262,3 +262,78 @@ async fn a_resume_right_after_the_log_was_lost_is_told_to_resync() {
     app.post_to_room(&alice.token, &general, "after").await;
     assert_eq!(resumed.messages(1).await[0].json()["body"], "after");
 }
+
+/// A join announced and finished, then a leave stored and never announced, in the same
+/// second: the finished join must not stand in for the leave when the reconciler counts what
+/// its window holds (a membership document is overwritten by its next change).
+#[tokio::test]
+async fn a_finished_change_does_not_hide_the_unannounced_change_that_superseded_it() {
+    let app = spawn_app_with(&[("MONGODB_TIMEOUT_MS", "500".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app
+        .create_room(&alice.token, &crate::helpers::unique("r"))
+        .await;
+    let mut alices = app.ready_events(&alice.token).await;
+    assert_eq!(
+        app.join_room(&bob.token, &room).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        alices.expect("room_member").await.json()["action"],
+        "joined"
+    );
+
+    let store = chat_server::store::Store::connect(&app.settings)
+        .await
+        .unwrap();
+    let record = store
+        .find_room(chat_server::domain::RoomId::parse(&room).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let user = chat_server::domain::UserId::parse(&bob.id).unwrap();
+    let left = store
+        .set_member(&record, user, &bob.username, false)
+        .await
+        .unwrap()
+        .expect("bob was a member");
+    let event = alices.expect("room_member").await.json();
+    assert_eq!(event["user_id"], bob.id.as_str());
+    assert_eq!(event["action"], "left");
+    reconciled_past(&app, left.at_ms).await;
+}
+
+/// Messages written before batches existed (older versions, loaded history) have no batch:
+/// history reads them as ever, and the reconciler passes them by.
+#[tokio::test]
+async fn messages_without_a_batch_are_read_as_ever() {
+    let app = spawn_app_with(&[("MONGODB_TIMEOUT_MS", "500".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let store = chat_server::store::Store::connect(&app.settings)
+        .await
+        .unwrap();
+    let id = mongodb::bson::oid::ObjectId::new();
+    let now = mongodb::bson::DateTime::now();
+    store
+        .database()
+        .collection::<mongodb::bson::Document>("messages")
+        .insert_one(mongodb::bson::doc! {
+            "_id": id, "seq": id.to_hex(), "conversation": format!("r:{general}"),
+            "sender_id": &alice.id, "sender_name": &alice.username,
+            "room_id": &general, "recipient_id": null, "recipient_name": null,
+            "body": "from an older version", "created_at": now, "at_ms": now.timestamp_millis(),
+        })
+        .await
+        .unwrap();
+    let res = app
+        .get_authed(&format!("/rooms/{general}/messages"), &alice.token)
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let page: Value = res.json().await.unwrap();
+    assert_eq!(page["messages"][0]["body"], "from an older version");
+    reconciled_past(&app, now.timestamp_millis()).await;
+    let summary: Value = app.get_json("/stats/summary", &alice.token).await;
+    assert_eq!(summary["messages"], 0, "not counted by the reconciler");
+}
