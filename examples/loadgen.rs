@@ -521,9 +521,15 @@ async fn log_append(args: &Args) -> i32 {
     let concurrency: usize = args.number("concurrency", 32);
     let seconds: u64 = args.number("seconds", 10);
     let prefix = format!("loadgen:{}:", ObjectId::new().to_hex());
-    let vars = [("REDIS_URL", redis.as_str()), ("REDIS_KEY_PREFIX", prefix.as_str()), ("APP_ENV", "development")];
+    let vars = [
+        ("REDIS_URL", redis.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("APP_ENV", "development"),
+    ];
     let settings = chat_server::config::Settings::from_lookup(|name| {
-        vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
     })
     .unwrap_or_else(|e| die(&format!("settings: {e}")));
     let live = Live::connect(&settings).unwrap_or_else(|e| die(&format!("redis: {e}")));
@@ -537,14 +543,20 @@ async fn log_append(args: &Args) -> i32 {
         let (live, events) = (live.clone(), Arc::clone(&events));
         async move {
             let id = format!("{worker}-{iteration}");
-            live.append(&id, &events).await.map(drop).map_err(|e| e.to_string())
+            live.append(&id, &events)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
         }
         .boxed()
     });
     let cpu = CpuWatch::new(args);
     let mut stats = bounded_closed_loop("log-append", concurrency, seconds, op).await;
     let calls = stats.ok;
-    let note = format!("{calls} script calls of {batch} events; rate = events/s; {}", cpu.report());
+    let note = format!(
+        "{calls} script calls of {batch} events; rate = events/s; {}",
+        cpu.report()
+    );
     // The row's rate counts events, not calls.
     stats.ok *= batch as u64;
     let target = args.string("label", &format!("append script, {batch} events a call"));

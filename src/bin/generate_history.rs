@@ -281,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
                 created_at: bson::DateTime::from_millis(at.timestamp_millis()),
                 at_ms: at.timestamp_millis(),
                 // Loaded history: counted here, never announced (no batch to finish).
-                batch: String::new(),
+                ..MessageRecord::default()
             };
             if rng.gen_bool(0.8) {
                 let room = match member_of[s].as_slice() {

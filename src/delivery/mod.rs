@@ -3,8 +3,9 @@
 //! each are in `docs/delivery.md`; in short:
 //!
 //! - **Batches.** Posts are stored by a group commit (`pipeline`): one insert per batch, ids
-//!   that sort in the order of storage, the batch id on every message. A membership change is
-//!   a batch of its own, stored with its membership.
+//!   that sort in the order of storage, the batch id on every message. Every other change (a
+//!   membership, a read marker, a reaction, an edit or deletion) is a batch of its own,
+//!   stored with what it changes ([`Change`]).
 //! - **The log.** A batch's events are appended to the Redis log by one script that also sets
 //!   the batch's marker, so that any number of appends of one batch append it once.
 //! - **Finish records.** A batch is counted in the transaction that records it finished; the
@@ -22,13 +23,96 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use payload::{MessageResponse, RoomMemberEvent, UserRef, membership_event, message_event};
+pub use payload::{
+    MessageResponse, ReactionCount, ReactionEvent, ReadEvent, RoomMemberEvent, TypingEvent,
+    UserRef, audience_of,
+};
 
-use crate::live::{EventId, Live, NewEvent};
+use crate::live::{EventId, EventKind, Live, NewEvent};
 use crate::store::stats::Increments;
 use crate::store::{
-    Finished, MembershipChange, MessageRecord, NewMessage, Source, Store, Unfinished,
+    Effects, Finished, MembershipChange, MessageRecord, NewMessage, ReactionChange, ReadChange,
+    Source, Store, Unfinished,
 };
+
+/// A stored change that is a batch of its own, to announce.
+pub enum Change {
+    Membership(MembershipChange),
+    Read(ReadChange),
+    Reaction(ReactionChange),
+    /// An edit or a deletion: the message as it is now.
+    Message(Box<MessageRecord>),
+}
+
+impl Change {
+    fn batch(&self) -> Unfinished {
+        let (batch, at_ms, source) = match self {
+            Change::Membership(c) => (&c.batch, c.at_ms, Source::Membership),
+            Change::Read(c) => (&c.batch, c.at_ms, Source::ReadMarker),
+            Change::Reaction(c) => (&c.batch, c.at_ms, Source::Reaction),
+            Change::Message(m) => (
+                m.change_batch.as_ref().unwrap_or(&m.batch),
+                m.changed_at_ms.unwrap_or(m.at_ms),
+                Source::MessageChange,
+            ),
+        };
+        Unfinished {
+            batch: batch.clone(),
+            at_ms,
+            source,
+        }
+    }
+
+    fn contents(&self) -> Contents {
+        let (event, effects) = match self {
+            Change::Membership(c) => (payload::membership_event(c), Effects::default()),
+            Change::Read(c) => (payload::read_event(c), Effects::default()),
+            Change::Reaction(c) => (payload::reaction_event(c), Effects::default()),
+            Change::Message(m) => (payload::change_event(m), m.effects_of_change()),
+        };
+        Contents {
+            events: vec![event],
+            increments: Increments::default(),
+            effects,
+        }
+    }
+}
+
+/// What a stored batch announces, and what finishing it writes besides its record.
+#[derive(Default)]
+struct Contents {
+    events: Vec<NewEvent>,
+    increments: Increments,
+    effects: Effects,
+}
+
+impl Contents {
+    /// A batch of new messages, in the order of their ids.
+    fn of_messages(messages: &[MessageRecord]) -> Self {
+        let mut increments = Increments::default();
+        messages.iter().for_each(|m| increments.count(m));
+        Contents {
+            events: messages
+                .iter()
+                .map(|m| payload::message_event(m, EventKind::Message))
+                .collect(),
+            increments,
+            effects: MessageRecord::effects_of_new(messages),
+        }
+    }
+
+    /// The record of `batch` finished, once these contents are appended.
+    fn finished(self, batch: &Unfinished) -> Finished {
+        Finished {
+            batch: batch.batch.clone(),
+            at_ms: batch.at_ms,
+            source: batch.source,
+            events: i64::try_from(self.events.len()).unwrap_or(i64::MAX),
+            increments: self.increments,
+            effects: self.effects,
+        }
+    }
+}
 
 /// How often the batches an instance appended are recorded finished (and counted).
 pub const FINISH_EVERY: Duration = Duration::from_millis(250);
@@ -131,10 +215,10 @@ impl Delivery {
         response
     }
 
-    /// Announces a stored membership change (a batch of its own), in order with the posts.
-    pub async fn announce(&self, change: &MembershipChange) -> Option<EventId> {
+    /// Announces a stored change (a batch of its own), in order with the posts.
+    pub async fn announce(&self, change: Change) -> Option<EventId> {
         let (done, answer) = oneshot::channel();
-        let job = pipeline::AppendJob::change(change, done);
+        let job = pipeline::AppendJob::change(&change, done);
         self.appends.send(job).await.ok()?;
         answer.await.ok().flatten()
     }
@@ -215,25 +299,27 @@ impl Finishing {
         }
     }
 
-    /// The events of a stored batch as its first append made them (its messages by id, or its
-    /// membership change), with their counts. Empty when nothing of it is stored (any more).
-    async fn events_of(
-        &self,
-        batch: &Unfinished,
-    ) -> mongodb::error::Result<(Vec<NewEvent>, Increments)> {
-        let mut increments = Increments::default();
-        let events = match batch.source {
+    /// What a stored batch announces and writes, as its first append made it. Empty when
+    /// nothing of it is stored (any more).
+    async fn contents_of(&self, batch: &Unfinished) -> mongodb::error::Result<Option<Contents>> {
+        let (store, id, at) = (&self.store, &batch.batch, batch.at_ms);
+        let change = match batch.source {
             Source::Messages => {
-                let messages = self.store.batch_messages(&batch.batch, batch.at_ms).await?;
-                messages.iter().for_each(|m| increments.count(m));
-                messages.iter().map(message_event).collect()
+                let messages = store.batch_messages(id, at).await?;
+                return Ok((!messages.is_empty()).then(|| Contents::of_messages(&messages)));
             }
-            Source::Membership => {
-                let change = self.store.membership_change(&batch.batch, batch.at_ms);
-                change.await?.iter().map(membership_event).collect()
-            }
+            Source::Membership => store
+                .membership_change(id, at)
+                .await?
+                .map(Change::Membership),
+            Source::ReadMarker => store.read_change(id, at).await?.map(Change::Read),
+            Source::Reaction => store.reaction_change(id, at).await?.map(Change::Reaction),
+            Source::MessageChange => store
+                .message_change(id, at)
+                .await?
+                .map(|m| Change::Message(Box::new(m))),
         };
-        Ok((events, increments))
+        Ok(change.map(|c| c.contents()))
     }
 
     /// Appends a stored batch (once, whoever else does: see `Live::append`); what to record,
@@ -242,28 +328,19 @@ impl Finishing {
         &self,
         batch: &Unfinished,
     ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
-        let (events, increments) = self.events_of(batch).await?;
-        self.append_events(batch, events, increments).await
+        match self.contents_of(batch).await? {
+            Some(contents) => self.append_contents(batch, contents).await.map(Some),
+            None => Ok(None),
+        }
     }
 
-    async fn append_events(
+    async fn append_contents(
         &self,
         batch: &Unfinished,
-        events: Vec<NewEvent>,
-        increments: Increments,
-    ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
-        if events.is_empty() {
-            return Ok(None);
-        }
-        let ids = self.live.append(&batch.batch, &events).await?;
-        let finished = Finished {
-            batch: batch.batch.clone(),
-            at_ms: batch.at_ms,
-            source: batch.source,
-            events: i64::try_from(events.len()).unwrap_or(i64::MAX),
-            increments,
-        };
-        Ok(Some((finished, ids)))
+        contents: Contents,
+    ) -> anyhow::Result<(Finished, Vec<EventId>)> {
+        let ids = self.live.append(&batch.batch, &contents.events).await?;
+        Ok((contents.finished(batch), ids))
     }
 
     /// For a retried post: its event's id, appending and finishing its batch if no one has.
@@ -284,13 +361,8 @@ impl Finishing {
             // Never append a finished batch: its marker has the ids while it is kept.
             self.live.marker(&batch.batch).await.ok()??
         } else {
-            let mut increments = Increments::default();
-            messages.iter().for_each(|m| increments.count(m));
-            let events = messages.iter().map(message_event).collect();
-            let (finished, ids) = self
-                .append_events(&batch, events, increments)
-                .await
-                .ok()??;
+            let contents = Contents::of_messages(&messages);
+            let (finished, ids) = self.append_contents(&batch, contents).await.ok()?;
             self.add(finished);
             ids
         };

@@ -1,13 +1,15 @@
 //! The data of the events a batch announces, as clients see them (on the stream, and in the
 //! answers of the API).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::{RoomId, UserId};
 use crate::live::{Audience, EventKind, NewEvent};
-use crate::store::{MembershipChange, MessageRecord};
+use crate::store::{MembershipChange, MessageRecord, ReactionChange, ReadChange};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserRef {
@@ -17,7 +19,8 @@ pub struct UserRef {
     pub username: String,
 }
 
-/// A stored message. Also the data of the `message` event.
+/// A stored message, or the tombstone of a deleted one. Also the data of the `message`,
+/// `message_edited` and `message_deleted` events.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessageResponse {
     /// Sorts like the messages' order in history.
@@ -30,9 +33,24 @@ pub struct MessageResponse {
     /// Set for a direct message: the recipient.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<UserRef>,
+    /// Empty once the message is deleted.
     pub body: String,
+    /// The users the body mentions (`@name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserRef>,
     /// Server time of storage, to the millisecond.
     pub created_at: DateTime<Utc>,
+    /// When the body was last edited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// When the message was deleted, and by whom (its sender): a tombstone, with no body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+    /// In history: the reactions, by emoji (none when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
     /// Id of the `message` event on the SSE stream, when known (in the answer to a post, or
     /// to a retry with its idempotency key within minutes), so the sender can recognise its
     /// own message there. Absent when the event is still waiting for Redis.
@@ -54,10 +72,102 @@ impl From<&MessageRecord> for MessageResponse {
                 username: m.recipient_name.clone().unwrap_or_default(),
             }),
             body: m.body.clone(),
+            mentions: m
+                .mentions
+                .iter()
+                .map(|u| UserRef {
+                    id: u.id.clone(),
+                    username: u.username.clone(),
+                })
+                .collect(),
             created_at: m.created_at(),
+            edited_at: m.edited_at_ms.and_then(DateTime::from_timestamp_millis),
+            deleted_at: m.deleted_at_ms.and_then(DateTime::from_timestamp_millis),
+            deleted_by: m.deleted_by.clone(),
+            reactions: Vec::new(),
             event_id: None,
         }
     }
+}
+
+/// How many reacted to a message with one emoji, and whether the caller did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"emoji": "👍", "count": 2, "me": true}))]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: usize,
+    pub me: bool,
+}
+
+impl ReactionCount {
+    /// The counts of one message's reactions (who reacted, by emoji), in emoji order.
+    pub fn of(by_emoji: &BTreeMap<String, Vec<String>>, me: &str) -> Vec<Self> {
+        by_emoji
+            .iter()
+            .map(|(emoji, users)| Self {
+                emoji: emoji.clone(),
+                count: users.len(),
+                me: users.iter().any(|u| u == me),
+            })
+            .collect()
+    }
+}
+
+/// Data of the `reaction` event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReactionEvent {
+    pub message_id: String,
+    /// Set for a room message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    #[schema(example = "👍")]
+    pub emoji: String,
+    pub user_id: String,
+    pub username: String,
+    /// `true` when added, `false` when removed.
+    pub added: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// Data of the `read` event: the caller's read marker moved (on another of their devices).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadEvent {
+    /// Set for a room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    /// Set for a direct conversation: the other user's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub with_id: Option<String>,
+    /// The newest message read.
+    pub last_read: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Data of the `typing` event: someone is typing; the indicator ends by itself after
+/// `expires_in_ms` unless another signal comes.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TypingEvent {
+    /// Set for a room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+    pub user_id: String,
+    pub username: String,
+    #[schema(example = 6000)]
+    pub expires_in_ms: u64,
+}
+
+/// Who may see the events of `conversation` (`r:<room>` or `d:<user>:<user>`).
+pub fn audience_of(conversation: &str) -> Audience {
+    if let Some(room) = conversation.strip_prefix("r:") {
+        return RoomId::parse(room).map_or(Audience::Users(Vec::new()), Audience::Room);
+    }
+    let users = conversation.strip_prefix("d:").unwrap_or_default();
+    Audience::Users(
+        users
+            .split(':')
+            .filter_map(|u| UserId::parse(u).ok())
+            .collect(),
+    )
 }
 
 /// Data of the `room_member` event.
@@ -72,23 +182,60 @@ pub struct RoomMemberEvent {
     pub at: DateTime<Utc>,
 }
 
-/// The `message` event of a stored message: for the room's members, or the two users.
-pub fn message_event(record: &MessageRecord) -> NewEvent {
-    // A record is written from parsed ids only.
-    let audience = match (&record.room_id, &record.recipient_id) {
-        (Some(room), _) => RoomId::parse(room).map(Audience::Room).ok(),
-        (None, Some(to)) => Some(Audience::Users(
-            [&record.sender_id, to]
-                .iter()
-                .filter_map(|id| UserId::parse(id).ok())
-                .collect(),
-        )),
-        (None, None) => None,
+/// The event of a stored message: `message`, or for a message changed since, its change
+/// (`message_edited`, `message_deleted`); for the room's members, or the two users.
+pub fn message_event(record: &MessageRecord, kind: EventKind) -> NewEvent {
+    NewEvent {
+        kind,
+        audience: audience_of(&record.conversation),
+        data: serde_json::to_string(&MessageResponse::from(record)).unwrap_or_default(),
+    }
+}
+
+/// The event of a message's last edit or deletion.
+pub fn change_event(record: &MessageRecord) -> NewEvent {
+    let kind = if record.deleted_at_ms.is_some() {
+        EventKind::MessageDeleted
+    } else {
+        EventKind::MessageEdited
+    };
+    message_event(record, kind)
+}
+
+/// The `reaction` event of a stored reaction change.
+pub fn reaction_event(change: &ReactionChange) -> NewEvent {
+    let event = ReactionEvent {
+        message_id: change.message_id.clone(),
+        room_id: change.conversation.strip_prefix("r:").map(str::to_owned),
+        emoji: change.emoji.clone(),
+        user_id: change.user.clone(),
+        username: change.username.clone(),
+        added: change.active,
+        at: DateTime::from_timestamp_millis(change.at_ms).unwrap_or_default(),
     };
     NewEvent {
-        kind: EventKind::Message,
-        audience: audience.unwrap_or(Audience::Users(Vec::new())),
-        data: serde_json::to_string(&MessageResponse::from(record)).unwrap_or_default(),
+        kind: EventKind::Reaction,
+        audience: audience_of(&change.conversation),
+        data: serde_json::to_string(&event).unwrap_or_default(),
+    }
+}
+
+/// The `read` event of a stored marker change, for the user's own streams.
+pub fn read_event(change: &ReadChange) -> NewEvent {
+    let me = change.user.to_string();
+    let event = ReadEvent {
+        room_id: change.conversation.strip_prefix("r:").map(str::to_owned),
+        with_id: change
+            .conversation
+            .strip_prefix("d:")
+            .and_then(|pair| pair.split(':').find(|u| *u != me).map(str::to_owned)),
+        last_read: change.seq.clone(),
+        at: DateTime::from_timestamp_millis(change.at_ms).unwrap_or_default(),
+    };
+    NewEvent {
+        kind: EventKind::Read,
+        audience: Audience::Users(vec![change.user]),
+        data: serde_json::to_string(&event).unwrap_or_default(),
     }
 }
 

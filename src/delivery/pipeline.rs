@@ -22,10 +22,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Finishing, membership_event, message_event};
-use crate::live::{EventId, Live, NewEvent};
-use crate::store::stats::Increments;
-use crate::store::{Finished, MembershipChange, MessageRecord, NewMessage, Source, Store, Written};
+use super::{Change, Contents, Finishing};
+use crate::live::{EventId, Live};
+use crate::store::{MessageRecord, NewMessage, Source, Store, Unfinished, Written};
 
 /// Posts stored by one insert at most.
 pub const MAX_BATCH: usize = 256;
@@ -54,28 +53,19 @@ pub(super) enum Answer {
 
 /// A stored batch, for the appender.
 pub(super) struct AppendJob {
-    batch: String,
-    at_ms: i64,
-    source: Source,
-    events: Vec<NewEvent>,
+    batch: Unfinished,
+    contents: Contents,
     /// Who waits for each event's id, in order.
     waiters: Vec<oneshot::Sender<Option<EventId>>>,
-    increments: Increments,
     stored: Instant,
 }
 
 impl AppendJob {
-    pub(super) fn change(
-        change: &MembershipChange,
-        done: oneshot::Sender<Option<EventId>>,
-    ) -> Self {
+    pub(super) fn change(change: &Change, done: oneshot::Sender<Option<EventId>>) -> Self {
         Self {
-            batch: change.batch.clone(),
-            at_ms: change.at_ms,
-            source: Source::Membership,
-            events: vec![membership_event(change)],
+            batch: change.batch(),
+            contents: change.contents(),
             waiters: vec![done],
-            increments: Increments::default(),
             stored: Instant::now(),
         }
     }
@@ -134,26 +124,20 @@ async fn write(
         }
         // Events in the order of their messages' ids, as the reconciler would make them.
         stored.sort_by_key(|(record, _)| record.id);
-        let mut increments = Increments::default();
-        for (record, _) in &stored {
-            increments.count(record);
-        }
-        let (events, waiters) = stored
-            .into_iter()
-            .map(|(record, waiter)| (message_event(&record), waiter))
-            .unzip();
+        let (records, waiters): (Vec<MessageRecord>, Vec<_>) = stored.into_iter().unzip();
         let job = AppendJob {
-            batch: batch.id,
-            at_ms: batch.at_ms,
-            source: Source::Messages,
-            events,
+            batch: Unfinished {
+                batch: batch.id,
+                at_ms: batch.at_ms,
+                source: Source::Messages,
+            },
+            contents: Contents::of_messages(&records),
             waiters,
-            increments,
             stored: Instant::now(),
         };
         if let Err(full) = appends.try_send(job) {
             let mut refused = full.into_inner();
-            tracing::warn!(batch = %refused.batch, "the appender is behind; batch left to the reconciler");
+            tracing::warn!(batch = %refused.batch.batch, "the appender is behind; batch left to the reconciler");
             refused.answer(None);
         }
     }
@@ -173,21 +157,16 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
         let mut delay = Duration::from_millis(100);
         loop {
             if job.stored.elapsed() > GIVE_UP {
-                tracing::warn!(batch = %job.batch, "batch left to the reconciler");
+                tracing::warn!(batch = %job.batch.batch, "batch left to the reconciler");
                 job.answer(None);
                 break;
             }
-            match live.append(&job.batch, &job.events).await {
+            match live.append(&job.batch.batch, &job.contents.events).await {
                 Ok(ids) => {
                     // Handed to finishing before the posts are answered, so that a statistics
                     // read right after the answer counts them (the read barrier).
-                    finishing.add(Finished {
-                        batch: job.batch.clone(),
-                        at_ms: job.at_ms,
-                        source: job.source,
-                        events: i64::try_from(ids.len()).unwrap_or(i64::MAX),
-                        increments: std::mem::take(&mut job.increments),
-                    });
+                    let contents = std::mem::take(&mut job.contents);
+                    finishing.add(contents.finished(&job.batch));
                     job.answer(Some(&ids));
                     break;
                 }
@@ -195,7 +174,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                     // The batch is stored: its posts succeeded; its events come later, and
                     // those of the batches behind it after them.
                     if !job.waiters.is_empty() {
-                        tracing::warn!(batch = %job.batch, error = %err, "cannot append to the event log; retrying");
+                        tracing::warn!(batch = %job.batch.batch, error = %err, "cannot append to the event log; retrying");
                         job.answer(None);
                     }
                     let retry = tokio::time::sleep(delay);
@@ -208,7 +187,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                                 if waiting.len() < APPENDS {
                                     waiting.push_back(later);
                                 } else {
-                                    tracing::warn!(batch = %later.batch, "batch left to the reconciler");
+                                    tracing::warn!(batch = %later.batch.batch, "batch left to the reconciler");
                                 }
                             }
                         }

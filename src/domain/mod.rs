@@ -1,12 +1,16 @@
 //! Domain newtypes. Each one can only be built through `parse`, so an invalid value cannot
 //! exist past the HTTP edge ("parse, don't validate").
 
+mod emoji;
+mod mentions;
 mod message_body;
 mod object_ids;
 mod password;
 mod room_name;
 mod username;
 
+pub use emoji::Emoji;
+pub use mentions::mentioned_names;
 pub use message_body::MessageBody;
 pub use object_ids::{MessageId, RoomId, UserId};
 pub use password::Password;

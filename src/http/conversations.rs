@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
-use futures_util::{StreamExt, TryStreamExt, stream};
+use futures_util::{StreamExt, TryFutureExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -12,9 +12,13 @@ use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
+use crate::http::reading::{
+    Conversation, ReadRequest, ReadState, TypingAnswer, mark_read, read_states, typing,
+};
 use crate::http::users::find_by_name;
 use crate::http::{Query, limit_param};
 use crate::startup::AppState;
+use crate::store::stats::Tally;
 use crate::store::{MessageRecord, direct_conversation};
 
 /// The conversation between the caller and another user, newest first.
@@ -37,8 +41,73 @@ pub async fn conversation_messages(
 ) -> Result<HttpResponse, ApiError> {
     let other = find_by_name(&state, &path).await?;
     let conversation = direct_conversation(user.user_id, other.user_id());
-    let page = history_page(&state, &conversation, &query).await?;
+    let page = history_page(&state, &user, &conversation, &query).await?;
     Ok(HttpResponse::Ok().json(page))
+}
+
+/// The conversation of the caller with another user; 404 when there is no such user, 422 for
+/// the caller themselves.
+async fn with_user(
+    state: &AppState,
+    user: &AuthUser,
+    username: &str,
+) -> Result<Conversation, ApiError> {
+    let other = find_by_name(state, username).await?;
+    if other.user_id() == user.user_id {
+        return Err(ApiError::unprocessable(
+            "cannot_message_self",
+            "a conversation is with someone else",
+        ));
+    }
+    Ok(Conversation::direct(direct_conversation(
+        user.user_id,
+        other.user_id(),
+    )))
+}
+
+/// Mark a direct conversation read up to a message; the caller's other streams get a `read`
+/// event.
+#[utoipa::path(post, path = "/conversations/{username}/read", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(("username" = String, Path, description = "The other user")),
+    request_body = ReadRequest,
+    responses(
+        (status = 200, description = "The caller's read state after the move (a marker never moves back)", body = ReadState),
+        (status = 400, description = "Malformed message id, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user, or no such message in the conversation", body = ErrorBody),
+        (status = 422, description = "The caller themselves, or a body without `last_read`", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn read_conversation(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: web::Json<ReadRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = with_user(&state, &user, &path).await?;
+    mark_read(&state, &user, conversation, body.into_inner()).await
+}
+
+/// Say that the caller is typing to another user: both get a `typing` event (at most one a
+/// second; send one every few seconds while typing).
+#[utoipa::path(post, path = "/conversations/{username}/typing", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(("username" = String, Path, description = "The other user")),
+    responses(
+        (status = 202, description = "Announced, or absorbed by the one-a-second limit", body = TypingAnswer),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "The caller themselves", body = ErrorBody),
+        (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
+    ))]
+pub async fn conversation_typing(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = with_user(&state, &user, &path).await?;
+    typing(&state, &user, &conversation).await
 }
 
 const DEFAULT_CONVERSATIONS: usize = 20;
@@ -66,6 +135,8 @@ pub struct ConversationSummary {
     /// The latest message, read from the history.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message: Option<MessageResponse>,
+    /// The caller's read state.
+    pub read_state: ReadState,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -97,30 +168,28 @@ pub async fn list_conversations(
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit, DEFAULT_CONVERSATIONS, MAX_CONVERSATIONS)?;
     state.delivery.before_reading_counts().await;
-    let partners = state
+    let partners: Vec<(UserId, Tally)> = state
         .store
         .partners_of(&user.user_id.to_string(), limit)
-        .await?;
+        .await?
+        .into_iter()
+        .filter_map(|(partner, tally)| Some((UserId::parse(&partner).ok()?, tally)))
+        .collect();
+    let keys: Vec<Conversation> = partners
+        .iter()
+        .map(|(partner, _)| Conversation::direct(direct_conversation(user.user_id, *partner)))
+        .collect();
     // A few reads at a time, so that a long list does not take every pooled connection.
-    let latest: Vec<Vec<MessageRecord>> = stream::iter(partners.iter().map(|(partner, _)| {
-        let store = &state.store;
-        let conversation = UserId::parse(partner)
-            .ok()
-            .map(|partner| direct_conversation(user.user_id, partner));
-        async move {
-            match conversation {
-                Some(conversation) => store.history(&conversation, None, 1).await,
-                None => Ok(Vec::new()),
-            }
-        }
-    }))
-    .buffered(PREVIEW_READS)
-    .try_collect()
-    .await?;
+    let latest = stream::iter(keys.iter().map(|c| state.store.history(&c.key, None, 1)))
+        .buffered(PREVIEW_READS)
+        .try_collect::<Vec<Vec<MessageRecord>>>()
+        .map_err(ApiError::from);
+    let (latest, states) = tokio::try_join!(latest, read_states(&state, &user, &keys))?;
     let conversations = partners
         .into_iter()
         .zip(latest)
-        .map(|((partner, tally), latest)| {
+        .zip(states)
+        .map(|(((partner, tally), latest), read_state)| {
             let last_message = latest.first().map(MessageResponse::from);
             // The history may already hold a message the counters have not counted yet.
             let last_activity = tally
@@ -130,12 +199,13 @@ pub async fn list_conversations(
                 .max();
             ConversationSummary {
                 with: UserRef {
-                    id: partner,
+                    id: partner.to_string(),
                     username: tally.name,
                 },
                 messages: tally.n,
                 last_activity,
                 last_message,
+                read_state,
             }
         })
         .collect();

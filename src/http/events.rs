@@ -20,6 +20,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
+use crate::domain::RoomId;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
 use crate::live::{
@@ -163,7 +164,10 @@ impl Pump {
                 anyhow::anyhow!("the event log has not been reached yet"),
             )
         })?;
-        let mut rooms = state.store.rooms_of_user(user.user_id).await?;
+        let mut rooms: Vec<RoomId> = (state.store.rooms_of_user(user.user_id).await?)
+            .into_iter()
+            .map(|joined| joined.room)
+            .collect();
         rooms.push(state.default_room.room_id());
         let mut subscription = Subscription::new(user.user_id, user.jti.clone(), rooms);
 

@@ -4,11 +4,13 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::delivery::MessageResponse;
+use crate::auth::AuthUser;
+use crate::delivery::{MessageResponse, ReactionCount};
 use crate::domain::MessageId;
 use crate::error::ApiError;
 use crate::http::limit_param;
 use crate::startup::AppState;
+use crate::store::Reactions;
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
@@ -30,9 +32,11 @@ pub struct HistoryQuery {
     pub limit: Option<i64>,
 }
 
-/// One page of a conversation, fetching one extra message to know whether there is more.
+/// One page of a conversation, fetching one extra message to know whether there is more, with
+/// the reactions to its messages (one more read).
 pub(crate) async fn history_page(
     state: &AppState,
+    user: &AuthUser,
     conversation: &str,
     query: &HistoryQuery,
 ) -> Result<MessagePage, ApiError> {
@@ -46,7 +50,25 @@ pub(crate) async fn history_page(
     let mut records = state.store.history(conversation, before, limit + 1).await?;
     let more = records.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let messages: Vec<MessageResponse> = records.iter().map(MessageResponse::from).collect();
+    let reactions = match (records.last(), records.first()) {
+        (Some(oldest), Some(newest)) => {
+            (state.store)
+                .reactions_between(conversation, &oldest.seq, &newest.seq)
+                .await?
+        }
+        _ => Reactions::new(),
+    };
+    let me = user.user_id.to_string();
+    let messages: Vec<MessageResponse> = records
+        .iter()
+        .map(|record| {
+            let mut message = MessageResponse::from(record);
+            if let Some(by_emoji) = reactions.get(&record.seq) {
+                message.reactions = ReactionCount::of(by_emoji, &me);
+            }
+            message
+        })
+        .collect();
     let next_before = more
         .then(|| messages.last().map(|m| m.id.clone()))
         .flatten();

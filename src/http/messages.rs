@@ -1,4 +1,5 @@
-//! `POST /messages`: a post to a room or to a user, through the delivery path.
+//! `/messages`: a post to a room or to a user, through the delivery path; edits, deletions
+//! and reactions of a stored message.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -6,12 +7,12 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
-use crate::delivery::{MessageResponse, PostError, Posted};
-use crate::domain::{MessageBody, RoomId};
+use crate::delivery::{Change, MessageResponse, PostError, Posted};
+use crate::domain::{Emoji, MessageBody, MessageId, RoomId, UserId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::users::find_by_name;
 use crate::startup::AppState;
-use crate::store::{NewMessage, Target};
+use crate::store::{MessageRecord, NewMessage, Target};
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
 
@@ -111,12 +112,14 @@ pub async fn create_message(
             ));
         }
     };
+    let mentions = state.store.mentions(&body, user.user_id, &target).await?;
     let new = NewMessage {
         sender: user.user_id,
         sender_name: user.username.clone(),
         target,
         body,
         idempotency_key,
+        mentions,
     };
     match state.delivery.post(new).await {
         Ok(Posted::Created(message)) => Ok(HttpResponse::Created().json(message)),
@@ -148,4 +151,229 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
             ),
         )),
     }
+}
+
+/// The message `raw` names, if the caller may see it: a message of a room they are in, or of
+/// one of their own direct conversations. 404 otherwise, as for a message that does not exist.
+async fn visible_message(
+    state: &AppState,
+    user: &AuthUser,
+    raw: &str,
+) -> Result<MessageRecord, ApiError> {
+    let id = MessageId::parse(raw)
+        .map_err(|_| ApiError::bad_request("invalid_message_id", "not a message id"))?;
+    let not_found = || ApiError::not_found("message_not_found", "no such message");
+    let message = state.store.find_message(id).await?.ok_or_else(not_found)?;
+    let me = user.user_id.to_string();
+    let visible = match &message.room_id {
+        Some(room) => match state.store.find_room(RoomId::parse(room)?).await? {
+            Some(room) => state.store.is_member(&room, user.user_id).await?,
+            None => false,
+        },
+        None => message.sender_id == me || message.recipient_id.as_deref() == Some(me.as_str()),
+    };
+    if visible {
+        Ok(message)
+    } else {
+        Err(not_found())
+    }
+}
+
+/// A message the caller sent and may still see, not deleted: what an edit or a reaction
+/// needs (`own` for an edit).
+async fn changeable_message(
+    state: &AppState,
+    user: &AuthUser,
+    raw: &str,
+    own: bool,
+) -> Result<MessageRecord, ApiError> {
+    let message = visible_message(state, user, raw).await?;
+    if own && message.sender_id != user.user_id.to_string() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_the_sender",
+            "only its sender may change a message",
+        ));
+    }
+    if message.deleted_at_ms.is_some() {
+        return Err(deleted());
+    }
+    Ok(message)
+}
+
+fn deleted() -> ApiError {
+    ApiError::conflict("message_deleted", "the message was deleted")
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageRequest {
+    /// The new text: 1 to 4000 characters once surrounding whitespace is trimmed.
+    #[schema(example = "hello, room (edited)")]
+    pub body: String,
+}
+
+/// Edit one's own message. Its mentions are found again; every stream of its audience gets a
+/// `message_edited` event with the message as it is now.
+#[utoipa::path(patch, path = "/messages/{message_id}", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(("message_id" = String, Path, description = "The message's id")),
+    request_body = EditMessageRequest,
+    responses(
+        (status = 200, description = "The message as edited", body = MessageResponse),
+        (status = 400, description = "Malformed message id or JSON", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Not the sender", body = ErrorBody),
+        (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
+        (status = 409, description = "The message was deleted", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Empty or too long body", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn edit_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: web::Json<EditMessageRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = MessageBody::parse(&body.body)?;
+    let message = changeable_message(&state, &user, &path, true).await?;
+    let target = match (&message.room_id, &message.recipient_id) {
+        (Some(room), _) => Target::Room(RoomId::parse(room)?),
+        (None, Some(to)) => Target::Direct {
+            user: UserId::parse(to)?,
+            username: message.recipient_name.clone().unwrap_or_default(),
+        },
+        (None, None) => return Err(deleted()),
+    };
+    let mentions = state.store.mentions(&body, user.user_id, &target).await?;
+    let edited = state
+        .store
+        .edit_message(message.message_id(), body, mentions)
+        .await?
+        .ok_or_else(deleted)?;
+    let response = MessageResponse::from(&edited);
+    state
+        .delivery
+        .announce(Change::Message(Box::new(edited)))
+        .await;
+    Ok(HttpResponse::Ok().json(response))
+}
+
+/// Delete one's own message: its body is removed from the store and a tombstone stays in the
+/// history (who deleted it, and when); every stream of its audience gets a `message_deleted`
+/// event. Deleting it again changes nothing.
+#[utoipa::path(delete, path = "/messages/{message_id}", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(("message_id" = String, Path, description = "The message's id")),
+    responses(
+        (status = 200, description = "The tombstone", body = MessageResponse),
+        (status = 400, description = "Malformed message id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Not the sender", body = ErrorBody),
+        (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn delete_message(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let message = match changeable_message(&state, &user, &path, true).await {
+        Err(err) if err.code() == "message_deleted" => {
+            let message = visible_message(&state, &user, &path).await?;
+            return Ok(HttpResponse::Ok().json(MessageResponse::from(&message)));
+        }
+        other => other?,
+    };
+    let deleted = state
+        .store
+        .delete_message(message.message_id(), user.user_id)
+        .await?;
+    let tombstone = match deleted {
+        Some(tombstone) => {
+            let response = MessageResponse::from(&tombstone);
+            state
+                .delivery
+                .announce(Change::Message(Box::new(tombstone)))
+                .await;
+            response
+        }
+        // Deleted at the same moment by another request of the sender.
+        None => MessageResponse::from(&visible_message(&state, &user, &path).await?),
+    };
+    Ok(HttpResponse::Ok().json(tombstone))
+}
+
+/// Add a reaction to a message the caller can see (once per user, message and emoji: adding it
+/// again changes nothing). Every stream of the message's audience gets a `reaction` event.
+#[utoipa::path(put, path = "/messages/{message_id}/reactions/{emoji}", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(
+        ("message_id" = String, Path, description = "The message's id"),
+        ("emoji" = String, Path, description = "Exactly one emoji, percent-encoded (`%F0%9F%91%8D` for 👍)"),
+    ),
+    responses(
+        (status = 204, description = "The caller reacts with this emoji"),
+        (status = 400, description = "Malformed message id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
+        (status = 409, description = "The message was deleted", body = ErrorBody),
+        (status = 422, description = "Not exactly one emoji", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn add_reaction(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    react(&state, &user, &path, true).await
+}
+
+/// Remove the caller's reaction (removing one that is not there changes nothing).
+#[utoipa::path(delete, path = "/messages/{message_id}/reactions/{emoji}", tag = "messages",
+    security(("bearer_auth" = [])),
+    params(
+        ("message_id" = String, Path, description = "The message's id"),
+        ("emoji" = String, Path, description = "Exactly one emoji, percent-encoded"),
+    ),
+    responses(
+        (status = 204, description = "The caller does not react with this emoji"),
+        (status = 400, description = "Malformed message id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
+        (status = 409, description = "The message was deleted", body = ErrorBody),
+        (status = 422, description = "Not exactly one emoji", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn remove_reaction(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    react(&state, &user, &path, false).await
+}
+
+async fn react(
+    state: &AppState,
+    user: &AuthUser,
+    (message_id, emoji): &(String, String),
+    active: bool,
+) -> Result<HttpResponse, ApiError> {
+    let emoji = Emoji::parse(emoji)?;
+    let message = changeable_message(state, user, message_id, false).await?;
+    let change = state
+        .store
+        .set_reaction(
+            &message,
+            user.user_id,
+            &user.username,
+            emoji.as_str(),
+            active,
+        )
+        .await?;
+    if let Some(change) = change {
+        state.delivery.announce(Change::Reaction(change)).await;
+    }
+    Ok(HttpResponse::NoContent().finish())
 }

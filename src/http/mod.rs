@@ -11,8 +11,10 @@ pub mod history;
 pub mod messages;
 pub mod openapi;
 pub mod page;
+pub mod reading;
 pub mod request_log;
 pub mod rooms;
+pub mod search;
 pub mod stats;
 pub mod users;
 
@@ -53,13 +55,34 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::resource("/rooms/{room_id}/messages").route(web::get().to(rooms::room_messages)),
         )
+        .service(web::resource("/rooms/{room_id}/read").route(web::post().to(rooms::read_room)))
+        .service(web::resource("/rooms/{room_id}/typing").route(web::post().to(rooms::room_typing)))
         .service(web::resource("/messages").route(web::post().to(messages::create_message)))
+        .service(
+            web::resource("/messages/{message_id}")
+                .route(web::patch().to(messages::edit_message))
+                .route(web::delete().to(messages::delete_message)),
+        )
+        .service(
+            web::resource("/messages/{message_id}/reactions/{emoji}")
+                .route(web::put().to(messages::add_reaction))
+                .route(web::delete().to(messages::remove_reaction)),
+        )
+        .service(web::resource("/search").route(web::get().to(search::search)))
         .service(
             web::resource("/conversations").route(web::get().to(conversations::list_conversations)),
         )
         .service(
             web::resource("/conversations/{username}/messages")
                 .route(web::get().to(conversations::conversation_messages)),
+        )
+        .service(
+            web::resource("/conversations/{username}/read")
+                .route(web::post().to(conversations::read_conversation)),
+        )
+        .service(
+            web::resource("/conversations/{username}/typing")
+                .route(web::post().to(conversations::conversation_typing)),
         )
         .service(web::resource("/events").route(web::get().to(events::events)))
         .service(web::resource("/stats/most-active").route(web::get().to(stats::most_active)))

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ErrorBody;
-use crate::http::{auth, conversations, events, health, messages, rooms, stats, users};
+use crate::http::{auth, conversations, events, health, messages, rooms, search, stats, users};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,9 +28,18 @@ use crate::http::{auth, conversations, events, health, messages, rooms, stats, u
         rooms::join_room,
         rooms::leave_room,
         rooms::room_messages,
+        rooms::read_room,
+        rooms::room_typing,
         messages::create_message,
+        messages::edit_message,
+        messages::delete_message,
+        messages::add_reaction,
+        messages::remove_reaction,
         conversations::conversation_messages,
         conversations::list_conversations,
+        conversations::read_conversation,
+        conversations::conversation_typing,
+        search::search,
         events::events,
         stats::most_active,
         stats::most_solicited,
@@ -48,13 +57,16 @@ use crate::http::{auth, conversations, events, health, messages, rooms, stats, u
         events::PresenceEvent,
         events::LogoutEvent,
         crate::delivery::RoomMemberEvent,
+        crate::delivery::ReactionEvent,
+        crate::delivery::ReadEvent,
+        crate::delivery::TypingEvent,
     )),
     modifiers(&SecurityAddon),
     tags(
         (name = "auth", description = "Accounts and sessions"),
         (name = "users", description = "Profiles and presence"),
-        (name = "rooms", description = "Rooms: create, list, join, leave"),
-        (name = "messages", description = "Sending messages and reading history"),
+        (name = "rooms", description = "Rooms: create, list, join, leave, read state, typing"),
+        (name = "messages", description = "Messages: send, edit, delete, react, search; direct conversations and history"),
         (name = "events", description = "The live Server-Sent Events stream"),
         (name = "stats", description = "Statistics over the message history, each over an optional window"),
         (name = "health", description = "Liveness and readiness probes"),

@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -6,10 +6,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
+use crate::delivery::Change;
 use crate::domain::{RoomId, RoomName};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::Query;
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
+use crate::http::reading::{
+    Conversation, ReadRequest, ReadState, TypingAnswer, mark_read, read_states, typing,
+};
 use crate::startup::AppState;
 use crate::store::{CreateRoomError, MembershipChange, RoomRecord, room_conversation};
 
@@ -26,6 +30,9 @@ pub struct RoomResponse {
     /// Whether the caller is a member.
     pub joined: bool,
     pub created_at: DateTime<Utc>,
+    /// In `GET /rooms`, for a room the caller is in: their read state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_state: Option<ReadState>,
 }
 
 impl RoomResponse {
@@ -36,6 +43,7 @@ impl RoomResponse {
             is_default: room.is_default,
             joined: joined || room.is_default,
             created_at: room.created_at(),
+            read_state: None,
         }
     }
 }
@@ -68,7 +76,7 @@ async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> 
 /// answer does not wait on Redis (a change not announced here is announced by the reconciler).
 async fn announce(state: &AppState, change: Option<MembershipChange>) {
     if let Some(change) = change {
-        state.delivery.announce(&change).await;
+        state.delivery.announce(Change::Membership(change)).await;
     }
 }
 
@@ -103,7 +111,8 @@ pub async fn create_room(
     Ok(HttpResponse::Created().json(RoomResponse::new(&room, true)))
 }
 
-/// All rooms, with whether the caller is a member.
+/// All rooms, with whether the caller is a member, and for the rooms they are in, their read
+/// state (unread messages and mentions, capped at 100).
 #[utoipa::path(get, path = "/rooms", tag = "rooms",
     security(("bearer_auth" = [])),
     responses(
@@ -119,12 +128,114 @@ pub async fn list_rooms(
         state.store.list_rooms(MAX_ROOMS_LISTED),
         state.store.rooms_of_user(user.user_id),
     )?;
-    let mine: HashSet<RoomId> = mine.into_iter().collect();
-    let rooms = rooms
+    let joined_at: HashMap<RoomId, i64> = mine.into_iter().map(|j| (j.room, j.at_ms)).collect();
+    let mut rooms: Vec<RoomResponse> = rooms
         .iter()
-        .map(|room| RoomResponse::new(room, mine.contains(&room.room_id())))
+        .map(|room| RoomResponse::new(room, joined_at.contains_key(&room.room_id())))
         .collect();
+    let conversations: Vec<Conversation> = rooms
+        .iter()
+        .filter(|r| r.joined)
+        .filter_map(|r| {
+            let id = RoomId::parse(&r.id).ok()?;
+            let joined_ms = joined_at
+                .get(&id)
+                .copied()
+                .unwrap_or_else(|| registered_ms(&user));
+            Some(Conversation::room(
+                room_conversation(id),
+                r.id.clone(),
+                joined_ms,
+            ))
+        })
+        .collect();
+    let mut states = read_states(&state, &user, &conversations)
+        .await?
+        .into_iter();
+    for room in rooms.iter_mut().filter(|r| r.joined) {
+        room.read_state = states.next();
+    }
     Ok(HttpResponse::Ok().json(RoomsResponse { rooms }))
+}
+
+/// When the caller registered (and so joined `general`): their id's time.
+fn registered_ms(user: &AuthUser) -> i64 {
+    user.user_id.object_id().timestamp().timestamp_millis()
+}
+
+/// A room the caller is in, as a conversation; 403 when they are not.
+async fn member_room(
+    state: &AppState,
+    user: &AuthUser,
+    raw: &str,
+    to: &str,
+) -> Result<Conversation, ApiError> {
+    let room = find_room(state, raw).await?;
+    let id = room.room_id();
+    let joined_ms = if room.is_default {
+        registered_ms(user)
+    } else {
+        let mine = state.store.rooms_of_user(user.user_id).await?;
+        let joined = mine.iter().find(|j| j.room == id).ok_or_else(|| {
+            ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "not_a_member",
+                format!("join the room to {to} it"),
+            )
+        })?;
+        joined.at_ms
+    };
+    Ok(Conversation::room(
+        room_conversation(id),
+        id.to_string(),
+        joined_ms,
+    ))
+}
+
+/// Mark a room read up to a message; the caller's other streams get a `read` event.
+#[utoipa::path(post, path = "/rooms/{room_id}/read", tag = "rooms",
+    security(("bearer_auth" = [])),
+    params(("room_id" = String, Path, description = "The room's id")),
+    request_body = ReadRequest,
+    responses(
+        (status = 200, description = "The caller's read state after the move (a marker never moves back)", body = ReadState),
+        (status = 400, description = "Malformed room or message id, or malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Not a member of the room", body = ErrorBody),
+        (status = 404, description = "No such room, or no such message in it", body = ErrorBody),
+        (status = 422, description = "A body without `last_read`", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ))]
+pub async fn read_room(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+    body: web::Json<ReadRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = member_room(&state, &user, &path, "read").await?;
+    mark_read(&state, &user, conversation, body.into_inner()).await
+}
+
+/// Say that the caller is typing in a room: its members get a `typing` event (at most one a
+/// second per user and room; send one every few seconds while typing).
+#[utoipa::path(post, path = "/rooms/{room_id}/typing", tag = "rooms",
+    security(("bearer_auth" = [])),
+    params(("room_id" = String, Path, description = "The room's id")),
+    responses(
+        (status = 202, description = "Announced, or absorbed by the one-a-second limit", body = TypingAnswer),
+        (status = 400, description = "Malformed room id", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
+        (status = 403, description = "Not a member of the room", body = ErrorBody),
+        (status = 404, description = "No such room", body = ErrorBody),
+        (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
+    ))]
+pub async fn room_typing(
+    state: web::Data<AppState>,
+    user: AuthUser,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conversation = member_room(&state, &user, &path, "type in").await?;
+    typing(&state, &user, &conversation).await
 }
 
 /// Join a room (joining twice changes nothing).
@@ -205,14 +316,7 @@ pub async fn room_messages(
     path: web::Path<String>,
     query: Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let room = find_room(&state, &path).await?;
-    if !state.store.is_member(&room, user.user_id).await? {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::FORBIDDEN,
-            "not_a_member",
-            "join the room to read it",
-        ));
-    }
-    let page = history_page(&state, &room_conversation(room.room_id()), &query).await?;
+    let conversation = member_room(&state, &user, &path, "read").await?;
+    let page = history_page(&state, &user, &conversation.key, &query).await?;
     Ok(HttpResponse::Ok().json(page))
 }

@@ -213,26 +213,43 @@ pub enum EventKind {
     RoomMember,
     /// A token was revoked (internal: ends that token's streams, never sent to clients).
     SessionRevoked,
+    /// A message's body was edited (data: the message as it is now).
+    MessageEdited,
+    /// A message was deleted (data: its tombstone).
+    MessageDeleted,
+    /// A reaction was added or removed.
+    Reaction,
+    /// The user's read marker moved (to their own other streams).
+    Read,
+    /// Someone is typing: live only, never replayed on a resume.
+    Typing,
 }
 
 impl EventKind {
+    const ALL: [(EventKind, &'static str); 9] = [
+        (EventKind::Message, "message"),
+        (EventKind::Presence, "presence"),
+        (EventKind::RoomMember, "room_member"),
+        (EventKind::SessionRevoked, "session_revoked"),
+        (EventKind::MessageEdited, "message_edited"),
+        (EventKind::MessageDeleted, "message_deleted"),
+        (EventKind::Reaction, "reaction"),
+        (EventKind::Read, "read"),
+        (EventKind::Typing, "typing"),
+    ];
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Message => "message",
-            EventKind::Presence => "presence",
-            EventKind::RoomMember => "room_member",
-            EventKind::SessionRevoked => "session_revoked",
-        }
+        Self::ALL
+            .iter()
+            .find(|(kind, _)| *kind == self)
+            .map_or("message", |(_, name)| name)
     }
 
     fn parse(raw: &str) -> Option<Self> {
-        Some(match raw {
-            "message" => EventKind::Message,
-            "presence" => EventKind::Presence,
-            "room_member" => EventKind::RoomMember,
-            "session_revoked" => EventKind::SessionRevoked,
-            _ => return None,
-        })
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == raw)
+            .map(|(kind, _)| *kind)
     }
 }
 
@@ -268,7 +285,6 @@ impl LogEvent {
         let mut member_change = None;
         let mut revoked_jti = None;
         let payload = match kind {
-            EventKind::Message => data,
             EventKind::Presence => render_presence(&data)?,
             EventKind::RoomMember => {
                 let value: Value = serde_json::from_str(&data).ok()?;
@@ -284,6 +300,7 @@ impl LogEvent {
                 revoked_jti = Some(value["jti"].as_str()?.to_owned());
                 String::new()
             }
+            _ => data,
         };
         let frame = sse_frame(Some(&id), kind.as_str(), &payload);
         Some(Self {
@@ -507,11 +524,12 @@ impl Live {
             if let Some(last) = page.ids.last() {
                 cursor = last.id.clone();
             }
+            // Typing is live only: a resume never replays it.
             events.extend(
                 page.ids
                     .iter()
                     .filter_map(LogEvent::from_entry)
-                    .filter(|e| e.id.epoch == after.epoch),
+                    .filter(|e| e.id.epoch == after.epoch && e.kind != EventKind::Typing),
             );
             if !full {
                 break;

@@ -7,6 +7,7 @@ mod hub;
 mod presence;
 mod rate_limit;
 mod subscription;
+mod typing;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub use events::{
 pub use hub::{Hub, HubItem, HubReceiver, Lagged, ResyncCause};
 pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
+pub use typing::TYPING_EVERY;
 
 use crate::config::Settings;
 

@@ -13,6 +13,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::reads::{Mention, mentions};
 use super::stats::Increments;
 use super::{Store, is_duplicate_key};
 
@@ -21,9 +22,19 @@ pub struct Finished {
     pub batch: String,
     pub at_ms: i64,
     pub source: Source,
-    /// Events it announced (messages, or one membership change).
+    /// Events it announced (messages, or one change).
     pub events: i64,
     pub increments: Increments,
+    pub effects: Effects,
+}
+
+/// What finishing a batch writes besides its record and counts, in the same transaction (each
+/// write an upsert or a removal, so that it is the same written twice).
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Messages whose mention documents go first (an edit replaces them, a deletion drops them).
+    pub forget_mentions_of: Vec<String>,
+    pub mentions: Vec<Mention>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -60,8 +71,28 @@ pub enum Lease {
 pub enum Source {
     /// A group commit's messages: never updated, so their number in a window is final.
     Messages,
-    /// A membership change: state, overwritten by the next change of that membership.
+    /// The other sources are state, overwritten by the next change of the same thing: a
+    /// membership, a read marker, a reaction, a message's edit or deletion.
     Membership,
+    ReadMarker,
+    Reaction,
+    MessageChange,
+}
+
+impl Source {
+    /// The changes whose documents the reconciler reads in every window, with the collection
+    /// and the fields that hold their batch and time.
+    const STATE: [(Source, &'static str, &'static str, &'static str); 4] = [
+        (Source::Membership, "memberships", "batch", "at_ms"),
+        (Source::ReadMarker, "read_markers", "batch", "at_ms"),
+        (Source::Reaction, "reactions", "batch", "at_ms"),
+        (
+            Source::MessageChange,
+            "messages",
+            "change_batch",
+            "changed_at_ms",
+        ),
+    ];
 }
 
 fn records(db: &Database) -> Collection<FinishRecord> {
@@ -163,6 +194,8 @@ impl Store {
                 .await?;
         }
         increments.apply(&self.db, &mut session).await?;
+        let effects: Vec<&Effects> = batches.iter().map(|b| &b.effects).collect();
+        self.apply_effects(&effects, &mut session).await?;
         if let Some(watermark) = watermark {
             reconciler(&self.db)
                 .update_one(
@@ -174,6 +207,41 @@ impl Store {
                 .await?;
         }
         session.commit_transaction().await
+    }
+
+    async fn apply_effects(
+        &self,
+        effects: &[&Effects],
+        session: &mut mongodb::ClientSession,
+    ) -> mongodb::error::Result<()> {
+        let forget: Vec<&String> = effects.iter().flat_map(|e| &e.forget_mentions_of).collect();
+        if !forget.is_empty() {
+            mentions(&self.db)
+                .delete_many(doc! { "message": { "$in": forget } })
+                .session(&mut *session)
+                .await?;
+        }
+        let upserts: Vec<Document> = effects
+            .iter()
+            .flat_map(|e| &e.mentions)
+            .map(|m| {
+                doc! {
+                    "q": { "_id": format!("{}|{}", m.user, m.message) },
+                    "u": { "$set": {
+                        "user": &m.user, "message": &m.message,
+                        "conversation": &m.conversation, "seq": &m.seq,
+                    } },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        if !upserts.is_empty() {
+            self.db
+                .run_command(doc! { "update": "mentions", "updates": upserts, "ordered": true })
+                .session(&mut *session)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn already_finished(
@@ -266,18 +334,19 @@ impl Store {
                     .unwrap_or(0))
             })
             .await?;
-        let mut sources = vec![("memberships", Source::Membership)];
+        let mut sources = Source::STATE.to_vec();
         if stored != accounted {
-            sources.insert(0, ("messages", Source::Messages));
+            sources.insert(0, (Source::Messages, "messages", "batch", "at_ms"));
         }
         let mut batches = Vec::new();
-        for (collection, source) in sources {
+        for (source, collection, batch_field, time_field) in sources {
             let stored = self.majority::<Document>(collection);
+            let window = doc! { time_field: { "$gte": from_ms, "$lt": to_ms } };
             let found: Vec<Document> = self
                 .bounded("reading stored batches", async {
                     stored
-                        .find(window.clone())
-                        .projection(doc! { "batch": 1, "at_ms": 1 })
+                        .find(window)
+                        .projection(doc! { batch_field: 1, time_field: 1 })
                         .await?
                         .try_collect()
                         .await
@@ -285,7 +354,7 @@ impl Store {
                 .await?;
             for d in found {
                 // Loaded history (and documents of older versions) has no batch to finish.
-                let (Ok(batch), Ok(at_ms)) = (d.get_str("batch"), d.get_i64("at_ms")) else {
+                let (Ok(batch), Ok(at_ms)) = (d.get_str(batch_field), d.get_i64(time_field)) else {
                     continue;
                 };
                 if batch.is_empty() {

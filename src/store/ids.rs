@@ -29,13 +29,19 @@ pub fn next(ms: i64) -> ObjectId {
         clock.1 = (clock.1 + 1) & 0x00ff_ffff;
         clock.1
     };
+    let mut bytes = floor(ms).bytes();
+    bytes[6..9].copy_from_slice(&*PROCESS);
+    bytes[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
+    ObjectId::from_bytes(bytes)
+}
+
+/// The id below every id made for `ms` or later.
+pub fn floor(ms: i64) -> ObjectId {
     let secs = u32::try_from(ms.div_euclid(1000)).unwrap_or(u32::MAX);
     let millis = u16::try_from(ms.rem_euclid(1000)).unwrap_or(0);
     let mut bytes = [0u8; 12];
     bytes[..4].copy_from_slice(&secs.to_be_bytes());
     bytes[4..6].copy_from_slice(&millis.to_be_bytes());
-    bytes[6..9].copy_from_slice(&*PROCESS);
-    bytes[9..].copy_from_slice(&counter.to_be_bytes()[1..]);
     ObjectId::from_bytes(bytes)
 }
 
@@ -54,5 +60,6 @@ mod tests {
         // A millisecond later sorts later whatever the counter says.
         assert!(next(first + 1) > next(first));
         assert!(stamp() >= first);
+        assert!(floor(first) < a && floor(first + 1) > b);
     }
 }

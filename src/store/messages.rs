@@ -12,8 +12,14 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
+use super::finish::Effects;
+use super::reads::Mention;
+use super::users::UserRecord;
 use super::{Store, bounded_until, ids};
-use crate::domain::{MessageBody, MessageId, RoomId, UserId};
+use crate::domain::{MessageBody, MessageId, RoomId, UserId, mentioned_names};
+
+/// Names in a body looked up as mentions at most.
+pub const MAX_MENTIONS: usize = 20;
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -41,11 +47,62 @@ pub struct MessageRecord {
     pub room_id: Option<String>,
     pub recipient_id: Option<String>,
     pub recipient_name: Option<String>,
+    /// Removed when the message is deleted.
+    #[serde(default)]
     pub body: String,
+    /// The users the body mentions (`@name`), as of its last edit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<MentionRef>,
     pub created_at: bson::DateTime,
     /// `created_at` in milliseconds, shared by the whole batch: what statistics and the
     /// reconciler compare (nx-27017 compares dates as text).
     pub at_ms: i64,
+    /// When the body was last edited, and when the message was deleted, in milliseconds
+    /// (nx-27017 stores a date set by an update as text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
+    /// The last edit or deletion: a batch of its own, announced and finished like the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_batch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at_ms: Option<i64>,
+}
+
+/// An empty message at the epoch, for tools and tests to fill in.
+impl Default for MessageRecord {
+    fn default() -> Self {
+        Self {
+            id: ObjectId::new(),
+            seq: String::new(),
+            batch: String::new(),
+            conversation: String::new(),
+            sender_id: String::new(),
+            sender_name: String::new(),
+            room_id: None,
+            recipient_id: None,
+            recipient_name: None,
+            body: String::new(),
+            mentions: Vec::new(),
+            created_at: bson::DateTime::from_millis(0),
+            at_ms: 0,
+            edited_at_ms: None,
+            deleted_at_ms: None,
+            deleted_by: None,
+            change_batch: None,
+            changed_at_ms: None,
+        }
+    }
+}
+
+/// A user a message mentions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MentionRef {
+    pub id: String,
+    pub username: String,
 }
 
 impl MessageRecord {
@@ -55,6 +112,37 @@ impl MessageRecord {
 
     pub fn created_at(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(self.created_at.timestamp_millis()).unwrap_or_default()
+    }
+
+    /// What finishing a batch of new messages writes besides counts: their mentions.
+    pub fn effects_of_new(batch: &[MessageRecord]) -> Effects {
+        Effects {
+            mentions: batch
+                .iter()
+                .flat_map(MessageRecord::mention_documents)
+                .collect(),
+            ..Effects::default()
+        }
+    }
+
+    /// What finishing an edit or a deletion writes: the message's mentions, replaced.
+    pub fn effects_of_change(&self) -> Effects {
+        Effects {
+            forget_mentions_of: vec![self.seq.clone()],
+            mentions: self.mention_documents(),
+        }
+    }
+
+    fn mention_documents(&self) -> Vec<Mention> {
+        self.mentions
+            .iter()
+            .map(|m| Mention {
+                user: m.id.clone(),
+                message: self.seq.clone(),
+                conversation: self.conversation.clone(),
+                seq: self.seq.clone(),
+            })
+            .collect()
     }
 
     fn same_post(&self, other: &MessageRecord) -> bool {
@@ -88,6 +176,8 @@ pub struct NewMessage {
     /// Client-chosen key: the same key from the same sender within a day gives back the
     /// message stored the first time.
     pub idempotency_key: Option<String>,
+    /// The existing users the body mentions.
+    pub mentions: Vec<MentionRef>,
 }
 
 impl NewMessage {
@@ -112,8 +202,14 @@ impl NewMessage {
             recipient_id,
             recipient_name,
             body: self.body.into_inner(),
+            mentions: self.mentions,
             created_at: bson::DateTime::from_millis(at_ms),
             at_ms,
+            edited_at_ms: None,
+            deleted_at_ms: None,
+            deleted_by: None,
+            change_batch: None,
+            changed_at_ms: None,
         }
     }
 }
@@ -177,6 +273,15 @@ pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> 
             IndexModel::builder()
                 .keys(doc! { "at_ms": 1 })
                 .options(named("at_ms"))
+                .build(),
+        )
+        .await?;
+    // The reconciler reads edits and deletions by when they happened.
+    messages(db)
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "changed_at_ms": 1 })
+                .options(named("changed_at_ms"))
                 .build(),
         )
         .await?;
@@ -389,6 +494,121 @@ impl Store {
             found.try_collect().await
         };
         self.bounded("reading a batch", read).await
+    }
+
+    /// The mentions in `body` that notify someone: existing users, other than the sender, who
+    /// read the conversation (members of the room; the other user of a direct conversation).
+    /// The first [`MAX_MENTIONS`] names only.
+    pub async fn mentions(
+        &self,
+        body: &MessageBody,
+        sender: UserId,
+        target: &Target,
+    ) -> mongodb::error::Result<Vec<MentionRef>> {
+        let mut names = mentioned_names(body.as_str());
+        names.truncate(MAX_MENTIONS);
+        let mut users = self.find_users_by_names(&names).await?;
+        users.retain(|u| u.user_id() != sender);
+        let readers: Vec<UserId> = match target {
+            Target::Direct { user, .. } => vec![*user],
+            Target::Room(room) => {
+                let ids: Vec<UserId> = users.iter().map(UserRecord::user_id).collect();
+                match self.find_room(*room).await? {
+                    Some(room) => self.members_among(&room, &ids).await?,
+                    None => Vec::new(),
+                }
+            }
+        };
+        users.retain(|u| readers.contains(&u.user_id()));
+        // In the order the body names them.
+        users.sort_by_key(|u| names.iter().position(|n| *n == u.username_lower));
+        Ok(users
+            .into_iter()
+            .map(|u| MentionRef {
+                id: u.id.to_hex(),
+                username: u.username,
+            })
+            .collect())
+    }
+
+    /// A message by id.
+    pub async fn find_message(
+        &self,
+        id: MessageId,
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
+        let collection = messages(&self.db);
+        let find = collection.find_one(doc! { "_id": id.object_id() });
+        self.bounded("reading a message", find).await
+    }
+
+    /// Replaces a message's body (and so its mentions); the message as edited, a change to
+    /// announce, or `None` if it is deleted.
+    pub async fn edit_message(
+        &self,
+        id: MessageId,
+        body: MessageBody,
+        mentions: Vec<MentionRef>,
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
+        let at_ms = ids::stamp();
+        let mentions = bson::to_bson(&mentions).map_err(mongodb::error::Error::custom)?;
+        self.change_message(
+            id,
+            doc! { "$set": {
+                "body": body.into_inner(), "mentions": mentions,
+                "edited_at_ms": at_ms,
+                "change_batch": ids::next(at_ms).to_hex(), "changed_at_ms": at_ms,
+            } },
+        )
+        .await
+    }
+
+    /// Deletes a message: a tombstone stays, the body (and mentions) go. The tombstone, a
+    /// change to announce, or `None` if it was deleted already.
+    pub async fn delete_message(
+        &self,
+        id: MessageId,
+        by: UserId,
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
+        let at_ms = ids::stamp();
+        self.change_message(
+            id,
+            doc! {
+                "$set": {
+                    "mentions": [],
+                    "deleted_at_ms": at_ms, "deleted_by": by.to_string(),
+                    "change_batch": ids::next(at_ms).to_hex(), "changed_at_ms": at_ms,
+                },
+                "$unset": { "body": "" },
+            },
+        )
+        .await
+    }
+
+    async fn change_message(
+        &self,
+        id: MessageId,
+        update: bson::Document,
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
+        let collection = messages(&self.db);
+        let change = collection
+            .find_one_and_update(
+                doc! { "_id": id.object_id(), "deleted_at_ms": { "$exists": false } },
+                update,
+            )
+            .return_document(mongodb::options::ReturnDocument::After);
+        self.bounded("changing a message", change).await
+    }
+
+    /// The message whose last change is the batch `batch` at `at_ms`, if it still is.
+    pub async fn message_change(
+        &self,
+        batch: &str,
+        at_ms: i64,
+    ) -> mongodb::error::Result<Option<MessageRecord>> {
+        let collection = self.majority::<MessageRecord>("messages");
+        let find = collection
+            .find_one(doc! { "changed_at_ms": { "$eq": at_ms }, "change_batch": { "$eq": batch } });
+        self.bounded("reading a message change", find).await
     }
 
     /// The message `sender` stored as `body` in `room` with idempotency key `key` within the

@@ -10,7 +10,10 @@
 mod finish;
 mod ids;
 mod messages;
+mod reactions;
+mod reads;
 mod rooms;
+mod search;
 mod settled;
 pub mod stats;
 mod users;
@@ -27,12 +30,15 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database};
 
-pub use finish::{Finished, Lease, Source, Unfinished};
+pub use finish::{Effects, Finished, Lease, Source, Unfinished};
 pub use messages::{
-    IDEMPOTENCY_WINDOW, InsertedBatch, MessageRecord, NewMessage, Target, Written,
+    IDEMPOTENCY_WINDOW, InsertedBatch, MentionRef, MessageRecord, NewMessage, Target, Written,
     direct_conversation, room_conversation,
 };
-pub use rooms::{CreateRoomError, DEFAULT_ROOM, MembershipChange, RoomRecord};
+pub use reactions::{ReactionChange, Reactions};
+pub use reads::{ReadChange, UNREAD_CAP, seq_before};
+pub use rooms::{CreateRoomError, DEFAULT_ROOM, Joined, MembershipChange, RoomRecord};
+pub use search::{MAX_QUERY_CHARS, SearchMode, terms};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
@@ -53,6 +59,8 @@ pub struct Store {
     known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
     /// Grouped reads of users' rooms (see `rooms::RoomsOfUsers`).
     rooms_of_users: rooms::RoomsOfUsers,
+    /// How search works on this server, found when its index is created.
+    search_mode: Arc<std::sync::OnceLock<SearchMode>>,
 }
 
 impl Store {
@@ -95,6 +103,7 @@ impl Store {
             settled: Arc::default(),
             settled_edges: Arc::default(),
             known_rooms: Arc::default(),
+            search_mode: Arc::default(),
         })
     }
 
@@ -104,6 +113,10 @@ impl Store {
         rooms::ensure_indexes(&self.db).await?;
         stats::ensure_indexes(&self.db).await?;
         finish::ensure_indexes(&self.db).await?;
+        reads::ensure_indexes(&self.db).await?;
+        reactions::ensure_indexes(&self.db).await?;
+        let mode = search::ensure_index(&self.db).await?;
+        let _ = self.search_mode.set(mode);
         messages::ensure_indexes(&self.db).await
     }
 
@@ -144,6 +157,11 @@ impl Store {
 
     pub fn database(&self) -> &Database {
         &self.db
+    }
+
+    /// How search works here (text until the indexes were made).
+    pub fn search_mode(&self) -> SearchMode {
+        self.search_mode.get().copied().unwrap_or(SearchMode::Text)
     }
 
     /// `operation`, given up as timed out (its outcome unknown) past the write bound.
@@ -265,7 +283,7 @@ pub fn is_transient(err: &mongodb::error::Error) -> bool {
 }
 
 /// The server error codes `err` carries (several for a partly failed `insert_many`).
-fn server_codes(err: &mongodb::error::Error) -> Vec<i32> {
+pub(crate) fn server_codes(err: &mongodb::error::Error) -> Vec<i32> {
     use mongodb::error::{ErrorKind, WriteFailure};
     match err.kind.as_ref() {
         ErrorKind::Command(e) => vec![e.code],

@@ -72,6 +72,13 @@ fn member_by_default() -> bool {
     true
 }
 
+/// A room a user is in, and when they joined it (their membership's last change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub room: RoomId,
+    pub at_ms: i64,
+}
+
 /// A join or a leave, as stored: what its `room_member` event says.
 #[derive(Debug, Clone)]
 pub struct MembershipChange {
@@ -256,10 +263,10 @@ impl Store {
     }
 
     /// The rooms `user` explicitly joined (the default room is implicit and not included),
-    /// read with whatever other users' rooms are asked for at the same time (see
-    /// [`RoomsOfUsers`]). The read is sent after this call begins, so it sees every join and
-    /// leave acknowledged before.
-    pub async fn rooms_of_user(&self, user: UserId) -> mongodb::error::Result<Vec<RoomId>> {
+    /// with when they joined each, read with whatever other users' rooms are asked for at the
+    /// same time (see [`RoomsOfUsers`]). The read is sent after this call begins, so it sees
+    /// every join and leave acknowledged before.
+    pub async fn rooms_of_user(&self, user: UserId) -> mongodb::error::Result<Vec<Joined>> {
         self.rooms_of_users.read(user).await
     }
 
@@ -270,6 +277,31 @@ impl Store {
         let mut filter = doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$eq": user.to_string() } };
         filter.extend(members());
         Ok(memberships(&self.db).find_one(filter).await?.is_some())
+    }
+
+    /// The users among `users` who are members of `room`.
+    pub async fn members_among(
+        &self,
+        room: &RoomRecord,
+        users: &[UserId],
+    ) -> mongodb::error::Result<Vec<UserId>> {
+        if room.is_default || users.is_empty() {
+            return Ok(users.to_vec());
+        }
+        let ids: Vec<String> = users.iter().map(UserId::to_string).collect();
+        let mut filter =
+            doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$in": ids } };
+        filter.extend(members());
+        let found: Vec<MembershipRecord> = memberships(&self.db)
+            .find(filter)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(users
+            .iter()
+            .filter(|u| found.iter().any(|m| m.user_id == u.to_string()))
+            .copied()
+            .collect())
     }
 
     /// Makes `user` a member of `room` or not; the change to announce, or `None` when it
@@ -341,7 +373,7 @@ pub(super) struct RoomsOfUsers {
     requests: mpsc::Sender<RoomsRequest>,
 }
 
-type RoomsAnswer = mongodb::error::Result<Vec<RoomId>>;
+type RoomsAnswer = mongodb::error::Result<Vec<Joined>>;
 
 struct RoomsRequest {
     user: String,
@@ -393,10 +425,17 @@ async fn read_groups(db: Database, bound: Duration, mut queue: mpsc::Receiver<Ro
             .unwrap_or_else(|_| Err(super::timed_out("the membership read")));
         match found {
             Ok(records) => {
-                let mut rooms: HashMap<&str, Vec<RoomId>> = HashMap::new();
+                let mut rooms: HashMap<&str, Vec<Joined>> = HashMap::new();
                 for record in &records {
                     if let Ok(room) = RoomId::parse(&record.room_id) {
-                        rooms.entry(record.user_id.as_str()).or_default().push(room);
+                        let joined = Joined {
+                            room,
+                            at_ms: record.at_ms,
+                        };
+                        rooms
+                            .entry(record.user_id.as_str())
+                            .or_default()
+                            .push(joined);
                     }
                 }
                 for request in requests {

@@ -413,6 +413,7 @@ impl Store {
             source: super::Source::Messages,
             events: 1,
             increments,
+            effects: super::Effects::default(),
         };
         self.finish(&[finished], None).await
     }
@@ -960,7 +961,7 @@ fn edge_record(m: &EdgeMessage) -> MessageRecord {
         body: String::new(),
         created_at: m.created_at,
         at_ms: m.at_ms,
-        batch: String::new(),
+        ..MessageRecord::default()
     }
 }
 
@@ -985,7 +986,7 @@ mod tests {
             body: String::new(),
             created_at: bson::DateTime::from_millis(at_ms),
             at_ms,
-            batch: String::new(),
+            ..MessageRecord::default()
         }
     }
 

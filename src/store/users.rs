@@ -109,4 +109,19 @@ impl Store {
             .try_collect()
             .await
     }
+
+    /// The users with these (lowercased) names that exist, in no particular order.
+    pub async fn find_users_by_names(
+        &self,
+        names: &[String],
+    ) -> mongodb::error::Result<Vec<UserRecord>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        users(&self.db)
+            .find(doc! { "username_lower": { "$in": names } })
+            .await?
+            .try_collect()
+            .await
+    }
 }

@@ -949,6 +949,7 @@ async fn post_through(
         target: Target::Room(RoomId::parse(room).unwrap()),
         body: MessageBody::parse(body).unwrap(),
         idempotency_key: key.map(str::to_owned),
+        mentions: Vec::new(),
     };
     match delivery.post(new).await {
         Ok(Posted::Created(message) | Posted::Replayed(message)) => message,

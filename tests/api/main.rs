@@ -5,6 +5,7 @@
 
 mod auth;
 mod delivery;
+mod edits;
 mod errors;
 mod events;
 mod health;
@@ -13,7 +14,9 @@ mod health;
 mod helpers;
 mod messages;
 mod openapi;
+mod reading;
 mod rooms;
+mod search;
 #[allow(dead_code)]
 mod sse;
 mod stats;

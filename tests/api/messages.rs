@@ -425,6 +425,7 @@ async fn a_retry_announces_a_message_its_first_attempt_stored_but_never_announce
             },
             body: MessageBody::parse("stored, not announced").unwrap(),
             idempotency_key: Some("k-1".to_owned()),
+            mentions: Vec::new(),
         },
     )
     .await;
@@ -477,6 +478,7 @@ async fn a_retry_after_leaving_the_room_still_answers_and_announces_its_message(
             target: Target::Room(RoomId::parse(&room).unwrap()),
             body: MessageBody::parse("before I left").unwrap(),
             idempotency_key: Some("k-1".to_owned()),
+            mentions: Vec::new(),
         },
     )
     .await;
@@ -751,6 +753,7 @@ async fn a_keyed_post_finished_by_its_retry_and_by_the_reconciler_is_counted_onc
         target: Target::Room(RoomId::parse(&general).unwrap()),
         body: MessageBody::parse(body).unwrap(),
         idempotency_key: key.map(str::to_owned),
+        mentions: Vec::new(),
     };
     let first = stored_unannounced(&store, new(Some("k-1"), "keyed")).await;
     assert!(!first.batch.is_empty());

@@ -516,7 +516,7 @@ async fn settled_history_is_counted_exactly_when_remembered() {
             body: "backdated".to_owned(),
             created_at: mongodb::bson::DateTime::from_millis(at.timestamp_millis()),
             at_ms: at.timestamp_millis(),
-            batch: String::new(),
+            ..MessageRecord::default()
         };
         messages.insert_one(&record).await.unwrap();
         store.record_activity(&record).await.unwrap();
