@@ -209,7 +209,7 @@ fn deleted() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct EditMessageRequest {
     /// The new text: 1 to 4000 characters once surrounding whitespace is trimmed.
-    #[schema(example = "hello, room (edited)")]
+    #[schema(example = "hello, room (edited)", min_length = 1, max_length = 4000)]
     pub body: String,
 }
 

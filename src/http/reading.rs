@@ -55,7 +55,7 @@ impl Conversation {
 pub struct ReadRequest {
     /// The newest message the caller has seen (a message of this conversation). A marker
     /// never moves back: an older message changes nothing.
-    #[schema(example = "665f1d009b1e8a00123456ff")]
+    #[schema(example = "665f1d009b1e8a00123456ff", pattern = "^[0-9a-fA-F]{24}$")]
     pub last_read: String,
 }
 

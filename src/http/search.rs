@@ -17,12 +17,15 @@ const MAX_HITS: i64 = 50;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {
-    /// Words to find, 1 to 200 characters: a message matches when it has every word.
-    #[param(example = "deploy friday")]
+    /// Words to find, 1 to 200 characters and at most 10 words: a message matches when it has
+    /// every word.
+    #[param(example = "deploy friday", min_length = 1, max_length = 200)]
     pub q: String,
     /// Only hits older than this message id (the `next_before` of the previous page).
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     pub before: Option<String>,
     /// Page size, 1 to 50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
     pub limit: Option<i64>,
 }
 
