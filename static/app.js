@@ -12,6 +12,11 @@
   const PAGE_SIZE = 50;
   const REFRESH_MS = 30000;
   const SVG_NS = "http://www.w3.org/2000/svg";
+  const TYPING_EVERY_MS = 3000; // one typing signal per conversation at most this often
+  const SEARCH_PAGE = 20;
+  const MAX_JUMP_PAGES = 20; // older pages loaded at most to reach a search hit
+  const FLASH_MS = 3000;
+  const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"]; // "❤️" as the server stores it
 
   const $ = (id) => document.getElementById(id);
 
@@ -34,7 +39,17 @@
     me: null, // {id, username}
     rooms: [],
     dms: [], // usernames of direct conversations, most recent first
-    unread: new Map(), // conversation key -> count
+    // conversation key -> {unread, mentions, newest, touched}: `newest` is the newest message
+    // counted (when known), so that a `read` event can tell whether it covers them all;
+    // `touched` is when the stream last counted one, so that a list read meanwhile does not
+    // lower the count.
+    unread: new Map(),
+    typing: new Map(), // conversation key -> Map(user id -> {username, timer})
+    typingSent: { key: null, at: 0, request: null }, // our last typing signal
+    pendingReactions: new Set(), // "message id|emoji" of requests in flight
+    userNames: new Map(), // user id -> username, to name direct conversations by id
+    search: null, // {q, next, shown} of the results shown
+    readRefresh: null, // timer of a list re-read after a `read` event
     online: new Map(), // user id -> username
     current: null, // the open conversation
     source: null, // the EventSource
@@ -187,10 +202,14 @@
     sessionStorage.removeItem(OPEN_KEY);
     Object.assign(state, {
       token: null, me: null, rooms: [], dms: [], current: null, lastEventId: "",
-      pendingKey: null, pendingText: null,
+      pendingKey: null, pendingText: null, typingSent: { key: null, at: 0, request: null },
     });
     state.unread.clear();
     state.online.clear();
+    state.userNames.clear();
+    clearAllTyping();
+    clearTimeout(state.readRefresh);
+    closeSearch();
     $("messages").replaceChildren();
     $("composer-input").value = "";
     $("account").hidden = true;
@@ -230,6 +249,7 @@
     $("show-chat").setAttribute("aria-pressed", String(which === "chat"));
     $("show-stats").setAttribute("aria-pressed", String(which === "stats"));
     if (which === "stats") loadStats();
+    else markShownRead();
   }
 
   // ---------------------------------------------------------------- sidebar
@@ -264,8 +284,14 @@
   }
 
   async function loadRooms() {
+    const startedAt = performance.now();
     const data = await api("GET", "/rooms");
     state.rooms = data.rooms;
+    for (const room of data.rooms) {
+      if (room.joined && room.read_state) {
+        applyListedReadState("room:" + room.id, room.read_state, null, startedAt);
+      }
+    }
     keepFocus(renderRooms);
   }
 
@@ -274,8 +300,14 @@
   // current meanwhile (rememberDm). Conversations only opened here, with nothing sent yet,
   // follow; the open one is always kept.
   async function loadConversations() {
+    const startedAt = performance.now();
     try {
       const data = await api("GET", "/conversations?limit=50");
+      for (const c of data.conversations) {
+        state.userNames.set(c.with.id, c.with.username);
+        applyListedReadState("dm:" + c.with.username.toLowerCase(), c.read_state,
+          c.last_message ? c.last_message.id : null, startedAt);
+      }
       const names = data.conversations.map((c) => c.with.username);
       const listed = new Set(names.map((n) => n.toLowerCase()));
       const local = state.dms.filter((n) => !listed.has(n.toLowerCase()));
@@ -292,7 +324,10 @@
   async function loadOnline() {
     const data = await api("GET", "/users/online?limit=200");
     state.online.clear();
-    for (const user of data.users) state.online.set(user.id, user.username);
+    for (const user of data.users) {
+      state.online.set(user.id, user.username);
+      state.userNames.set(user.id, user.username);
+    }
     keepFocus(renderOnline);
   }
 
@@ -304,21 +339,32 @@
     if (key) document.querySelector(`.sidebar [data-key="${CSS.escape(key)}"]`)?.focus();
   }
 
-  // A sidebar button: a label and, when there is something unread, a badge.
+  // A sidebar button: a label and, when there is something unread, a badge with the count,
+  // and another for the mentions among them.
   function conversationButton(label, key, onClick) {
     const button = el("button", "item");
     button.type = "button";
     button.dataset.key = key;
     button.append(el("span", "name", label));
-    const unread = state.unread.get(key) || 0;
-    if (unread) {
-      const badge = el("span", "badge", unread);
-      badge.append(el("span", "visually-hidden", " unread"));
-      button.append(badge);
+    const entry = state.unread.get(key);
+    if (entry && entry.unread) button.append(badge("badge unread", countLabel(entry.unread), " unread"));
+    if (entry && entry.mentions) {
+      button.append(badge("badge mentions", "@" + countLabel(entry.mentions), " mentioning you"));
     }
     if (state.current && state.current.key === key) button.setAttribute("aria-current", "true");
     button.addEventListener("click", onClick);
     return button;
+  }
+
+  function badge(className, text, spoken) {
+    const node = el("span", className, text);
+    node.append(el("span", "visually-hidden", spoken));
+    return node;
+  }
+
+  // The server counts up to 100 and says "99+" from there.
+  function countLabel(n) {
+    return n >= 100 ? "99+" : String(n);
   }
 
   function renderRooms() {
@@ -456,12 +502,106 @@
     if (room) openConversation({ kind: "room", id: room.id, name: room.name }, false);
   }
 
+  // ---------------------------------------------------------------- unread and read markers
+
+  // Whether the open conversation is on screen: this tab is visible and the conversation pane
+  // is laid out (not the statistics, nor the list pane of a narrow screen).
+  function isShown() {
+    return document.visibilityState === "visible" && $("composer").getClientRects().length > 0;
+  }
+
+  function isShownKey(key) {
+    return Boolean(state.current && state.current.key === key && isShown());
+  }
+
+  function maxId(a, b) {
+    if (!a) return b || null;
+    return b && b > a ? b : a;
+  }
+
+  // A read state from the server's lists. The open conversation, when on screen, is read (this
+  // page marks it); a count that the stream raised while the list was being read stays.
+  function applyListedReadState(key, readState, newest, startedAt) {
+    const local = state.unread.get(key);
+    if (isShownKey(key)) {
+      state.unread.delete(key);
+      return;
+    }
+    const entry = { unread: readState.unread, mentions: readState.unread_mentions, newest, touched: 0 };
+    if (local && local.touched > startedAt) {
+      entry.unread = Math.max(entry.unread, local.unread);
+      entry.mentions = Math.max(entry.mentions, local.mentions);
+      entry.newest = maxId(entry.newest, local.newest);
+      entry.touched = local.touched;
+    }
+    if (entry.unread || entry.mentions) state.unread.set(key, entry);
+    else state.unread.delete(key);
+  }
+
+  // A message from someone else that nobody is looking at here.
+  function countUnread(key, message) {
+    const entry = state.unread.get(key) || { unread: 0, mentions: 0, newest: null, touched: 0 };
+    entry.unread += 1;
+    if (mentionsMe(message)) entry.mentions += 1;
+    entry.newest = maxId(entry.newest, message.id);
+    entry.touched = performance.now();
+    state.unread.set(key, entry);
+    renderSide();
+  }
+
+  // Moves our read marker to the newest message of the open conversation while it is on
+  // screen, and clears its badge. One request per newer message; the server never moves a
+  // marker back, and tells our other tabs with a `read` event.
+  async function markShownRead() {
+    const conv = state.current;
+    if (!conv || !isShown()) return;
+    if (state.unread.delete(conv.key)) renderSide();
+    const newest = conv.newest;
+    if (!newest || (conv.readSent && conv.readSent >= newest)) return;
+    conv.readSent = newest;
+    try {
+      await api("POST", conversationPath(conv) + "/read", { last_read: newest });
+    } catch {
+      if (conv.readSent === newest) conv.readSent = null; // tried again with the next message
+    }
+  }
+
+  function dmKeyOfUser(userId) {
+    const name = userId && state.userNames.get(userId);
+    return name ? "dm:" + name.toLowerCase() : null;
+  }
+
+  // Another tab or device of ours read a conversation: its badge goes when the marker covers
+  // every message counted here; otherwise (counts from a list, or a user not known by id) the
+  // counts are read again.
+  function onReadEvent(data) {
+    const key = data.room_id ? "room:" + data.room_id : dmKeyOfUser(data.with_id);
+    if (key && isShownKey(key)) return;
+    const entry = key && state.unread.get(key);
+    if (key && !entry) return;
+    if (entry && entry.newest && data.last_read >= entry.newest) {
+      state.unread.delete(key);
+      renderSide();
+      return;
+    }
+    clearTimeout(state.readRefresh);
+    state.readRefresh = setTimeout(() => {
+      loadRooms().catch((err) => showError("side-error", err));
+      loadConversations();
+    }, 250);
+  }
+
   // ---------------------------------------------------------------- conversation
 
+  // Opens a conversation and loads its newest page; returns it (conv.loading is the page's
+  // promise while it loads).
   function openConversation(target, byUser) {
     const conv = {
       kind: target.kind, id: target.id, name: target.name,
-      messages: new Map(), next: null, loading: false, loaded: false,
+      messages: new Map(), next: null, loading: null, loaded: false,
+      newest: null, // the newest message id shown
+      readSent: null, // the last message id our read marker was moved to
+      updates: new Map(), // edits and deletions seen before their message was shown
     };
     conv.key = keyOf(conv);
     if (conv.kind === "room" && !conv.name) {
@@ -484,30 +624,44 @@
       " (Enter sends, Shift+Enter adds a new line)";
     showError("composer-error", null);
     renderSide();
+    renderTyping();
     if (byUser) {
       $("chat-view").dataset.pane = "chat";
       $("composer-input").focus();
     }
     loadHistory(conv, null);
+    return conv;
+  }
+
+  // The conversation's resource: its history, read marker and typing signals are under it.
+  function conversationPath(conv) {
+    return conv.kind === "room"
+      ? "/rooms/" + encodeURIComponent(conv.id)
+      : "/conversations/" + encodeURIComponent(conv.name);
   }
 
   function historyPath(conv, before) {
-    const base = conv.kind === "room"
-      ? "/rooms/" + encodeURIComponent(conv.id) + "/messages"
-      : "/conversations/" + encodeURIComponent(conv.name) + "/messages";
     const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (before) query.set("before", before);
-    return base + "?" + query;
+    return conversationPath(conv) + "/messages?" + query;
   }
 
-  // Loads the newest page (before = null) or the page older than `before`.
-  async function loadHistory(conv, before) {
-    if (conv.loading) return;
-    conv.loading = true;
+  // Loads the newest page (before = null) or the page older than `before`, one at a time:
+  // while one loads, conv.loading is its promise (true once shown, false if it failed).
+  function loadHistory(conv, before) {
+    if (!conv.loading) {
+      conv.loading = showHistoryPage(conv, before).finally(() => {
+        conv.loading = null;
+      });
+    }
+    return conv.loading;
+  }
+
+  async function showHistoryPage(conv, before) {
     const scroller = $("scroller");
     try {
       const page = await api("GET", historyPath(conv, before));
-      if (state.current !== conv) return;
+      if (state.current !== conv) return false;
       const fromBottom = scroller.scrollHeight - scroller.scrollTop;
       for (const message of page.messages) addMessage(conv, message);
       conv.next = page.next_before || null;
@@ -515,10 +669,11 @@
       updateHistoryNote(conv);
       if (before) scroller.scrollTop = scroller.scrollHeight - fromBottom;
       else scrollToBottom();
+      markShownRead();
+      return true;
     } catch (err) {
       if (state.current === conv) showError("composer-error", err);
-    } finally {
-      conv.loading = false;
+      return false;
     }
   }
 
@@ -543,17 +698,96 @@
     return s.scrollHeight - s.scrollTop - s.clientHeight < 80;
   }
 
+  function mentionsMe(message) {
+    return Boolean(message.mentions && message.mentions.some((m) => m.id === state.me.id));
+  }
+
+  // A message: who and when, with its controls (react, and for our own, Edit and Delete); its
+  // body, or that it was deleted; its reactions and the emoji picker. Whole messages are
+  // rebuilt when they change (see replaceMessageNode).
   function messageElement(message) {
-    const mine = message.sender.id === state.me.id;
-    const li = el("li", mine ? "msg mine" : "msg");
+    const deleted = Boolean(message.deleted_at);
+    const li = el("li", "msg");
+    li.classList.toggle("mine", message.sender.id === state.me.id);
+    li.classList.toggle("deleted", deleted);
+    li.classList.toggle("mentions-me", !deleted && mentionsMe(message));
     li.dataset.id = message.id;
+    const meta = metaElement(message);
+    li.append(meta, bodyElement(message));
+    if (deleted) return li;
+    const picker = pickerElement(message.id);
+    meta.append(controlsElement(message, picker));
+    li.append(reactionsElement(message), picker);
+    return li;
+  }
+
+  function metaElement(message) {
     const meta = el("div", "meta");
     const time = el("time", null, formatTime(message.created_at));
     time.dateTime = message.created_at;
     time.title = new Date(message.created_at).toLocaleString();
     meta.append(el("span", "author", message.sender.username), time);
-    li.append(meta, el("p", "body", message.body));
-    return li;
+    if (message.edited_at && !message.deleted_at) {
+      const edited = el("span", "edited", "(edited)");
+      edited.title = "Edited " + new Date(message.edited_at).toLocaleString();
+      meta.append(edited);
+    }
+    return meta;
+  }
+
+  function controlsElement(message, picker) {
+    const controls = el("div", "controls");
+    const open = el("button", "react-open", "☺+");
+    open.type = "button";
+    open.setAttribute("aria-label", "Add a reaction");
+    open.setAttribute("aria-expanded", "false");
+    // A pick or Escape closes the picker, and the focus goes back to this button.
+    open.addEventListener("click", () => togglePicker(open, picker));
+    picker.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") togglePicker(open, picker);
+    });
+    for (const pick of picker.children) pick.addEventListener("click", () => togglePicker(open, picker));
+    controls.append(open);
+    if (message.sender.id === state.me.id) controls.append(ownActions(message.id));
+    return controls;
+  }
+
+  function bodyElement(message) {
+    if (message.deleted_at) return el("p", "body", "message deleted");
+    const body = el("p", "body");
+    body.append(...bodyNodes(message.body, message.mentions));
+    return body;
+  }
+
+  // The body as text, each `@name` of a mentioned user in a <span class="mention">. The rule is
+  // the server's (src/domain/mentions.rs): an `@` not inside a word, then a user name; a name
+  // ending in `.` or `-` also counts without them ("thanks @bob.").
+  function bodyNodes(body, mentions) {
+    const names = new Set((mentions || []).map((m) => m.username.toLowerCase()));
+    if (!names.size) return [body];
+    const nodes = [];
+    let last = 0;
+    for (const match of body.matchAll(/(?<![\p{L}\p{N}_.\-@])@([A-Za-z0-9_.-]+)/gu)) {
+      let name = match[1];
+      if (!names.has(name.toLowerCase())) name = name.replace(/[.-]+$/, "");
+      if (!names.has(name.toLowerCase())) continue;
+      nodes.push(body.slice(last, match.index), el("span", "mention", "@" + name));
+      last = match.index + 1 + name.length;
+    }
+    nodes.push(body.slice(last));
+    return nodes;
+  }
+
+  function messageNode(id) {
+    return $("messages").querySelector(`li[data-id="${CSS.escape(id)}"]`);
+  }
+
+  function replaceMessageNode(message) {
+    const old = messageNode(message.id);
+    if (!old) return;
+    const li = messageElement(message);
+    if (old.classList.contains("flash")) li.classList.add("flash");
+    old.replaceWith(li);
   }
 
   // Adds a message to the open conversation, in history's order (message ids sort as history
@@ -561,7 +795,10 @@
   // message, and two instances' messages may come live in the other order.
   function addMessage(conv, message) {
     if (conv.messages.has(message.id)) return false;
+    const update = conv.updates.get(message.id);
+    if (update && isNewer(update, message)) message = { ...update, reactions: message.reactions };
     conv.messages.set(message.id, message);
+    conv.newest = maxId(conv.newest, message.id);
     const li = messageElement(message);
     const list = $("messages");
     let after = list.lastElementChild;
@@ -594,11 +831,15 @@
     state.sending = true;
     showError("composer-error", null);
     try {
+      // A typing signal still on its way would reach the others after the message, and show
+      // the indicator again that the message clears (waited for a second at most).
+      await Promise.race([state.typingSent.request, new Promise((resolve) => setTimeout(resolve, 1000))]);
       const target = conv.kind === "room" ? { room_id: conv.id } : { to: conv.name };
       const message = await api("POST", "/messages", { ...target, body },
         { "Idempotency-Key": state.pendingKey });
       state.pendingKey = null;
       state.pendingText = null;
+      state.typingSent = { key: null, at: 0, request: null }; // the next keystroke says so again
       if (input.value === body) input.value = "";
       if (state.current === conv && addMessage(conv, message)) scrollToBottom();
     } catch (err) {
@@ -606,6 +847,411 @@
     } finally {
       state.sending = false;
     }
+  }
+
+  // ---------------------------------------------------------------- edits and deletions
+
+  // Whether `update` (an answer or an event) is a later state of the message than `current`:
+  // answers and events of one change may come in either order, and a deletion is final.
+  function isNewer(update, current) {
+    if (current.deleted_at) return false;
+    if (update.deleted_at) return true;
+    const editedAt = (message) => (message.edited_at ? Date.parse(message.edited_at) : 0);
+    return editedAt(update) >= editedAt(current);
+  }
+
+  // Shows a message as it is now. Edits and deletions carry no reactions: the shown ones stay.
+  function applyUpdate(conv, update) {
+    const current = conv.messages.get(update.id);
+    if (!current) {
+      conv.updates.set(update.id, update); // its page may be on its way
+      return;
+    }
+    if (!isNewer(update, current)) return;
+    const message = { ...update, reactions: current.reactions };
+    conv.messages.set(message.id, message);
+    replaceMessageNode(message);
+  }
+
+  function ownActions(id) {
+    const box = el("div", "actions");
+    const edit = el("button", "secondary small", "Edit");
+    edit.type = "button";
+    edit.addEventListener("click", () => startEdit(id));
+    const remove = el("button", "secondary small", "Delete");
+    remove.type = "button";
+    remove.addEventListener("click", () => confirmDelete(id));
+    box.append(edit, remove);
+    return box;
+  }
+
+  function focusMessageControl(id) {
+    messageNode(id)?.querySelector(".actions button")?.focus();
+  }
+
+  // Edits in place: the body becomes a text box (Enter saves, Shift+Enter adds a line, Escape
+  // cancels).
+  function startEdit(id) {
+    const conv = state.current;
+    const message = conv && conv.messages.get(id);
+    const li = messageNode(id);
+    if (!message || !li || message.deleted_at) return;
+    const form = el("form", "edit-form");
+    const box = el("textarea");
+    box.value = message.body;
+    box.rows = 2;
+    box.maxLength = 4000;
+    box.setAttribute("aria-label", "Edit message");
+    const save = el("button", "small", "Save");
+    save.type = "submit";
+    const cancel = el("button", "secondary small", "Cancel");
+    cancel.type = "button";
+    const error = el("p", "error");
+    error.setAttribute("role", "alert");
+    const row = el("div", "row");
+    row.append(save, cancel);
+    form.append(box, row, error);
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      saveEdit(conv, id, box.value, error);
+    });
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        endEdit(conv, id);
+      }
+    });
+    cancel.addEventListener("click", () => endEdit(conv, id));
+    li.querySelector(":scope > .body").replaceWith(form);
+    li.querySelector(".actions")?.remove();
+    box.focus();
+  }
+
+  function endEdit(conv, id) {
+    const message = conv.messages.get(id);
+    if (!message) return;
+    replaceMessageNode(message);
+    focusMessageControl(id);
+  }
+
+  async function saveEdit(conv, id, body, error) {
+    const message = conv.messages.get(id);
+    if (!body.trim()) {
+      error.textContent = "A message cannot be empty; delete it instead.";
+      return;
+    }
+    if (message && body === message.body) {
+      endEdit(conv, id);
+      return;
+    }
+    try {
+      applyUpdate(conv, await api("PATCH", "/messages/" + encodeURIComponent(id), { body }));
+      focusMessageControl(id);
+    } catch (err) {
+      error.textContent = err.code === "message_deleted" ? "This message was deleted meanwhile."
+        : err.code === "not_the_sender" ? "Only its sender can edit a message." : err.message;
+    }
+  }
+
+  // Delete asks once, in place.
+  function confirmDelete(id) {
+    const actions = messageNode(id)?.querySelector(".actions");
+    if (!actions) return;
+    const ask = el("div", "actions confirm");
+    const yes = el("button", "danger small", "Yes, delete");
+    yes.type = "button";
+    const no = el("button", "secondary small", "Cancel");
+    no.type = "button";
+    ask.append(el("span", null, "Delete this message?"), yes, no);
+    yes.addEventListener("click", () => deleteMessage(state.current, id));
+    no.addEventListener("click", () => {
+      ask.replaceWith(ownActions(id));
+      focusMessageControl(id);
+    });
+    actions.replaceWith(ask);
+    no.focus();
+  }
+
+  async function deleteMessage(conv, id) {
+    try {
+      applyUpdate(conv, await api("DELETE", "/messages/" + encodeURIComponent(id)));
+    } catch (err) {
+      showError("composer-error", err);
+    }
+  }
+
+  // ---------------------------------------------------------------- reactions
+
+  // The reactions under a message: a toggle per emoji ("👍 2", pressed when one is ours).
+  function reactionsElement(message) {
+    const box = el("div", "reactions");
+    for (const reaction of message.reactions || []) {
+      const button = el("button", "reaction", reaction.emoji + " " + reaction.count);
+      button.type = "button";
+      button.dataset.emoji = reaction.emoji;
+      button.setAttribute("aria-pressed", String(reaction.me));
+      button.title = (reaction.me ? "Take back your " : "React with ") + reaction.emoji;
+      button.addEventListener("click", (event) => onReactionClick(event, message.id, reaction.emoji));
+      box.append(button);
+    }
+    return box;
+  }
+
+  // A few emoji to react with, opened by the message's "☺+" button (see controlsElement).
+  function pickerElement(id) {
+    const picker = el("div", "picker");
+    picker.hidden = true;
+    picker.setAttribute("role", "group");
+    picker.setAttribute("aria-label", "Reactions");
+    for (const emoji of REACTIONS) {
+      const pick = el("button", "pick", emoji);
+      pick.type = "button";
+      pick.setAttribute("aria-label", "React with " + emoji);
+      pick.addEventListener("click", (event) => onReactionClick(event, id, emoji));
+      picker.append(pick);
+    }
+    return picker;
+  }
+
+  function togglePicker(open, picker) {
+    const closing = !picker.hidden;
+    const focusInside = picker.contains(document.activeElement);
+    picker.hidden = closing;
+    open.setAttribute("aria-expanded", String(!closing));
+    if (!closing) picker.firstElementChild.focus();
+    else if (focusInside) open.focus();
+  }
+
+  // Rebuilds a message's reactions, keeping the focus on the same emoji.
+  function renderReactions(message) {
+    const old = messageNode(message.id)?.querySelector(":scope > .reactions");
+    if (!old) return;
+    const focused = old.contains(document.activeElement) && document.activeElement.dataset.emoji;
+    const box = reactionsElement(message);
+    old.replaceWith(box);
+    if (focused) box.querySelector(`[data-emoji="${CSS.escape(focused)}"]`)?.focus();
+  }
+
+  // Toggles our reaction. The second click of a double-click, and a click while the request is
+  // in flight, do nothing: they would take back what the first one did, or send it twice.
+  async function onReactionClick(event, id, emoji) {
+    const conv = state.current;
+    const message = conv && conv.messages.get(id);
+    const pending = id + "|" + emoji;
+    if (!message || event.detail > 1 || state.pendingReactions.has(pending)) return;
+    const adding = !(message.reactions || []).some((r) => r.emoji === emoji && r.me);
+    state.pendingReactions.add(pending);
+    try {
+      await api(adding ? "PUT" : "DELETE",
+        "/messages/" + encodeURIComponent(id) + "/reactions/" + encodeURIComponent(emoji));
+      applyReaction(conv, { message_id: id, emoji, user_id: state.me.id, added: adding });
+    } catch (err) {
+      showError("composer-error", err);
+    } finally {
+      state.pendingReactions.delete(pending);
+    }
+  }
+
+  // Applies one user's reaction change (a `reaction` event, or our own answer) to a shown
+  // message. Ours counts once whichever comes first: `me` says whether it is counted.
+  function applyReaction(conv, change) {
+    const message = conv.messages.get(change.message_id);
+    if (!message || message.deleted_at) return;
+    const mine = change.user_id === state.me.id;
+    const list = message.reactions || (message.reactions = []);
+    let reaction = list.find((r) => r.emoji === change.emoji);
+    if (mine && reaction && reaction.me === change.added) return;
+    if (!reaction) {
+      if (!change.added) return;
+      reaction = { emoji: change.emoji, count: 0, me: false };
+      list.push(reaction);
+    }
+    reaction.count = Math.max(0, reaction.count + (change.added ? 1 : -1));
+    if (mine) reaction.me = change.added;
+    if (!reaction.count) list.splice(list.indexOf(reaction), 1);
+    renderReactions(message);
+  }
+
+  // ---------------------------------------------------------------- typing
+
+  // Tells the others that we are typing: once per TYPING_EVERY_MS and conversation at most
+  // (receivers show it for several seconds after each signal).
+  function onComposerInput() {
+    const conv = state.current;
+    const sent = state.typingSent;
+    if (!conv || !$("composer-input").value.trim()) return;
+    const now = Date.now();
+    if (sent.key === conv.key && now - sent.at < TYPING_EVERY_MS) return;
+    state.typingSent = {
+      key: conv.key, at: now,
+      request: api("POST", conversationPath(conv) + "/typing").catch(() => {}),
+    };
+  }
+
+  // Someone else is typing: shown for expires_in_ms after their last signal, or until their
+  // next message.
+  function onTyping(data) {
+    if (data.user_id === state.me.id) return;
+    const key = data.room_id ? "room:" + data.room_id : "dm:" + data.username.toLowerCase();
+    let typers = state.typing.get(key);
+    if (!typers) state.typing.set(key, (typers = new Map()));
+    clearTimeout(typers.get(data.user_id)?.timer);
+    const expiresIn = Math.max(0, Number(data.expires_in_ms) || 0);
+    const timer = setTimeout(() => stopTyping(key, data.user_id), expiresIn);
+    typers.set(data.user_id, { username: data.username, timer });
+    renderTyping();
+  }
+
+  function stopTyping(key, userId) {
+    const typers = state.typing.get(key);
+    const typer = typers && typers.get(userId);
+    if (!typer) return;
+    clearTimeout(typer.timer);
+    typers.delete(userId);
+    if (!typers.size) state.typing.delete(key);
+    renderTyping();
+  }
+
+  function clearAllTyping() {
+    for (const typers of state.typing.values()) {
+      for (const typer of typers.values()) clearTimeout(typer.timer);
+    }
+    state.typing.clear();
+    renderTyping();
+  }
+
+  function renderTyping() {
+    const typers = state.current && state.typing.get(state.current.key);
+    const names = typers ? [...typers.values()].map((t) => t.username) : [];
+    $("typing").textContent = typingText(names.sort((a, b) => a.localeCompare(b)));
+  }
+
+  function typingText(names) {
+    if (!names.length) return "";
+    if (names.length === 1) return names[0] + " is typing…";
+    if (names.length > 3) return "Several people are typing…";
+    return names.slice(0, -1).join(", ") + " and " + names[names.length - 1] + " are typing…";
+  }
+
+  // ---------------------------------------------------------------- search
+
+  async function onSearch(event) {
+    event.preventDefault();
+    const q = $("search-input").value.trim();
+    closeSearch();
+    if (!q) return;
+    state.search = { q, next: null, shown: 0 };
+    await loadSearchPage(state.search);
+  }
+
+  // Shows a page of hits (the first, or the one after `search.next`).
+  async function loadSearchPage(search) {
+    const query = new URLSearchParams({ q: search.q, limit: String(SEARCH_PAGE) });
+    if (search.next) query.set("before", search.next);
+    $("search-more").disabled = true;
+    try {
+      const data = await api("GET", "/search?" + query);
+      if (state.search !== search) return;
+      for (const hit of data.hits) $("search-hits").append(searchHitElement(hit, search.q));
+      search.shown += data.hits.length;
+      search.next = data.next_before || null;
+      $("search-summary").textContent = !search.shown ? "No messages found"
+        : search.shown + (search.next ? "+ results" : search.shown === 1 ? " result" : " results");
+      $("search-more").hidden = !search.next;
+      $("search-results").hidden = false;
+    } catch (err) {
+      if (state.search === search) showError("search-error", err);
+    } finally {
+      $("search-more").disabled = false;
+    }
+  }
+
+  function closeSearch() {
+    state.search = null;
+    $("search-results").hidden = true;
+    $("search-hits").replaceChildren();
+    showError("search-error", null);
+  }
+
+  // A hit: who, where and when, and the body around what was found.
+  function searchHitElement(hit, q) {
+    const { message, conversation: where } = hit;
+    const button = el("button", "hit");
+    button.type = "button";
+    button.dataset.id = message.id;
+    const meta = el("span", "hit-meta");
+    const place = where.room_id ? "# " + (where.room_name || "room")
+      : "direct with " + (where.with ? where.with.username : "?");
+    meta.append(el("span", "author", message.sender.username), el("span", "where", place),
+      el("time", null, formatTime(message.created_at)));
+    const body = el("span", "hit-body");
+    body.append(...highlighted(snippet(message.body, q), q));
+    button.append(meta, body);
+    button.addEventListener("click", () => openSearchHit(hit));
+    const li = el("li");
+    li.append(button);
+    return li;
+  }
+
+  function wordsPattern(q) {
+    const words = q.split(/\s+/).filter(Boolean).sort((a, b) => b.length - a.length);
+    return new RegExp(words.map((w) => w.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")).join("|"), "giu");
+  }
+
+  // Up to about 160 characters of the body, from a little before the first word found.
+  function snippet(body, q) {
+    const chars = Array.from(body); // whole code points: an emoji is never cut in two
+    const first = body.search(wordsPattern(q));
+    const start = first > 60 ? Array.from(body.slice(0, first)).length - 40 : 0;
+    const end = Math.min(chars.length, start + 160);
+    return (start ? "…" : "") + chars.slice(start, end).join("") + (end < chars.length ? "…" : "");
+  }
+
+  // Text nodes, with each word of the query in a <mark>.
+  function highlighted(text, q) {
+    const nodes = [];
+    let last = 0;
+    for (const match of text.matchAll(wordsPattern(q))) {
+      if (!match[0]) continue;
+      nodes.push(text.slice(last, match.index), el("mark", null, match[0]));
+      last = match.index + match[0].length;
+    }
+    nodes.push(text.slice(last));
+    return nodes;
+  }
+
+  async function openSearchHit(hit) {
+    const where = hit.conversation;
+    const target = where.room_id
+      ? { kind: "room", id: where.room_id, name: where.room_name }
+      : { kind: "dm", name: where.with.username };
+    let conv = state.current;
+    if (conv && conv.key === keyOf(target)) $("chat-view").dataset.pane = "chat";
+    else conv = openConversation(target, true);
+    await revealMessage(conv, hit.message.id);
+  }
+
+  // Shows a message of the open conversation: older pages are loaded until it is there (at
+  // most MAX_JUMP_PAGES), then it is scrolled to, focused and highlighted for a moment.
+  async function revealMessage(conv, id) {
+    if (conv.loading) await conv.loading;
+    for (let pages = 0; !conv.messages.has(id) && conv.next && pages < MAX_JUMP_PAGES; pages += 1) {
+      if (state.current !== conv || !(await loadHistory(conv, conv.next))) break;
+    }
+    if (state.current !== conv) return;
+    const li = messageNode(id);
+    if (!li) {
+      showError("composer-error", new Error("That message is too far back to show here."));
+      return;
+    }
+    li.tabIndex = -1;
+    li.scrollIntoView({ block: "center" });
+    li.focus({ preventScroll: true });
+    li.classList.add("flash");
+    setTimeout(() => messageNode(id)?.classList.remove("flash"), FLASH_MS);
   }
 
   // ---------------------------------------------------------------- live events
@@ -654,7 +1300,15 @@
       }
     });
     on("message", onLiveMessage);
+    on("message_edited", onLiveUpdate);
+    on("message_deleted", onLiveUpdate);
+    on("reaction", (data) => {
+      if (state.current) applyReaction(state.current, data);
+    });
+    on("read", onReadEvent);
+    on("typing", onTyping);
     on("presence", (data) => {
+      state.userNames.set(data.user_id, data.username);
       if (data.online) state.online.set(data.user_id, data.username);
       else state.online.delete(data.user_id);
       keepFocus(renderOnline);
@@ -691,10 +1345,17 @@
     }, delay);
   }
 
+  function rememberUsers(message) {
+    state.userNames.set(message.sender.id, message.sender.username);
+    if (message.to) state.userNames.set(message.to.id, message.to.username);
+  }
+
   function onLiveMessage(message) {
     const target = conversationOf(message);
     const key = keyOf(target);
     const mine = message.sender.id === state.me.id;
+    rememberUsers(message);
+    stopTyping(key, message.sender.id);
     if (target.kind === "dm") rememberDm(target.name);
     const conv = state.current;
     if (conv && conv.key === key) {
@@ -702,13 +1363,21 @@
       if (addMessage(conv, message)) {
         if (stick) scrollToBottom();
         if (!mine) announce(message.sender.username + ": " + message.body);
+        if (!mine && !isShown()) countUnread(key, message);
+        markShownRead();
       }
     } else if (!mine) {
-      state.unread.set(key, (state.unread.get(key) || 0) + 1);
-      renderSide();
+      countUnread(key, message);
       const room = target.kind === "room" && state.rooms.find((r) => r.id === target.id);
       announce("New message from " + message.sender.username + (room ? " in #" + room.name : ""));
     }
+  }
+
+  // An edit or a deletion: the open conversation shows the message as it is now; others
+  // read it with their history.
+  function onLiveUpdate(message) {
+    const conv = state.current;
+    if (conv && conv.key === keyOf(conversationOf(message))) applyUpdate(conv, message);
   }
 
   // ---------------------------------------------------------------- statistics
@@ -864,6 +1533,14 @@
     });
     $("composer").addEventListener("submit", onSend);
     $("composer-input").addEventListener("keydown", onComposerKey);
+    $("composer-input").addEventListener("input", onComposerInput);
+    $("search-form").addEventListener("submit", onSearch);
+    $("search-more").addEventListener("click", () => state.search && loadSearchPage(state.search));
+    $("search-close").addEventListener("click", () => {
+      closeSearch();
+      $("search-input").value = "";
+      $("search-input").focus();
+    });
     $("load-older").addEventListener("click", loadOlder);
     $("scroller").addEventListener("scroll", () => {
       if ($("scroller").scrollTop < 60) loadOlder();
@@ -878,7 +1555,9 @@
       }, 150);
     });
     document.addEventListener("visibilitychange", () => {
-      if (document.visibilityState === "visible" && state.token) refreshSide();
+      if (document.visibilityState !== "visible" || !state.token) return;
+      refreshSide();
+      markShownRead();
     });
 
     state.token = sessionStorage.getItem(TOKEN_KEY);

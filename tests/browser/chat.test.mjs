@@ -83,6 +83,38 @@ async function openRoom(page, name) {
   await page.locator("#conv-title", { hasText: "# " + name }).waitFor();
 }
 
+// The shown message whose body is exactly `text`.
+const messageWith = (page, text) => page.locator("#messages .msg", {
+  has: page.locator(".body", { hasText: new RegExp(`^${escapeRegExp(text)}$`) }),
+});
+const roomButton = (page, name) => page.locator("#room-list button", { hasText: "# " + name });
+const dmButton = (page, name) => page.locator("#dm-list button", { hasText: name });
+const typingLine = (page) => page.locator("#typing");
+
+async function logIn(page, name) {
+  await page.goto(BASE + "/");
+  await page.getByLabel("Username", { exact: true }).fill(name);
+  await page.getByLabel("Password", { exact: true }).fill(PASSWORD);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.locator("#me-name", { hasText: name }).waitFor();
+  await status(page, "connected").waitFor();
+}
+
+async function openDm(page, name) {
+  await page.getByLabel("Message a user by name").fill(name);
+  await page.getByRole("button", { name: "Open", exact: true }).click();
+  await page.locator("#conv-title", { hasText: name }).waitFor();
+}
+
+// The unread and mention badges of a sidebar button, as the page shows them ("" when none),
+// read in one step (the sidebar is re-rendered as events come).
+function badges(button) {
+  return button.evaluate((b) => {
+    const text = (selector) => b.querySelector(selector)?.firstChild.textContent ?? "";
+    return { unread: text(".badge.unread"), mentions: text(".badge.mentions") };
+  });
+}
+
 async function shot(page, name) {
   fs.mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SHOTS, name), fullPage: false });
@@ -209,6 +241,37 @@ async function apiPost(token, urlPath, body) {
   });
   assert.ok(res.ok, `${urlPath}: ${res.status} ${await res.clone().text()}`);
   return res.json();
+}
+
+async function apiRequest(token, method, urlPath, body) {
+  const res = await fetch(BASE + urlPath, {
+    method,
+    headers: { "content-type": "application/json", authorization: "Bearer " + token },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  assert.ok(res.ok, `${method} ${urlPath}: ${res.status} ${await res.clone().text()}`);
+  return res.status === 204 ? null : res.json();
+}
+
+async function apiRegister(username) {
+  const res = await fetch(BASE + "/auth/register", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ username, password: PASSWORD }),
+  });
+  assert.equal(res.status, 201, await res.text());
+  return apiLogin(username);
+}
+
+// A room of alice's that bob has joined, both through the API; bob's page lists it.
+async function sharedRoom(name) {
+  const aliceToken = await apiLogin(ALICE);
+  const bobToken = await apiLogin(BOB);
+  const room = await apiPost(aliceToken, "/rooms", { name });
+  await apiPost(bobToken, `/rooms/${room.id}/join`, {});
+  await roomButton(bob.page, name).waitFor();
+  await roomButton(alice.page, name).waitFor();
+  return { room, aliceToken, bobToken };
 }
 
 // ---------------------------------------------------------------- tests
@@ -348,6 +411,291 @@ test("history: a reload keeps the session; older messages load on scrolling up",
   assert.equal(await bodies(page).first().textContent(), "history 1");
   assert.equal(await bodies(page).last().textContent(), "history 60");
   await page.locator("#history-note", { hasText: "beginning of the conversation" }).waitFor();
+});
+
+test("unread badges: a room bob is not looking at counts alice's messages and mentions of him; opening it clears them", async () => {
+  const news = "news-" + suffix;
+  const { room, bobToken } = await sharedRoom(news);
+  await openRoom(bob.page, "general");
+  await openRoom(alice.page, news);
+  await send(alice.page, "first news " + suffix);
+  const mention = `hey @${BOB.toUpperCase()}, look at this`;
+  await send(alice.page, mention);
+
+  const button = roomButton(bob.page, news);
+  await waitUntil(async () => {
+    const b = await badges(button);
+    return b.unread === "2" && b.mentions === "@1";
+  }, "bob's badges to say 2 unread, 1 mention");
+  // The same counts come from the server after a reload (GET /rooms).
+  await bob.page.reload();
+  await status(bob.page, "connected").waitFor();
+  await waitUntil(async () => {
+    const b = await badges(button);
+    return b.unread === "2" && b.mentions === "@1";
+  }, "the badges after a reload");
+
+  await openRoom(bob.page, news);
+  await waitUntil(async () => {
+    const b = await badges(button);
+    return b.unread === "" && b.mentions === "";
+  }, "the badges to clear");
+  // The mention is highlighted: the name, and the whole message because it is bob.
+  const mentioned = messageWith(bob.page, mention);
+  assert.ok(await mentioned.evaluate((li) => li.classList.contains("mentions-me")));
+  assert.equal(await mentioned.locator(".mention").textContent(), "@" + BOB.toUpperCase());
+  assert.equal(await messageWith(bob.page, "first news " + suffix).evaluate((li) =>
+    li.classList.contains("mentions-me")), false);
+  // The page moved bob's read marker on the server.
+  await waitUntil(async () => {
+    const rooms = (await apiRequest(bobToken, "GET", "/rooms")).rooms;
+    return rooms.find((r) => r.id === room.id).read_state.unread === 0;
+  }, "the server to have bob's room read");
+});
+
+test("unread badges: a direct conversation with a mention, and 99+ from 100 messages", async () => {
+  await openRoom(bob.page, "general");
+  await openDm(alice.page, BOB);
+  await send(alice.page, `@${BOB} are you there?`);
+  const dm = dmButton(bob.page, ALICE);
+  await waitUntil(async () => {
+    const b = await badges(dm);
+    return b.unread === "1" && b.mentions === "@1";
+  }, "the direct conversation's badges");
+
+  const busy = "busy-" + suffix;
+  const { room, aliceToken } = await sharedRoom(busy);
+  for (let i = 1; i <= 100; i++) {
+    await apiPost(aliceToken, "/messages", { room_id: room.id, body: "busy " + i });
+  }
+  await waitUntil(async () => (await badges(roomButton(bob.page, busy))).unread === "99+",
+    "the badge to say 99+");
+  await bob.page.reload();
+  await status(bob.page, "connected").waitFor();
+  await waitUntil(async () => (await badges(roomButton(bob.page, busy))).unread === "99+",
+    "the server's count to say 99+ after a reload");
+  await waitUntil(async () => (await badges(dmButton(bob.page, ALICE))).mentions === "@1",
+    "the direct conversation's mention badge after a reload (GET /conversations)");
+  await shot(bob.page, "desktop-badges-bob.png");
+  await dmButton(bob.page, ALICE).click();
+  await waitUntil(async () => (await badges(dmButton(bob.page, ALICE))).unread === "",
+    "the direct conversation's badge to clear");
+  assert.ok(await messageWith(bob.page, `@${BOB} are you there?`).evaluate((li) =>
+    li.classList.contains("mentions-me")));
+});
+
+test("a read in one of bob's tabs clears the badge in his other tab", async (t) => {
+  const second = await newUser();
+  t.after(() => second.context.close());
+  await logIn(second.page, BOB);
+  await openRoom(second.page, "general");
+  await openRoom(bob.page, "general");
+  const news = "news-" + suffix;
+  await openRoom(alice.page, news);
+  await send(alice.page, "news for both tabs " + suffix);
+  for (const page of [bob.page, second.page]) {
+    await waitUntil(async () => (await badges(roomButton(page, news))).unread === "1",
+      "the badge in each of bob's tabs");
+  }
+  await openRoom(bob.page, news);
+  await waitUntil(async () => (await badges(roomButton(second.page, news))).unread === "",
+    "the other tab's badge to clear on the read event");
+  assert.deepEqual(second.problems, []);
+});
+
+test("typing: bob sees who is typing where, names expire by themselves, a message clears its sender's", async () => {
+  const daveToken = await apiRegister("dave_" + suffix);
+  const general = (await apiRequest(daveToken, "GET", "/rooms")).rooms.find((r) => r.is_default);
+  await openRoom(alice.page, "general");
+  await openRoom(bob.page, "general");
+  const aliceBox = alice.page.getByLabel("Message", { exact: true });
+  await aliceBox.pressSequentially("hello the");
+  await typingLine(bob.page).filter({ hasText: `${ALICE} is typing…` }).waitFor();
+
+  // Alice's page ignores her own signal: bob's, which came after it on her stream, is alone.
+  await bob.page.getByLabel("Message", { exact: true }).pressSequentially("hm");
+  await typingLine(alice.page).filter({ hasText: new RegExp(`^${BOB} is typing…$`) }).waitFor();
+
+  await apiRequest(daveToken, "POST", `/rooms/${general.id}/typing`);
+  await typingLine(bob.page).filter({ hasText: `${ALICE} and dave_${suffix} are typing…` }).waitFor();
+  await shot(bob.page, "desktop-typing-bob.png");
+  // Nobody signals again: each name goes expires_in_ms (6 s) after its last signal.
+  await waitUntil(async () => (await typingLine(bob.page).textContent()) === "",
+    "the typing indicator to expire", 15000);
+  await bob.page.getByLabel("Message", { exact: true }).fill("");
+
+  // A message from the typer clears the indicator at once, long before it would expire.
+  await aliceBox.pressSequentially("re");
+  await typingLine(bob.page).filter({ hasText: `${ALICE} is typing…` }).waitFor();
+  const done = "done typing " + suffix;
+  await send(alice.page, done);
+  await bodiesExactly(bob.page, done).waitFor();
+  assert.equal(await typingLine(bob.page).textContent(), "");
+
+  // In a direct conversation the signal belongs to the conversation with its sender.
+  await openDm(alice.page, BOB);
+  await openDm(bob.page, ALICE);
+  await alice.page.getByLabel("Message", { exact: true }).pressSequentially("psst");
+  await typingLine(bob.page).filter({ hasText: `${ALICE} is typing…` }).waitFor();
+  await alice.page.getByLabel("Message", { exact: true }).fill("");
+});
+
+test("edit and delete: alice changes and deletes her messages, bob sees it live and after a reload", async () => {
+  await openRoom(alice.page, "general");
+  await openRoom(bob.page, "general");
+  const draft = "draft " + suffix;
+  const doomed = "doomed " + suffix;
+  await send(alice.page, draft);
+  await send(alice.page, doomed);
+  await bodiesExactly(bob.page, doomed).waitFor();
+  const editedId = await messageWith(alice.page, draft).getAttribute("data-id");
+  const deletedId = await messageWith(alice.page, doomed).getAttribute("data-id");
+  const onBob = (id) => bob.page.locator(`#messages .msg[data-id="${id}"]`);
+  const onAlice = (id) => alice.page.locator(`#messages .msg[data-id="${id}"]`);
+  // Only the sender has the controls.
+  assert.equal(await onBob(editedId).getByRole("button", { name: "Edit" }).count(), 0);
+
+  await onAlice(editedId).getByRole("button", { name: "Edit" }).click();
+  const final = `final ${suffix}, @${BOB}`;
+  const box = onAlice(editedId).getByLabel("Edit message");
+  await box.fill(final);
+  await box.press("Enter");
+  await onBob(editedId).locator(".body", { hasText: final }).waitFor();
+  await onBob(editedId).locator(".edited", { hasText: "(edited)" }).waitFor();
+  // Its mentions were found again: now it mentions bob.
+  await onBob(editedId).locator(".mention", { hasText: "@" + BOB }).waitFor();
+  assert.ok(await onBob(editedId).evaluate((li) => li.classList.contains("mentions-me")));
+  await onAlice(editedId).locator(".edited").waitFor();
+
+  await onAlice(deletedId).getByRole("button", { name: "Delete" }).click();
+  await onAlice(deletedId).getByRole("button", { name: "Yes, delete" }).click();
+  await onBob(deletedId).locator(".body", { hasText: /^message deleted$/ }).waitFor();
+  for (const li of [onBob(deletedId), onAlice(deletedId)]) {
+    assert.equal(await li.getByRole("button").count(), 0, "a deleted message has no controls");
+    assert.equal(await li.locator(".body").evaluate((p) => getComputedStyle(p).fontStyle), "italic");
+  }
+  assert.equal(await bodiesExactly(bob.page, doomed).count(), 0);
+
+  await bob.page.reload();
+  await status(bob.page, "connected").waitFor();
+  await onBob(deletedId).locator(".body", { hasText: /^message deleted$/ }).waitFor();
+  await onBob(editedId).locator(".edited").waitFor();
+  assert.equal(await onBob(editedId).locator(".body").textContent(), final);
+});
+
+test("reactions: both react, counts update live, a double-click counts once", async () => {
+  await openRoom(alice.page, "general");
+  await openRoom(bob.page, "general");
+  const text = "react to me " + suffix;
+  await send(alice.page, text);
+  await bodiesExactly(bob.page, text).waitFor();
+  const onAlice = messageWith(alice.page, text);
+  const onBob = messageWith(bob.page, text);
+  const chip = (li, emoji) => li.locator(".reaction", { hasText: emoji });
+  // The chips of a message, as "👍 2 (me)" when pressed, sorted; chipsAre waits for them.
+  const chips = async (li) => (await li.locator(".reaction").evaluateAll((buttons) =>
+    buttons.map((b) => b.textContent + (b.getAttribute("aria-pressed") === "true" ? " (me)" : "")))).sort();
+  const chipsAre = (li, expected) => waitUntil(async () =>
+    JSON.stringify(await chips(li)) === JSON.stringify([...expected].sort()),
+  "the reactions " + expected.join(", "));
+
+  await onAlice.getByRole("button", { name: "Add a reaction" }).click();
+  await onAlice.getByRole("button", { name: "React with 👍" }).click();
+  await chip(onAlice, "👍 1").waitFor();
+  await chip(onBob, "👍 1").waitFor();
+  await chipsAre(onBob, ["👍 1"]);
+
+  await chip(onBob, "👍 1").dblclick();
+  await chip(onAlice, "👍 2").waitFor();
+  await chip(onBob, "👍 2").waitFor();
+  // A later reaction as a sentinel: anything more from the double-click would come before it.
+  await onBob.getByRole("button", { name: "Add a reaction" }).click();
+  await onBob.getByRole("button", { name: "React with 🎉" }).click();
+  await chip(onAlice, "🎉 1").waitFor();
+  assert.deepEqual(await chips(onAlice), ["👍 2 (me)", "🎉 1"].sort());
+  await chipsAre(onBob, ["👍 2 (me)", "🎉 1 (me)"]);
+
+  // A click takes one's own back; "❤" and "❤️" are one reaction.
+  await chip(onBob, "👍 2").click();
+  await chip(onAlice, "👍 1").waitFor();
+  await onBob.getByRole("button", { name: "Add a reaction" }).click();
+  await onBob.getByRole("button", { name: "React with ❤️" }).click();
+  await chip(onAlice, "❤️ 1").waitFor();
+  const id = await onAlice.getAttribute("data-id");
+  await apiRequest(await apiLogin(ALICE), "PUT", `/messages/${id}/reactions/${encodeURIComponent("❤")}`);
+  await chip(onBob, "❤️ 2").waitFor();
+  await chipsAre(onBob, ["❤️ 2 (me)", "👍 1", "🎉 1 (me)"]);
+  await chipsAre(onAlice, ["❤️ 2 (me)", "👍 1 (me)", "🎉 1"]);
+
+  // History brings the same.
+  await alice.page.reload();
+  await status(alice.page, "connected").waitFor();
+  await messageWith(alice.page, text).waitFor();
+  await chipsAre(messageWith(alice.page, text), ["❤️ 2 (me)", "👍 1 (me)", "🎉 1"]);
+});
+
+test("screenshot: badges, a reaction and the typing indicator", async () => {
+  await openRoom(bob.page, "general");
+  await openRoom(alice.page, "news-" + suffix);
+  await send(alice.page, `@${BOB} one more thing`);
+  await waitUntil(async () => (await badges(roomButton(bob.page, "news-" + suffix))).mentions === "@1",
+    "the mention badge");
+  await openRoom(alice.page, "general");
+  await alice.page.getByLabel("Message", { exact: true }).pressSequentially("typing away");
+  await typingLine(bob.page).filter({ hasText: `${ALICE} is typing…` }).waitFor();
+  await messageWith(bob.page, "react to me " + suffix).locator(".reaction").first().waitFor();
+  await shot(bob.page, "desktop-features-bob.png");
+  await alice.page.getByLabel("Message", { exact: true }).fill("");
+});
+
+test("search: a room's message and a direct one are found and opened at the message; rooms bob is not in are not searched", async () => {
+  const word = "needle" + suffix;
+  const archive = "archive-" + suffix;
+  const { room, aliceToken } = await sharedRoom(archive);
+  const old = `${word} in the archive`;
+  await apiPost(aliceToken, "/messages", { room_id: room.id, body: old });
+  for (let i = 1; i <= 60; i++) {
+    await apiPost(aliceToken, "/messages", { room_id: room.id, body: "filler " + i });
+  }
+  const secret = await apiPost(aliceToken, "/rooms", { name: "secret-" + suffix });
+  await apiPost(aliceToken, "/messages", { room_id: secret.id, body: `${word} in secret` });
+  const direct = `${word}, just for you`;
+  await apiPost(aliceToken, "/messages", { to: BOB, body: direct });
+
+  const { page } = bob;
+  await openRoom(page, "general");
+  await page.getByLabel("Search messages").fill(word);
+  await page.getByRole("button", { name: "Search", exact: true }).click();
+  await page.locator("#search-summary", { hasText: "2 results" }).waitFor();
+  const hits = await page.locator("#search-hits .hit").allTextContents();
+  assert.equal(hits.length, 2);
+  assert.ok(hits[0].includes("direct with " + ALICE) && hits[0].includes(direct), hits[0]);
+  assert.ok(hits[1].includes("# " + archive) && hits[1].includes(old), hits[1]);
+  assert.ok(!hits.some((h) => h.includes("secret")), "a room bob is not in is not searched");
+  assert.equal(await page.locator("#search-hits mark").first().textContent(), word);
+  await shot(page, "desktop-search-bob.png");
+
+  // The room's message is older than the first page: older pages load until it is there.
+  await page.locator("#search-hits .hit", { hasText: archive }).click();
+  await page.locator("#conv-title", { hasText: "# " + archive }).waitFor();
+  const found = messageWith(page, old);
+  await found.and(page.locator(".msg.flash")).waitFor();
+  assert.ok(await bodies(page).count() > 50);
+  const inView = () => found.evaluate((li) => {
+    const box = li.getBoundingClientRect();
+    const view = document.getElementById("scroller").getBoundingClientRect();
+    return box.top >= view.top && box.bottom <= view.bottom;
+  });
+  assert.ok(await inView(), "the message is scrolled into view");
+
+  await page.locator("#search-hits .hit", { hasText: "direct with" }).click();
+  await page.locator("#conv-title", { hasText: ALICE }).waitFor();
+  await messageWith(page, direct).and(page.locator(".msg.flash")).waitFor();
+
+  await page.getByLabel("Search messages").fill("one two three four five six seven eight nine ten eleven");
+  await page.getByRole("button", { name: "Search", exact: true }).click();
+  await page.locator("#search-error", { hasText: "at most 10 words" }).waitFor();
+  assert.equal(await page.locator("#search-results").isVisible(), false);
 });
 
 test("statistics: the activity chart and the rankings render", async (t) => {
