@@ -1,6 +1,7 @@
-//! Latency of every statistics endpoint, all-time and over the last 7 days: N sequential
-//! requests each after a warm-up, the first request's time and p50/p95/max printed as a table. Run by
-//! `scripts/bench-stats.sh` against a server loaded by `generate-history`.
+//! Latency of every statistics endpoint, all-time and over the last 7 days, then of the
+//! read-state requests and of search: N sequential requests each after a warm-up, the first
+//! request's time and p50/p95/max printed as tables. Run by `scripts/bench-stats.sh` against a
+//! server loaded by `generate-history`.
 //!
 //! Before measuring it posts `BENCH_LIVE_POSTS` messages to `general` through the API, as a
 //! server in use has them: the current hour then always holds messages, whenever the
@@ -43,20 +44,24 @@ async fn json_of(request: reqwest::RequestBuilder) -> Value {
         .unwrap()
 }
 
-/// Posts `count` messages to `general`, 16 at a time.
-async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, count: usize) {
-    if count == 0 {
-        return;
-    }
+async fn general_room(client: &reqwest::Client, base: &str, token: &str) -> String {
     let rooms = json_of(client.get(format!("{base}/rooms")).bearer_auth(token)).await;
-    let general = rooms["rooms"]
+    rooms["rooms"]
         .as_array()
         .unwrap()
         .iter()
         .find(|room| room["name"] == "general")
         .and_then(|room| room["id"].as_str())
         .expect("a `general` room")
-        .to_owned();
+        .to_owned()
+}
+
+/// Posts `count` messages to `general`, 16 at a time.
+async fn post_live_traffic(client: &reqwest::Client, base: &str, token: &str, count: usize) {
+    if count == 0 {
+        return;
+    }
+    let general = general_room(client, base, token).await;
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
     let posters: Vec<_> = (0..16)
@@ -138,41 +143,92 @@ async fn main() {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 url = format!("{url}&from={from}");
             }
-            // The first request finds nothing remembered on this instance (cold); two more
-            // warm up before measuring.
-            let mut cold = Duration::ZERO;
-            for i in 0..3 {
-                let started = Instant::now();
-                client
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .error_for_status()
-                    .unwrap()
-                    .bytes()
-                    .await
-                    .unwrap();
-                if i == 0 {
-                    cold = started.elapsed();
-                }
-            }
-            let mut times = Vec::with_capacity(requests);
-            for _ in 0..requests {
-                let started = Instant::now();
-                let res = client.get(&url).bearer_auth(&token).send().await.unwrap();
-                res.error_for_status().unwrap().bytes().await.unwrap();
-                times.push(started.elapsed());
-            }
-            times.sort();
-            println!(
-                "| `{endpoint}` | {label} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                cold.as_secs_f64() * 1000.0,
-                percentile(&times, 50),
-                percentile(&times, 95),
-                percentile(&times, 100)
-            );
+            let (cold, times) = timed(requests, || client.get(&url).bearer_auth(&token)).await;
+            print_row(&format!("`{endpoint}`"), label, cold, &times);
         }
     }
+
+    // Read state and search. The marker moves through the live traffic's messages, oldest
+    // first, so that every request moves it.
+    let general = general_room(&client, &base, &token).await;
+    let page = json_of(
+        client
+            .get(format!("{base}/rooms/{general}/messages?limit=200"))
+            .bearer_auth(&token),
+    )
+    .await;
+    let mut ids: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.reverse();
+    let next = AtomicUsize::new(0);
+    let (cold, times) = timed(requests.min(ids.len().saturating_sub(3)), || {
+        let id = &ids[next.fetch_add(1, Ordering::Relaxed) % ids.len()];
+        client
+            .post(format!("{base}/rooms/{general}/read"))
+            .bearer_auth(&token)
+            .json(&json!({ "last_read": id }))
+    })
+    .await;
+    println!();
+    println!("| request | what | first (cold) ms | p50 ms | p95 ms | max ms |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    print_row(
+        "`POST /rooms/{general}/read`",
+        "a move each time",
+        cold,
+        &times,
+    );
+    for (path, what) in [
+        ("/rooms", "the user's rooms with their read state"),
+        (
+            "/conversations?limit=20",
+            "20 conversations with their read state",
+        ),
+        ("/search?q=topic1000", "a rare word"),
+        ("/search?q=topic30", "a word in 0.1% of messages"),
+        ("/search?q=topic1", "a word in 3% of messages"),
+        ("/search?q=coffee", "a word in 15% of messages"),
+        ("/search?q=coffee%20topic30", "two words"),
+    ] {
+        let url = format!("{base}{path}");
+        let (cold, times) = timed(requests, || client.get(&url).bearer_auth(&token)).await;
+        print_row(&format!("`GET {path}`"), what, cold, &times);
+    }
+}
+
+/// Sends `count` requests made by `request` one after another, after three warm-up requests
+/// (the first finds nothing remembered on this instance: cold). The cold time and the
+/// measured times, sorted.
+async fn timed(
+    count: usize,
+    mut request: impl FnMut() -> reqwest::RequestBuilder,
+) -> (Duration, Vec<Duration>) {
+    let mut cold = Duration::ZERO;
+    let mut times = Vec::with_capacity(count);
+    for i in 0..count + 3 {
+        let started = Instant::now();
+        let res = request().send().await.unwrap();
+        res.error_for_status().unwrap().bytes().await.unwrap();
+        match i {
+            0 => cold = started.elapsed(),
+            1 | 2 => {}
+            _ => times.push(started.elapsed()),
+        }
+    }
+    times.sort();
+    (cold, times)
+}
+
+fn print_row(what: &str, label: &str, cold: Duration, times: &[Duration]) {
+    println!(
+        "| {what} | {label} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        cold.as_secs_f64() * 1000.0,
+        percentile(times, 50),
+        percentile(times, 95),
+        percentile(times, 100)
+    );
 }

@@ -23,7 +23,9 @@ use rand::{Rng, SeedableRng};
 
 use chat_server::config::Settings;
 use chat_server::store::stats::Increments;
-use chat_server::store::{MessageRecord, Store, direct_conversation, room_conversation};
+use chat_server::store::{
+    MentionRef, MessageRecord, Store, direct_conversation, room_conversation,
+};
 
 const PASSWORD: &str = "generated-password";
 const BATCH: usize = 10_000;
@@ -246,6 +248,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Messages, with the counters accumulated in memory and written once at the end.
     let sender_pick = Skewed::new(users.len());
+    let topic_pick = Skewed::new(20_000);
+    let mut mentions: Vec<Document> = Vec::new();
     let span_ms = (now - start).num_milliseconds();
     // Merged exactly as the API merges the counts it writes behind its messages.
     let mut counters = Increments::default();
@@ -264,9 +268,15 @@ async fn main() -> anyhow::Result<()> {
                 rng.r#gen(),
                 rng.r#gen(),
             );
-            let body: Vec<&str> = (0..rng.gen_range(1..6))
-                .map(|_| WORDS[rng.gen_range(0..WORDS.len())])
+            let mut body: Vec<String> = (0..rng.gen_range(1..6))
+                .map(|_| WORDS[rng.gen_range(0..WORDS.len())].to_owned())
                 .collect();
+            // Half the messages name a topic, a few topics often and most rarely, so that
+            // search has words of every frequency: `topic1` in about 3% of messages, `topic30`
+            // in about 0.1%, `topic1000` in a few.
+            if rng.gen_bool(0.5) {
+                body.push(format!("topic{}", topic_pick.pick(&mut rng) + 1));
+            }
             let (sender_id, sender_name) = &users[s];
             let mut record = MessageRecord {
                 id,
@@ -291,6 +301,23 @@ async fn main() -> anyhow::Result<()> {
                     _ => general.room_id().to_string(),
                 };
                 record.conversation = room_conversation(chat_server::domain::RoomId::parse(&room)?);
+                // Some messages in `general` (where everyone reads) mention someone, stored as
+                // finishing a posted batch stores them.
+                if room == general.room_id().to_string() && rng.gen_bool(0.02) {
+                    let (id, name) = &users[rng.gen_range(0..users.len())];
+                    if id != sender_id {
+                        record.body.push_str(&format!(" @{name}"));
+                        record.mentions = vec![MentionRef {
+                            id: id.clone(),
+                            username: name.clone(),
+                        }];
+                        mentions.push(doc! {
+                            "_id": format!("{id}|{}", record.seq), "user": id,
+                            "message": &record.seq, "conversation": &record.conversation,
+                            "seq": &record.seq,
+                        });
+                    }
+                }
                 record.room_id = Some(room);
             } else {
                 let mut r = sender_pick.pick(&mut rng);
@@ -309,6 +336,12 @@ async fn main() -> anyhow::Result<()> {
             batch.push(record);
         }
         messages.insert_many(batch).ordered(false).await?;
+        if !mentions.is_empty() {
+            db.collection::<Document>("mentions")
+                .insert_many(std::mem::take(&mut mentions))
+                .ordered(false)
+                .await?;
+        }
         done += n;
         progress("messages", done, options.messages, started);
     }
