@@ -208,6 +208,8 @@ export REDIS_KEY_PREFIX="loadbench:"
 JWT_SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 export JWT_SECRET
 export APP_ENV=development RUST_LOG=${RUST_LOG:-warn} AUTH_RATE_LIMIT_PER_MINUTE=100000
+# A benchmark is the flood the write limits stop.
+export WRITE_RATE_LIMIT_PER_MINUTE=1000000000 SIGNAL_RATE_LIMIT_PER_MINUTE=1000000000
 # The in-process ring must hold a whole burst for the slowest stream.
 export SSE_BUFFER_EVENTS=65536
 start_api api1 "$API_PORT"

@@ -41,6 +41,8 @@ start_nx browser "$BROWSER_MONGO_PORT"
 port_is_free "$BROWSER_API_PORT" || die "port $BROWSER_API_PORT is taken; set BROWSER_API_PORT"
 
 export APP_ENV=development
+# The tests post a hundred messages at once as one user.
+export WRITE_RATE_LIMIT_PER_MINUTE=100000 SIGNAL_RATE_LIMIT_PER_MINUTE=100000
 JWT_SECRET="$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
 export JWT_SECRET
 export LISTEN_ADDR="127.0.0.1:$BROWSER_API_PORT"

@@ -14,6 +14,9 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 pub struct Settings {
     /// `LISTEN_ADDR`: address the HTTP server binds (port 0 picks a free port).
     pub listen_addr: String,
+    /// `METRICS_ADDR`: where `GET /metrics` (Prometheus text format) is served, apart from the
+    /// API so that it need not be public; unset or empty: no metrics.
+    pub metrics_addr: Option<String>,
     /// `MONGODB_URI`: connection string of the MongoDB deployment.
     pub mongodb_uri: String,
     /// `MONGODB_DATABASE`: database that holds the collections of this service.
@@ -44,6 +47,12 @@ pub struct Settings {
     /// `AUTH_RATE_LIMIT_PER_MINUTE`: login or register attempts allowed per client address and
     /// username per minute.
     pub auth_rate_limit_per_minute: u32,
+    /// `WRITE_RATE_LIMIT_PER_MINUTE`: posts, edits, deletions, reactions and room changes
+    /// allowed per user per minute, on all instances together.
+    pub write_rate_limit_per_minute: u32,
+    /// `SIGNAL_RATE_LIMIT_PER_MINUTE`: read markers and typing signals allowed per user per
+    /// minute, on all instances together.
+    pub signal_rate_limit_per_minute: u32,
     /// `TRUST_FORWARDED_FOR`: take the client address from `X-Forwarded-For` (only behind a
     /// proxy that sets it).
     pub trust_forwarded_for: bool,
@@ -140,6 +149,7 @@ impl Settings {
 
         Ok(Self {
             listen_addr: string("LISTEN_ADDR", "127.0.0.1:8080"),
+            metrics_addr: get("METRICS_ADDR").filter(|addr| !addr.trim().is_empty()),
             mongodb_uri: string(
                 "MONGODB_URI",
                 "mongodb://127.0.0.1:27017/?directConnection=true",
@@ -162,6 +172,20 @@ impl Settings {
             sse_retry_ms: bounded(&get, "SSE_RETRY_MS", 2000, 0, 600_000)?,
             sse_buffer_events: bounded(&get, "SSE_BUFFER_EVENTS", 4096, 16, 1_000_000)?,
             auth_rate_limit_per_minute: number(&get, "AUTH_RATE_LIMIT_PER_MINUTE", 20)?,
+            write_rate_limit_per_minute: bounded(
+                &get,
+                "WRITE_RATE_LIMIT_PER_MINUTE",
+                120,
+                1,
+                1_000_000_000,
+            )?,
+            signal_rate_limit_per_minute: bounded(
+                &get,
+                "SIGNAL_RATE_LIMIT_PER_MINUTE",
+                600,
+                1,
+                1_000_000_000,
+            )?,
             trust_forwarded_for: boolean(&get, "TRUST_FORWARDED_FOR", false)?,
             max_body_bytes,
             http_workers: number(&get, "HTTP_WORKERS", 0)?,

@@ -9,5 +9,6 @@ pub mod error;
 pub mod http;
 pub mod live;
 pub mod startup;
+pub mod state;
 pub mod store;
 pub mod telemetry;

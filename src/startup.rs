@@ -18,39 +18,17 @@ use crate::delivery::Delivery;
 use crate::http::front_door::{self, ServeOptions};
 use crate::http::{self, openapi::ApiDoc};
 use crate::live::{Hub, Live};
-use crate::store::{RoomRecord, Store};
+use crate::state::{AppState, SseSettings};
+use crate::store::Store;
 
 /// How long start-up waits for MongoDB to accept the index creation.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// SSE settings handed to every stream.
-#[derive(Clone, Debug)]
-pub struct SseSettings {
-    pub heartbeat: Duration,
-    pub retry_ms: u64,
-}
-
-/// Everything a handler may need, shared by all workers of one instance. Besides handles to
-/// MongoDB and Redis it holds only the fan-out of the event log to this instance's streams:
-/// no state another instance would need.
-pub struct AppState {
-    pub store: Store,
-    pub live: Live,
-    pub hub: Arc<Hub>,
-    pub delivery: Delivery,
-    pub jwt: JwtKeys,
-    pub hasher: PasswordHasher,
-    pub default_room: RoomRecord,
-    pub sse: SseSettings,
-    pub shutdown: watch::Receiver<bool>,
-    pub cookie_secure: bool,
-    pub trust_forwarded_for: bool,
-    pub auth_rate_limit_per_minute: u32,
-}
-
 pub struct Application {
     port: u16,
     server: Server,
+    /// `GET /metrics` on `METRICS_ADDR`, and its port.
+    metrics: Option<(Server, u16)>,
     shutdown: Shutdown,
     /// Kept to record, once the server has stopped, the batches this instance appended.
     state: web::Data<AppState>,
@@ -107,6 +85,8 @@ impl Application {
             cookie_secure: settings.cookie_secure,
             trust_forwarded_for: settings.trust_forwarded_for,
             auth_rate_limit_per_minute: settings.auth_rate_limit_per_minute,
+            write_rate_limit_per_minute: settings.write_rate_limit_per_minute,
+            signal_rate_limit_per_minute: settings.signal_rate_limit_per_minute,
         });
 
         let listener = TcpListener::bind(&settings.listen_addr)
@@ -139,8 +119,13 @@ impl Application {
         };
         let server = front_door::serve(listener, state.clone(), app, options)?;
         tracing::info!(addr = %settings.listen_addr, port, "listening");
+        let metrics = match &settings.metrics_addr {
+            Some(addr) => Some(serve_metrics(addr)?),
+            None => None,
+        };
         Ok(Self {
             port,
+            metrics,
             shutdown: Shutdown {
                 signal: Arc::new(signal),
                 server: server.handle(),
@@ -153,6 +138,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of `GET /metrics`, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(_, port)| *port)
     }
 
     pub fn shutdown_handle(&self) -> Shutdown {
@@ -170,7 +160,15 @@ impl Application {
             tracing::info!("shutting down");
             shutdown.trigger().await;
         });
+        let metrics = self.metrics.map(|(server, _)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
         let served = self.server.await;
+        if let Some(metrics) = metrics {
+            metrics.stop(false).await;
+        }
         let flushed = tokio::time::timeout(self.shutdown_timeout, self.state.delivery.flush())
             .await
             .unwrap_or_else(|_| Err(crate::store::timed_out("finishing batches")));
@@ -179,6 +177,44 @@ impl Application {
         }
         served
     }
+}
+
+/// Serves the process's metrics on their own listener, one worker, apart from the API.
+fn serve_metrics(addr: &str) -> anyhow::Result<(Server, u16)> {
+    let handle =
+        crate::telemetry::metrics::install().context("cannot install the metrics recorder")?;
+    let listener =
+        TcpListener::bind(addr).with_context(|| format!("cannot listen on METRICS_ADDR={addr}"))?;
+    let port = listener.local_addr()?.port();
+    // Histograms are drained into their buckets by the upkeep (and by each scrape).
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let server = actix_web::HttpServer::new(move || {
+        let handle = handle.clone();
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let body = handle.render();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4; charset=utf-8")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    tracing::info!(addr, port, "metrics at /metrics");
+    Ok((server, port))
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,8 @@
 use std::future::Future;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::cookie::Cookie;
 use actix_web::dev::Payload;
@@ -9,7 +12,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::live::TouchOutcome;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Name of the cookie (and of the query parameter) that may carry the access token, for
 /// clients such as a browser `EventSource` that cannot send an `Authorization` header.
@@ -42,6 +45,89 @@ impl FromRequest for AuthUser {
         })
     }
 }
+
+/// One of a user's write budgets, counted in Redis so that it holds across instances.
+pub trait Budget {
+    /// The counter's name in Redis.
+    const SCOPE: &'static str;
+    /// How many requests a user may make per minute.
+    fn per_minute(state: &AppState) -> u32;
+}
+
+/// Posts, edits, deletions, reactions, and creating, joining and leaving rooms
+/// (`WRITE_RATE_LIMIT_PER_MINUTE`).
+pub struct Writes;
+
+/// Read markers and typing signals, which a page sends as the conversation moves
+/// (`SIGNAL_RATE_LIMIT_PER_MINUTE`).
+pub struct Signals;
+
+impl Budget for Writes {
+    const SCOPE: &'static str = "writes";
+    fn per_minute(state: &AppState) -> u32 {
+        state.write_rate_limit_per_minute
+    }
+}
+
+impl Budget for Signals {
+    const SCOPE: &'static str = "signals";
+    fn per_minute(state: &AppState) -> u32 {
+        state.signal_rate_limit_per_minute
+    }
+}
+
+/// The authenticated caller of a write, counted against their budget `B`: taking it as a
+/// handler argument is what makes a write rate-limited (429 with `Retry-After` once the
+/// minute's budget is spent).
+pub struct Limited<B> {
+    user: AuthUser,
+    budget: PhantomData<B>,
+}
+
+/// The caller of a write that changes what others see.
+pub type Writer = Limited<Writes>;
+/// The caller of a read marker or a typing signal.
+pub type Signaller = Limited<Signals>;
+
+impl<B> Deref for Limited<B> {
+    type Target = AuthUser;
+    fn deref(&self) -> &AuthUser {
+        &self.user
+    }
+}
+
+impl<B: Budget + 'static> FromRequest for Limited<B> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let user = AuthUser::from_request(req, payload);
+        Box::pin(async move {
+            let user = user.await?;
+            let state = state
+                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
+            let subject = user.user_id.to_string();
+            let limit = B::per_minute(&state);
+            match state
+                .live
+                .rate_limit(B::SCOPE, &subject, limit, MINUTE)
+                .await?
+            {
+                Some(retry_after) => {
+                    crate::telemetry::metrics::rate_limited(B::SCOPE);
+                    Err(ApiError::too_many_requests(retry_after))
+                }
+                None => Ok(Self {
+                    user,
+                    budget: PhantomData,
+                }),
+            }
+        })
+    }
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
 
 /// Verifies `token`, checks it against the revocation list and refreshes the caller's
 /// presence (one Redis round trip).

@@ -34,6 +34,7 @@ use crate::store::{
     Effects, Finished, MembershipChange, MessageRecord, NewMessage, ReactionChange, ReadChange,
     Source, Store, Unfinished,
 };
+use crate::telemetry::metrics;
 
 /// A stored change that is a batch of its own, to announce.
 pub enum Change {
@@ -250,10 +251,9 @@ pub(crate) struct Finishing {
 
 impl Finishing {
     fn add(&self, finished: Finished) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(finished);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.push(finished);
+        metrics::waiting_batches("record", pending.len());
     }
 
     /// Records the pending batches finished, with their counts. On failure they stay
@@ -269,8 +269,16 @@ impl Finishing {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             let newer = std::mem::replace(&mut *pending, batches);
             pending.extend(newer);
+            metrics::waiting_batches("record", pending.len());
             return Err(err);
         }
+        metrics::waiting_batches(
+            "record",
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
+        );
         self.settle(&batches).await;
         Ok(())
     }

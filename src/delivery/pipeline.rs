@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use super::{Change, Contents, Finishing};
 use crate::live::{EventId, Live};
 use crate::store::{MessageRecord, NewMessage, Source, Store, Unfinished, Written};
+use crate::telemetry::metrics;
 
 /// Posts stored by one insert at most.
 pub const MAX_BATCH: usize = 256;
@@ -119,6 +120,7 @@ async fn write(
             };
             let _ = done.send(answer);
         }
+        metrics::messages_posted(stored.len());
         if stored.is_empty() {
             continue;
         }
@@ -147,6 +149,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
     // Batches behind one that Redis refused, their posts answered already.
     let mut waiting: VecDeque<AppendJob> = VecDeque::new();
     loop {
+        metrics::waiting_batches("announce", waiting.len() + batches.len());
         let mut job = match waiting.pop_front() {
             Some(job) => job,
             None => match batches.recv().await {

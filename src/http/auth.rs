@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 use crate::auth::{ACCESS_TOKEN_COOKIE, AuthUser};
 use crate::domain::{Password, Username};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::users::UserResponse;
-use crate::startup::AppState;
+use crate::http::people::UserResponse;
+use crate::state::AppState;
 use crate::store::{InsertUserError, NewUser};
 
 const RATE_WINDOW: Duration = Duration::from_secs(60);
@@ -56,6 +56,7 @@ pub struct TokenResponse {
             example = json!({"error": "weak_password", "message": "password must be at least 8 characters long"})),
         (status = 429, description = "Too many attempts from this address", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
     ))]
 pub async fn register(
     state: web::Data<AppState>,
@@ -102,6 +103,8 @@ pub async fn register(
         (status = 422, description = "Body of the wrong shape", body = ErrorBody),
         (status = 429, description = "Too many attempts for this username from this address", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
     ))]
 pub async fn login(
     state: web::Data<AppState>,

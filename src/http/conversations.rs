@@ -7,17 +7,17 @@ use futures_util::{StreamExt, TryFutureExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Signaller};
 use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::UserId;
 use crate::error::{ApiError, ErrorBody};
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
+use crate::http::people::find_by_name;
 use crate::http::reading::{
     Conversation, ReadRequest, ReadState, TypingAnswer, mark_read, read_states, typing,
 };
-use crate::http::users::find_by_name;
 use crate::http::{Query, limit_param};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::stats::Tally;
 use crate::store::{MessageRecord, direct_conversation};
 
@@ -78,10 +78,14 @@ async fn with_user(
         (status = 404, description = "No such user, or no such message in the conversation", body = ErrorBody),
         (status = 422, description = "The caller themselves, or a body without `last_read`", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn read_conversation(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Signaller,
     path: web::Path<String>,
     body: web::Json<ReadRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -100,10 +104,12 @@ pub async fn read_conversation(
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 422, description = "The caller themselves", body = ErrorBody),
         (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn conversation_typing(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Signaller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = with_user(&state, &user, &path).await?;

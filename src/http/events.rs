@@ -27,7 +27,8 @@ use crate::live::{
     Admission, EventId, HubItem, HubReceiver, Lagged, ResyncCause, Subscription, TouchOutcome,
     sse_frame,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::telemetry::metrics;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct EventsQuery {
@@ -146,6 +147,8 @@ pub struct Pump {
     heartbeat: tokio::time::Interval,
     refresh: tokio::time::Interval,
     ended: bool,
+    /// Counts this stream among the open ones while it lives.
+    _open: metrics::OpenStream,
 }
 
 impl Pump {
@@ -199,6 +202,7 @@ impl Pump {
                         subscription.rewind(&missed);
                         for event in &missed {
                             if subscription.admit(event) == Admission::Send {
+                                metrics::event_sent(event.kind.as_str(), None);
                                 opening.push(event.frame.clone());
                             }
                         }
@@ -230,6 +234,7 @@ impl Pump {
             floor,
             epoch: ready_id.epoch.clone(),
             ended: false,
+            _open: metrics::OpenStream::opened(),
         })
     }
 
@@ -311,7 +316,10 @@ impl Pump {
                 }
                 self.floor = None;
                 match self.subscription.admit(event) {
-                    Admission::Send => Step::Frame(event.frame.clone()),
+                    Admission::Send => {
+                        metrics::event_sent(event.kind.as_str(), Some(event.id.age()));
+                        Step::Frame(event.frame.clone())
+                    }
                     Admission::Skip => Step::Skip,
                     Admission::Close => {
                         self.ended = true;

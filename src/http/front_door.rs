@@ -42,7 +42,7 @@ use crate::auth::{authenticate, token_from};
 use crate::error::ApiError;
 use crate::http::events::{EventsQuery, Pump, STREAM_HEADERS, parse_last_event_id};
 use crate::http::{parse_query, request_log};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How long a new connection may take to send its first bytes, and actix-web a request head
 /// (its default).
@@ -160,7 +160,7 @@ where
     let status = opened
         .as_ref()
         .map_or_else(|err| err.status_code(), |_| StatusCode::OK);
-    request_log::logged("GET", "/events", status.as_u16(), started);
+    request_log::logged("GET", "/events", "/events", status.as_u16(), started);
     match opened {
         Ok(pump) => Box::pin(stream(io, pump)).await,
         Err(err) => Box::pin(refuse(io, &err)).await,

@@ -9,7 +9,7 @@ use crate::delivery::{MessageResponse, ReactionCount};
 use crate::domain::MessageId;
 use crate::error::ApiError;
 use crate::http::limit_param;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::Reactions;
 
 const DEFAULT_PAGE: i64 = 50;

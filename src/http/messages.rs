@@ -6,12 +6,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Writer};
 use crate::delivery::{Change, MessageResponse, PostError, Posted};
 use crate::domain::{Emoji, MessageBody, MessageId, RoomId, UserId};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::users::find_by_name;
-use crate::startup::AppState;
+use crate::http::people::find_by_name;
+use crate::state::AppState;
 use crate::store::{MessageRecord, NewMessage, Target};
 
 const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -50,10 +50,13 @@ pub struct CreateMessageRequest {
         (status = 422, description = "Empty or too long body, both or neither of room_id and to, message to self, key reused for another message", body = ErrorBody,
             example = json!({"error": "message_too_long", "message": "the message body must be at most 4000 characters"})),
         (status = 503, description = "Storage unavailable, or the write timed out with its outcome unknown: retry with the same Idempotency-Key to be safe", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn create_message(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     req: HttpRequest,
     body: web::Json<CreateMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -229,10 +232,13 @@ pub struct EditMessageRequest {
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Empty or too long body", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn edit_message(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<String>,
     body: web::Json<EditMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -273,10 +279,12 @@ pub async fn edit_message(
         (status = 403, description = "Not the sender", body = ErrorBody),
         (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn delete_message(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let message = match changeable_message(&state, &user, &path, true).await {
@@ -321,10 +329,12 @@ pub async fn delete_message(
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Not exactly one emoji", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn add_reaction(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     react(&state, &user, &path, true).await
@@ -345,10 +355,12 @@ pub async fn add_reaction(
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Not exactly one emoji", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn remove_reaction(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     react(&state, &user, &path, false).await

@@ -11,6 +11,7 @@ pub mod history;
 pub mod messages;
 pub mod openapi;
 pub mod page;
+pub mod people;
 pub mod reading;
 pub mod request_log;
 pub mod rooms;
@@ -34,64 +35,66 @@ pub fn get_or_head() -> actix_web::Route {
     web::route().guard(actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()))
 }
 
-/// Registers every API route. Each handler here is also listed in [`openapi::ApiDoc`].
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    // Probes and the page answer HEAD too (monitors and `curl -I` send it).
-    cfg.service(web::resource("/healthz").route(get_or_head().to(health::healthz)))
-        .service(web::resource("/readyz").route(get_or_head().to(health::readyz)))
-        .service(web::resource("/auth/register").route(web::post().to(auth::register)))
-        .service(web::resource("/auth/login").route(web::post().to(auth::login)))
-        .service(web::resource("/auth/logout").route(web::post().to(auth::logout)))
-        .service(web::resource("/users/me").route(web::get().to(users::me)))
-        .service(web::resource("/users/online").route(web::get().to(users::online)))
-        .service(web::resource("/users/{username}").route(web::get().to(users::by_username)))
-        .service(
-            web::resource("/rooms")
-                .route(web::get().to(rooms::list_rooms))
-                .route(web::post().to(rooms::create_room)),
-        )
-        .service(web::resource("/rooms/{room_id}/join").route(web::post().to(rooms::join_room)))
-        .service(web::resource("/rooms/{room_id}/leave").route(web::post().to(rooms::leave_room)))
-        .service(
-            web::resource("/rooms/{room_id}/messages").route(web::get().to(rooms::room_messages)),
-        )
-        .service(web::resource("/rooms/{room_id}/read").route(web::post().to(rooms::read_room)))
-        .service(web::resource("/rooms/{room_id}/typing").route(web::post().to(rooms::room_typing)))
-        .service(web::resource("/messages").route(web::post().to(messages::create_message)))
-        .service(
-            web::resource("/messages/{message_id}")
-                .route(web::patch().to(messages::edit_message))
-                .route(web::delete().to(messages::delete_message)),
-        )
-        .service(
-            web::resource("/messages/{message_id}/reactions/{emoji}")
-                .route(web::put().to(messages::add_reaction))
-                .route(web::delete().to(messages::remove_reaction)),
-        )
-        .service(web::resource("/search").route(web::get().to(search::search)))
-        .service(
-            web::resource("/conversations").route(web::get().to(conversations::list_conversations)),
-        )
-        .service(
-            web::resource("/conversations/{username}/messages")
-                .route(web::get().to(conversations::conversation_messages)),
-        )
-        .service(
-            web::resource("/conversations/{username}/read")
-                .route(web::post().to(conversations::read_conversation)),
-        )
-        .service(
-            web::resource("/conversations/{username}/typing")
-                .route(web::post().to(conversations::conversation_typing)),
-        )
-        .service(web::resource("/events").route(web::get().to(events::events)))
-        .service(web::resource("/stats/most-active").route(web::get().to(stats::most_active)))
-        .service(web::resource("/stats/most-solicited").route(web::get().to(stats::most_solicited)))
-        .service(web::resource("/stats/rooms").route(web::get().to(stats::rooms)))
-        .service(web::resource("/stats/activity").route(web::get().to(stats::activity)))
-        .service(web::resource("/stats/summary").route(web::get().to(stats::summary)))
-        .service(web::resource("/stats/users/{username}").route(web::get().to(stats::user_stats)))
-        .configure(page::routes);
+/// Declares every API route once: [`routes`] registers them, and [`ROUTES`] lists them for
+/// the test that holds them and the OpenAPI document ([`openapi::ApiDoc`]) to each other.
+macro_rules! api_routes {
+    ($( $path:literal { $( $method:ident => $handler:path ),+ $(,)? } )*) => {
+        /// Registers every API route, then the page.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $( cfg.service(web::resource($path)$(.route(route(stringify!($method)).to($handler)))+); )*
+            cfg.configure(page::routes);
+        }
+
+        /// `(method, path)` of every API route (`get_or_head`: GET, and HEAD with it).
+        pub const ROUTES: &[(&str, &str)] = &[ $( $( (stringify!($method), $path) ),+ ),* ];
+    };
+}
+
+fn route(method: &str) -> actix_web::Route {
+    match method {
+        "get" => web::get(),
+        "post" => web::post(),
+        "put" => web::put(),
+        "patch" => web::patch(),
+        "delete" => web::delete(),
+        // Probes answer HEAD too (monitors and `curl -I` send it).
+        _ => get_or_head(),
+    }
+}
+
+api_routes! {
+    "/healthz" { get_or_head => health::healthz }
+    "/readyz" { get_or_head => health::readyz }
+    "/auth/register" { post => auth::register }
+    "/auth/login" { post => auth::login }
+    "/auth/logout" { post => auth::logout }
+    "/users/me" { get => users::me }
+    "/users/online" { get => users::online }
+    "/users/{username}" { get => users::by_username }
+    "/rooms" { get => rooms::list_rooms, post => rooms::create_room }
+    "/rooms/{room_id}/join" { post => rooms::join_room }
+    "/rooms/{room_id}/leave" { post => rooms::leave_room }
+    "/rooms/{room_id}/messages" { get => rooms::room_messages }
+    "/rooms/{room_id}/read" { post => rooms::read_room }
+    "/rooms/{room_id}/typing" { post => rooms::room_typing }
+    "/messages" { post => messages::create_message }
+    "/messages/{message_id}" { patch => messages::edit_message, delete => messages::delete_message }
+    "/messages/{message_id}/reactions/{emoji}" {
+        put => messages::add_reaction,
+        delete => messages::remove_reaction,
+    }
+    "/search" { get => search::search }
+    "/conversations" { get => conversations::list_conversations }
+    "/conversations/{username}/messages" { get => conversations::conversation_messages }
+    "/conversations/{username}/read" { post => conversations::read_conversation }
+    "/conversations/{username}/typing" { post => conversations::conversation_typing }
+    "/events" { get => events::events }
+    "/stats/most-active" { get => stats::most_active }
+    "/stats/most-solicited" { get => stats::most_solicited }
+    "/stats/rooms" { get => stats::rooms }
+    "/stats/activity" { get => stats::activity }
+    "/stats/summary" { get => stats::summary }
+    "/stats/users/{username}" { get => stats::user_stats }
 }
 
 /// JSON bodies: size limit, and a clear 4xx for each way a body can be wrong.

@@ -13,7 +13,7 @@ use crate::delivery::{Change, TypingEvent, audience_of};
 use crate::domain::MessageId;
 use crate::error::ApiError;
 use crate::live::{EventKind, NewEvent};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::seq_before;
 
 /// Unread counts read at once, so that a long list does not take every pooled connection.

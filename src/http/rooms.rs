@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Signaller, Writer};
 use crate::delivery::Change;
 use crate::domain::{RoomId, RoomName};
 use crate::error::{ApiError, ErrorBody};
@@ -14,7 +14,7 @@ use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::http::reading::{
     Conversation, ReadRequest, ReadState, TypingAnswer, mark_read, read_states, typing,
 };
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{CreateRoomError, MembershipChange, RoomRecord, room_conversation};
 
 const MAX_ROOMS_LISTED: i64 = 1000;
@@ -90,10 +90,15 @@ async fn announce(state: &AppState, change: Option<MembershipChange>) {
             example = json!({"error": "room_name_taken", "message": "a room named `rust-fans` exists"})),
         (status = 422, description = "Invalid name", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, path or query parameter", body = ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn create_room(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     body: web::Json<CreateRoomRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let name = RoomName::parse(&body.name)?;
@@ -205,10 +210,14 @@ async fn member_room(
         (status = 404, description = "No such room, or no such message in it", body = ErrorBody),
         (status = 422, description = "A body without `last_read`", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn read_room(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Signaller,
     path: web::Path<String>,
     body: web::Json<ReadRequest>,
 ) -> Result<HttpResponse, ApiError> {
@@ -228,10 +237,12 @@ pub async fn read_room(
         (status = 403, description = "Not a member of the room", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn room_typing(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Signaller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let conversation = member_room(&state, &user, &path, "type in").await?;
@@ -248,10 +259,12 @@ pub async fn room_typing(
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn join_room(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = find_room(&state, &path).await?;
@@ -276,10 +289,12 @@ pub async fn join_room(
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 409, description = "The default room cannot be left", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
+        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
     ))]
 pub async fn leave_room(
     state: web::Data<AppState>,
-    user: AuthUser,
+    user: Writer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = find_room(&state, &path).await?;

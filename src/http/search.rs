@@ -9,7 +9,7 @@ use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::{MessageId, RoomId};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::{Query, limit_param};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::{MAX_QUERY_CHARS, terms};
 
 const DEFAULT_HITS: i64 = 20;

@@ -11,9 +11,9 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::domain::RoomId;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::users::find_by_name;
+use crate::http::people::find_by_name;
 use crate::http::{Query, limit_param, now};
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::store::stats::{Kind, Level, Subjects, Tally, Window};
 
 const DEFAULT_LIMIT: usize = 10;

@@ -6,34 +6,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
-use crate::domain::Username;
 use crate::error::{ApiError, ErrorBody};
+use crate::http::people::{UserResponse, find_by_name};
 use crate::http::{Query, limit_param};
-use crate::startup::AppState;
-use crate::store::UserRecord;
+use crate::state::AppState;
 
 pub const MAX_ONLINE_LIMIT: usize = 1000;
 const DEFAULT_ONLINE_LIMIT: usize = 100;
-
-/// A user's public profile.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserResponse {
-    #[schema(example = "665f1c2e9b1e8a0012345678")]
-    pub id: String,
-    #[schema(example = "alice")]
-    pub username: String,
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<&UserRecord> for UserResponse {
-    fn from(record: &UserRecord) -> Self {
-        Self {
-            id: record.user_id().to_string(),
-            username: record.username.clone(),
-            created_at: record.created_at(),
-        }
-    }
-}
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OnlineUser {
@@ -66,6 +45,7 @@ pub struct OnlineQuery {
         (status = 200, description = "The caller", body = UserResponse),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "The account no longer exists", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpResponse, ApiError> {
     let record = state
@@ -85,6 +65,7 @@ pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpRespon
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody,
             example = json!({"error": "user_not_found", "message": "no user named `bob`"})),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn by_username(
     state: web::Data<AppState>,
@@ -93,18 +74,6 @@ pub async fn by_username(
 ) -> Result<HttpResponse, ApiError> {
     let record = find_by_name(&state, &path).await?;
     Ok(HttpResponse::Ok().json(UserResponse::from(&record)))
-}
-
-/// The user named `raw` (any case), or 404 `user_not_found`: a name that breaks the rules
-/// cannot belong to anyone, so it is a 404 too. Used by every path that names a user.
-pub(crate) async fn find_by_name(state: &AppState, raw: &str) -> Result<UserRecord, ApiError> {
-    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
-    let username = Username::parse(raw).map_err(|_| not_found())?;
-    state
-        .store
-        .find_user_by_username(&username)
-        .await?
-        .ok_or_else(not_found)
 }
 
 /// Users online now: seen within the presence TTL (60 s by default) on any instance.

@@ -106,6 +106,15 @@ pub struct EventId {
 }
 
 impl EventId {
+    /// How long ago Redis appended this event (by its clock, which gives the id's
+    /// milliseconds, against this instance's).
+    pub fn age(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        now.saturating_sub(std::time::Duration::from_millis(self.ms))
+    }
+
     pub fn new(epoch: &str, stream_id: &str) -> Option<Self> {
         let (ms, seq) = stream_id.split_once('-')?;
         Some(Self {
@@ -426,6 +435,7 @@ impl Live {
         }
         let mut conn = self.redis.clone();
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+        crate::telemetry::metrics::events_appended(events.len());
         if reply.len() != events.len() {
             return Err(unexpected_reply(&format!(
                 "{} ids for {} events",
@@ -471,10 +481,7 @@ impl Live {
     }
 
     /// The current epoch of the log, created when missing.
-    pub(crate) async fn epoch_on(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-    ) -> redis::RedisResult<String> {
+    pub(crate) async fn epoch_on(&self, conn: &mut super::Measured) -> redis::RedisResult<String> {
         EPOCH
             .key(self.keys.epoch())
             .arg(new_epoch())
@@ -483,10 +490,7 @@ impl Live {
     }
 
     /// The id of the newest entry of the log (`0-0` when it is empty).
-    pub(crate) async fn tail_on(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-    ) -> redis::RedisResult<String> {
+    pub(crate) async fn tail_on(&self, conn: &mut super::Measured) -> redis::RedisResult<String> {
         let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
             .arg(self.keys.events())
             .arg("+")

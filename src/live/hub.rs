@@ -288,7 +288,7 @@ async fn tail(live: Live, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
 async fn tail_once(
     live: &Live,
     hub: &Hub,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut super::Measured,
     last_number: &mut Option<u64>,
 ) -> redis::RedisResult<()> {
     let epoch = live.epoch_on(conn).await?;

@@ -4,6 +4,7 @@
 
 mod events;
 mod hub;
+mod measured;
 mod presence;
 mod rate_limit;
 mod subscription;
@@ -19,6 +20,7 @@ pub use events::{
     NewEvent, sse_frame,
 };
 pub use hub::{Hub, HubItem, HubReceiver, Lagged, ResyncCause};
+pub use measured::Measured;
 pub use presence::{OnlineEntry, TouchOutcome};
 pub use subscription::{Admission, Subscription};
 pub use typing::TYPING_EVERY;
@@ -28,7 +30,7 @@ use crate::config::Settings;
 #[derive(Clone)]
 pub struct Live {
     client: redis::Client,
-    redis: ConnectionManager,
+    redis: Measured,
     keys: Keys,
     presence_ttl: Duration,
     event_log_max_len: usize,
@@ -95,11 +97,13 @@ impl Live {
     pub fn connect(settings: &Settings) -> anyhow::Result<Self> {
         let client = redis::Client::open(settings.redis_url.as_str())
             .context("REDIS_URL is not a valid Redis URL")?;
-        let redis = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            connection_config(Duration::from_secs(2)),
-        )
-        .context("cannot create the Redis connection manager")?;
+        let redis = Measured(
+            ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                connection_config(Duration::from_secs(2)),
+            )
+            .context("cannot create the Redis connection manager")?,
+        );
         Ok(Self {
             client,
             redis,
@@ -115,11 +119,12 @@ impl Live {
     pub(crate) fn dedicated_connection(
         &self,
         response_timeout: Duration,
-    ) -> redis::RedisResult<ConnectionManager> {
+    ) -> redis::RedisResult<Measured> {
         ConnectionManager::new_lazy_with_config(
             self.client.clone(),
             connection_config(response_timeout),
         )
+        .map(Measured)
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {

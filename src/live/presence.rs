@@ -214,6 +214,9 @@ impl Live {
                 if let Err(err) = live.sweep_presence().await {
                     tracing::debug!(error = %err, "presence sweep failed");
                 }
+                if let Ok(online) = live.online_count().await {
+                    crate::telemetry::metrics::users_online(online as u64);
+                }
             }
         });
     }

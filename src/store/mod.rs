@@ -18,12 +18,12 @@ mod settled;
 pub mod stats;
 mod users;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use mongodb::bson::{Bson, doc};
+use mongodb::event::{EventHandler, command::CommandEvent};
 use mongodb::options::{
     Acknowledgment, ClientOptions, CollectionOptions, ReadConcern, ReadPreference,
     SelectionCriteria, WriteConcern,
@@ -42,6 +42,7 @@ pub use search::{MAX_QUERY_CHARS, SearchMode, terms};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
+use crate::telemetry::metrics;
 
 /// How often the driver checks each member of the replica set (`heartbeatFrequencyMS`).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -52,11 +53,11 @@ pub struct Store {
     /// How long one operation may take before it is given up (see [`Store::write_bound`]).
     write_bound: Duration,
     /// Counter sums over ranges that no longer change (see `settled`).
-    settled: Arc<settled::SettledRanges>,
+    settled: settled::Memory<stats::RangeKey, stats::Tallies>,
     /// The messages of settled hours, by hour start (ms), for the raw edges of windows.
-    settled_edges: Arc<settled::SettledRanges<i64, Arc<Vec<stats::EdgeMessage>>>>,
+    settled_edges: settled::Memory<i64, Arc<Vec<stats::EdgeMessage>>>,
     /// Rooms by id: they never change once created.
-    known_rooms: Arc<Mutex<HashMap<crate::domain::RoomId, RoomRecord>>>,
+    known_rooms: moka::sync::Cache<crate::domain::RoomId, RoomRecord>,
     /// Grouped reads of users' rooms (see `rooms::RoomsOfUsers`).
     rooms_of_users: rooms::RoomsOfUsers,
     /// How search works on this server, found when its index is created.
@@ -92,6 +93,16 @@ impl Store {
                 .w_timeout(settings.mongodb_timeout)
                 .build()
         });
+        // Every command's round trip and outcome, for the metrics.
+        options.command_event_handler = Some(EventHandler::callback(|event| match event {
+            CommandEvent::Succeeded(done) => {
+                metrics::store_command(&done.command_name, done.duration, false);
+            }
+            CommandEvent::Failed(failed) => {
+                metrics::store_command(&failed.command_name, failed.duration, true);
+            }
+            _ => {}
+        }));
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
         let db = client.database(&settings.mongodb_database);
         // The write-concern wait plus as long again for the connection.
@@ -100,9 +111,9 @@ impl Store {
             rooms_of_users: rooms::RoomsOfUsers::spawn(db.clone(), write_bound),
             db,
             write_bound,
-            settled: Arc::default(),
-            settled_edges: Arc::default(),
-            known_rooms: Arc::default(),
+            settled: settled::memory(),
+            settled_edges: settled::memory(),
+            known_rooms: moka::sync::Cache::new(rooms::KNOWN_ROOMS),
             search_mode: Arc::default(),
         })
     }

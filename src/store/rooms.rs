@@ -1,5 +1,4 @@
 use std::collections::{HashMap, HashSet};
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +13,7 @@ use super::{Store, ids, is_duplicate_key};
 use crate::domain::{RoomId, RoomName, UserId};
 
 /// Rooms remembered by id per instance (see [`Store::find_room`]).
-pub const KNOWN_ROOMS: usize = 10_000;
+pub const KNOWN_ROOMS: u64 = 10_000;
 
 /// The room everyone is in, created at start-up.
 pub const DEFAULT_ROOM: &str = "general";
@@ -236,28 +235,16 @@ impl Store {
     }
 
     /// A room by id. Rooms are never renamed or deleted, so a found room is remembered and
-    /// posting to it costs no read (at most [`KNOWN_ROOMS`] are kept; then memory starts over).
+    /// posting to it costs no read (at most [`KNOWN_ROOMS`] are kept).
     pub async fn find_room(&self, id: RoomId) -> mongodb::error::Result<Option<RoomRecord>> {
-        if let Some(room) = self
-            .known_rooms
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-        {
-            return Ok(Some(room.clone()));
+        if let Some(room) = self.known_rooms.get(&id) {
+            return Ok(Some(room));
         }
         let found = rooms(&self.db)
             .find_one(doc! { "_id": id.object_id() })
             .await?;
         if let Some(room) = &found {
-            let mut known = self
-                .known_rooms
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if known.len() >= KNOWN_ROOMS {
-                known.clear();
-            }
-            known.insert(id, room.clone());
+            self.known_rooms.insert(id, room.clone());
         }
         Ok(found)
     }

@@ -22,7 +22,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Database, IndexModel};
 use serde::Deserialize;
 
-use super::settled::{self, RangeKey, Tallies};
+use super::settled;
 use super::{MessageRecord, Store};
 
 /// What a counter counts.
@@ -439,7 +439,7 @@ impl Store {
         let now = Utc::now();
         let plan = plan(window, now, Level::All);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
-        let pieces = settled::split(&plan.counters, |level| level.bucket(settled_at));
+        let pieces = split(&plan.counters, |level| level.bucket(settled_at));
         let sums = futures_util::future::try_join_all(queries.iter().enumerate().flat_map(
             |(i, &(kind, subjects))| {
                 pieces.iter().map(move |&(level, from, to, settled)| {
@@ -577,7 +577,7 @@ impl Store {
     /// Sums of one range of counters per subject. Sums over a settled range are remembered
     /// and served from memory.
     async fn counter_sums(&self, key: RangeKey, settled: bool) -> mongodb::error::Result<Tallies> {
-        if settled && let Some(hit) = self.settled.get(&key, Instant::now()) {
+        if settled && let Some(hit) = self.settled.get(&key) {
             return Ok(hit);
         }
         let subjects = &key.subjects;
@@ -650,7 +650,7 @@ impl Store {
         }
         let sums = Arc::new(sums);
         if settled {
-            self.settled.put(key, Arc::clone(&sums), Instant::now());
+            self.settled.insert(key, Arc::clone(&sums));
         }
         Ok(sums)
     }
@@ -665,7 +665,7 @@ impl Store {
         let now = Utc::now();
         let plan = plan(window, now, level);
         let settled_at = now - Duration::seconds(settled::SETTLE.as_secs().cast_signed());
-        let pieces = settled::split(&plan.counters, |level| level.bucket(settled_at));
+        let pieces = split(&plan.counters, |level| level.bucket(settled_at));
         let sums =
             futures_util::future::try_join_all(pieces.iter().map(|&(level, from, to, settled)| {
                 let key = RangeKey {
@@ -712,12 +712,11 @@ impl Store {
                 let (from, to) = (a.max(hour), b.min(next));
                 if next <= settled_at {
                     let key = hour.timestamp_millis();
-                    let messages = match self.settled_edges.get(&key, Instant::now()) {
+                    let messages = match self.settled_edges.get(&key) {
                         Some(hit) => hit,
                         None => {
                             let read = Arc::new(self.messages_between(hour, next).await?);
-                            self.settled_edges
-                                .put(key, Arc::clone(&read), Instant::now());
+                            self.settled_edges.insert(key, Arc::clone(&read));
                             read
                         }
                     };
@@ -965,6 +964,43 @@ fn edge_record(m: &EdgeMessage) -> MessageRecord {
     }
 }
 
+/// Sums of one kind of counter over buckets `[from, to)` (ms) of one level, for some subjects.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RangeKey {
+    pub kind: Kind,
+    pub level: Level,
+    pub from: i64,
+    pub to: i64,
+    pub subjects: Subjects,
+}
+
+pub type Tallies = Arc<HashMap<String, Tally>>;
+
+/// Splits counter ranges at the settled boundary: `(level, from, to, settled)`. All-time
+/// counters never settle.
+fn split(
+    ranges: &[(Level, i64, i64)],
+    settled_cut: impl Fn(Level) -> i64,
+) -> Vec<(Level, i64, i64, bool)> {
+    let mut out = Vec::with_capacity(ranges.len() + 1);
+    for &(level, a, b) in ranges {
+        if level == Level::All {
+            out.push((level, a, b, false));
+            continue;
+        }
+        let cut = settled_cut(level);
+        if b <= cut {
+            out.push((level, a, b, true));
+        } else if a >= cut {
+            out.push((level, a, b, false));
+        } else {
+            out.push((level, a, cut, true));
+            out.push((level, cut, b, false));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1084,5 +1120,28 @@ mod tests {
         let p = plan(w, Utc::now(), Level::Hour);
         assert!(p.counters.iter().all(|(l, _, _)| *l == Level::Hour));
         assert!(p.raw.is_empty());
+    }
+
+    #[test]
+    fn ranges_are_split_at_the_settled_boundary() {
+        let cut = |level: Level| if level == Level::Hour { 50 } else { 10 };
+        let ranges = [
+            (Level::Hour, 0, 40),
+            (Level::Hour, 40, 60),
+            (Level::Day, 20, 30),
+            (Level::Day, 0, 10),
+            (Level::All, 0, 1),
+        ];
+        assert_eq!(
+            split(&ranges, cut),
+            vec![
+                (Level::Hour, 0, 40, true),
+                (Level::Hour, 40, 50, true),
+                (Level::Hour, 50, 60, false),
+                (Level::Day, 20, 30, false),
+                (Level::Day, 0, 10, true),
+                (Level::All, 0, 1, false),
+            ]
+        );
     }
 }

@@ -44,6 +44,8 @@ pub struct TestApp {
     pub shutdown: chat_server::startup::Shutdown,
     /// The server task: ends once the instance has stopped (see `run_until_stopped`).
     pub run: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Where `GET /metrics` answers, with `METRICS_ADDR` set.
+    pub metrics_port: Option<u16>,
 }
 
 pub struct TestUser {
@@ -65,6 +67,9 @@ fn test_vars(overrides: &[(&str, String)]) -> HashMap<String, String> {
         ("JWT_SECRET", format!("{id}{id}")),
         ("HTTP_WORKERS", "2".to_owned()),
         ("AUTH_RATE_LIMIT_PER_MINUTE", "1000".to_owned()),
+        // Tests post in bursts; the limits' own tests set them low.
+        ("WRITE_RATE_LIMIT_PER_MINUTE", "1000000".to_owned()),
+        ("SIGNAL_RATE_LIMIT_PER_MINUTE", "1000000".to_owned()),
         ("SHUTDOWN_TIMEOUT_SECS", "1".to_owned()),
     ]
     .into_iter()
@@ -94,6 +99,7 @@ async fn start(settings: Settings) -> TestApp {
     let app = Application::build(&settings).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_handle();
+    let metrics_port = app.metrics_port();
     let run = tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -110,6 +116,7 @@ async fn start(settings: Settings) -> TestApp {
             .unwrap(),
         shutdown,
         run,
+        metrics_port,
     }
 }
 
@@ -595,6 +602,8 @@ impl ChildApp {
             .env("JWT_SECRET", s.jwt_secret.expose())
             .env("HTTP_WORKERS", "2")
             .env("AUTH_RATE_LIMIT_PER_MINUTE", "1000")
+            .env("WRITE_RATE_LIMIT_PER_MINUTE", "1000000")
+            .env("SIGNAL_RATE_LIMIT_PER_MINUTE", "1000000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

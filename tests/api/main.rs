@@ -9,6 +9,7 @@ mod edits;
 mod errors;
 mod events;
 mod health;
+mod limits;
 // Shared with the fault tests (tests/faults), which use parts this suite does not.
 #[allow(dead_code)]
 mod helpers;
