@@ -9,7 +9,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, ids, integer, is_duplicate_key};
+use super::{Store, ids, is_duplicate_key};
 use crate::domain::UserId;
 
 /// Unread messages, and unread mentions, are counted up to this many (the page shows "99+"):
@@ -190,21 +190,25 @@ impl Store {
         )
     }
 
+    /// Up to [`UNREAD_CAP`] matches counted by reading their ids from the index: a `find`
+    /// with a limit, where an aggregation's `$count` took nx-27017 a scan (435 ms at p95 for
+    /// 20 conversations at a million messages, 2026-12-01).
     async fn count_capped(
         &self,
         collection: &str,
         filter: Document,
     ) -> mongodb::error::Result<i64> {
-        let pipeline = vec![
-            doc! { "$match": filter },
-            doc! { "$limit": UNREAD_CAP },
-            doc! { "$count": "n" },
-        ];
         let collection = self.db.collection::<Document>(collection);
         let count = async {
-            let mut cursor = collection.aggregate(pipeline).await?;
-            let first = cursor.try_next().await?;
-            Ok(first.and_then(|d| integer(d.get("n"))).unwrap_or(0))
+            let ids: Vec<Document> = collection
+                .find(filter)
+                .sort(doc! { "seq": 1 })
+                .projection(doc! { "_id": 1 })
+                .limit(UNREAD_CAP)
+                .await?
+                .try_collect()
+                .await?;
+            Ok(i64::try_from(ids.len()).unwrap_or(UNREAD_CAP))
         };
         self.bounded("counting unread messages", count).await
     }
