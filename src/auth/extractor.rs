@@ -11,7 +11,7 @@ use actix_web::{FromRequest, HttpRequest, web};
 
 use crate::domain::UserId;
 use crate::error::ApiError;
-use crate::live::TouchOutcome;
+use crate::live::{Spend, TouchOutcome};
 use crate::state::AppState;
 
 /// Name of the cookie (and of the query parameter) that may carry the access token, for
@@ -76,9 +76,9 @@ impl Budget for Signals {
     }
 }
 
-/// The authenticated caller of a write, counted against their budget `B`: taking it as a
-/// handler argument is what makes a write rate-limited (429 with `Retry-After` once the
-/// minute's budget is spent).
+/// The authenticated caller of a write, counted against their budget `B` in the same Redis
+/// round trip that authenticates them: taking it as a handler argument is what makes a write
+/// rate-limited (429 with `Retry-After` once the minute's budget is spent).
 pub struct Limited<B> {
     user: AuthUser,
     budget: PhantomData<B>,
@@ -100,29 +100,22 @@ impl<B: Budget + 'static> FromRequest for Limited<B> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let user = AuthUser::from_request(req, payload);
+        let token = request_token(req);
         Box::pin(async move {
-            let user = user.await?;
             let state = state
                 .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
-            let subject = user.user_id.to_string();
-            let limit = B::per_minute(&state);
-            match state
-                .live
-                .rate_limit(B::SCOPE, &subject, limit, MINUTE)
-                .await?
-            {
-                Some(retry_after) => {
-                    crate::telemetry::metrics::rate_limited(B::SCOPE);
-                    Err(ApiError::too_many_requests(retry_after))
-                }
-                None => Ok(Self {
-                    user,
-                    budget: PhantomData,
-                }),
-            }
+            let spend = Spend {
+                scope: B::SCOPE,
+                limit: B::per_minute(&state),
+                window: MINUTE,
+            };
+            let user = authenticate_spending(&state, &token?, Some(spend)).await?;
+            Ok(Self {
+                user,
+                budget: PhantomData,
+            })
         })
     }
 }
@@ -132,15 +125,34 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Verifies `token`, checks it against the revocation list and refreshes the caller's
 /// presence (one Redis round trip).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<AuthUser, ApiError> {
+    authenticate_spending(state, token, None).await
+}
+
+/// [`authenticate`], spending one unit of a write budget in the same round trip.
+async fn authenticate_spending(
+    state: &AppState,
+    token: &str,
+    spend: Option<Spend>,
+) -> Result<AuthUser, ApiError> {
     let invalid =
         || ApiError::unauthorized("invalid_token", "the access token is invalid or expired");
     let claims = state.jwt.verify(token).ok_or_else(invalid)?;
     let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
-    match state.live.touch(&claims.jti, user_id, &claims.name).await? {
+    let touched = state
+        .live
+        .touch_spending(&claims.jti, user_id, &claims.name, spend)
+        .await?;
+    match touched {
         TouchOutcome::Revoked => Err(ApiError::unauthorized(
             "token_revoked",
             "the access token has been revoked; log in again",
         )),
+        TouchOutcome::Limited(retry_after) => {
+            if let Some(spend) = spend {
+                crate::telemetry::metrics::rate_limited(spend.scope);
+            }
+            Err(ApiError::too_many_requests(retry_after))
+        }
         TouchOutcome::Active => Ok(AuthUser {
             user_id,
             username: claims.name,

@@ -286,7 +286,7 @@ impl Pump {
                     let user = &self.user;
                     match self.state.live.touch(&user.jti, user.user_id, &user.username).await {
                         Ok(TouchOutcome::Revoked) => return None,
-                        Ok(TouchOutcome::Active) => {}
+                        Ok(TouchOutcome::Active | TouchOutcome::Limited(_)) => {}
                         Err(err) => tracing::debug!(error = %err, "presence refresh failed"),
                     }
                 }

@@ -21,7 +21,7 @@ pub use events::{
 };
 pub use hub::{Hub, HubItem, HubReceiver, Lagged, ResyncCause};
 pub use measured::Measured;
-pub use presence::{OnlineEntry, TouchOutcome};
+pub use presence::{OnlineEntry, Spend, TouchOutcome};
 pub use subscription::{Admission, Subscription};
 pub use typing::TYPING_EVERY;
 

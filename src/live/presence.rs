@@ -23,13 +23,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 ";
 
-/// KEYS: revoked, sessions, online, names, events, epoch, event count.
-/// ARGV: jti, user, ttl_ms, username, candidate epoch, maxlen, trim mode.
-/// Returns -1 when the token is revoked, 1 when the user just came online, 0 otherwise.
+/// KEYS: revoked, sessions, online, names, events, epoch, event count[, budget counter].
+/// ARGV: jti, user, ttl_ms, username, candidate epoch, maxlen, trim mode[, limit, window_ms].
+/// Returns {-1, 0} when the token is revoked, {-2, ms left in the window} when the budget is
+/// spent (nothing else is done), {0, 0} otherwise.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
-        if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+        if redis.call('EXISTS', KEYS[1]) == 1 then return {{-1, 0}} end
+        if KEYS[8] then
+            local count = redis.call('INCR', KEYS[8])
+            if count == 1 then redis.call('PEXPIRE', KEYS[8], ARGV[9]) end
+            local left = redis.call('PTTL', KEYS[8])
+            if left < 0 then
+                redis.call('PEXPIRE', KEYS[8], ARGV[9])
+                left = tonumber(ARGV[9])
+            end
+            if count > tonumber(ARGV[8]) then return {{-2, left}} end
+        end
         {NOW_LUA}
         local ttl = tonumber(ARGV[3])
         local previous = redis.call('ZSCORE', KEYS[3], ARGV[2])
@@ -41,9 +52,8 @@ static TOUCH: LazyLock<Script> = LazyLock::new(|| {
             redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
             append(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7], 'presence', '*',
                 cjson.encode({{user_id = ARGV[2], username = ARGV[4], online = true, at = now}}))
-            return 1
         end
-        return 0
+        return {{0, 0}}
         "
     ))
 });
@@ -119,6 +129,16 @@ static ONLINE_COUNT: LazyLock<Script> = LazyLock::new(|| {
 pub enum TouchOutcome {
     Revoked,
     Active,
+    /// Over the budget spent with the touch: retry after this many seconds.
+    Limited(u64),
+}
+
+/// A budget to spend with a touch: its name, how many a user may spend per window, the window.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend {
+    pub scope: &'static str,
+    pub limit: u32,
+    pub window: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +160,18 @@ impl Live {
         user: UserId,
         username: &str,
     ) -> redis::RedisResult<TouchOutcome> {
+        self.touch_spending(jti, user, username, None).await
+    }
+
+    /// [`Live::touch`], spending one unit of `spend` for `user` in the same round trip (a
+    /// fixed window counted in Redis, so the budget holds across instances).
+    pub async fn touch_spending(
+        &self,
+        jti: &str,
+        user: UserId,
+        username: &str,
+        spend: Option<Spend>,
+    ) -> redis::RedisResult<TouchOutcome> {
         let user = user.to_string();
         let mut conn = self.redis.clone();
         let mut touch = TOUCH.prepare_invoke();
@@ -152,11 +184,18 @@ impl Live {
             .arg(&user)
             .arg(self.ttl_ms())
             .arg(username);
-        let outcome: i64 = self.with_log(&mut touch).invoke_async(&mut conn).await?;
-        Ok(if outcome == -1 {
-            TouchOutcome::Revoked
-        } else {
-            TouchOutcome::Active
+        self.with_log(&mut touch);
+        if let Some(spend) = spend {
+            touch
+                .key(self.keys.rate_limit(spend.scope, &user))
+                .arg(spend.limit)
+                .arg(u64::try_from(spend.window.as_millis()).unwrap_or(u64::MAX));
+        }
+        let (outcome, retry_ms): (i64, u64) = touch.invoke_async(&mut conn).await?;
+        Ok(match outcome {
+            -1 => TouchOutcome::Revoked,
+            -2 => TouchOutcome::Limited(retry_ms.div_ceil(1000)),
+            _ => TouchOutcome::Active,
         })
     }
 

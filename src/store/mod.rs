@@ -93,16 +93,19 @@ impl Store {
                 .w_timeout(settings.mongodb_timeout)
                 .build()
         });
-        // Every command's round trip and outcome, for the metrics.
-        options.command_event_handler = Some(EventHandler::callback(|event| match event {
-            CommandEvent::Succeeded(done) => {
-                metrics::store_command(&done.command_name, done.duration, false);
-            }
-            CommandEvent::Failed(failed) => {
-                metrics::store_command(&failed.command_name, failed.duration, true);
-            }
-            _ => {}
-        }));
+        // Every command's round trip and outcome, for the metrics (the driver builds an event
+        // per command only when asked).
+        if settings.metrics_addr.is_some() {
+            options.command_event_handler = Some(EventHandler::callback(|event| match event {
+                CommandEvent::Succeeded(done) => {
+                    metrics::store_command(&done.command_name, done.duration, false);
+                }
+                CommandEvent::Failed(failed) => {
+                    metrics::store_command(&failed.command_name, failed.duration, true);
+                }
+                _ => {}
+            }));
+        }
         let client = Client::with_options(options).context("cannot create the MongoDB client")?;
         let db = client.database(&settings.mongodb_database);
         // The write-concern wait plus as long again for the connection.
