@@ -43,6 +43,27 @@ async fn a_message_whose_instance_was_killed_before_announcing_it_is_announced_a
     let messages = store
         .database()
         .collection::<mongodb::bson::Document>("messages");
+    // Alice's presence score is the time of her last authenticated request: it moves when
+    // the post's token is checked.
+    let online = format!("{}online", survivor.settings.redis_key_prefix);
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let seen = |conn: redis::aio::MultiplexedConnection| {
+        let (online, alice) = (online.clone(), alice.id.clone());
+        async move {
+            redis::cmd("ZSCORE")
+                .arg(online)
+                .arg(alice)
+                .query_async::<Option<f64>>(&mut conn.clone())
+                .await
+                .unwrap()
+                .unwrap_or(0.0)
+        }
+    };
+    let before = seen(conn.clone()).await;
     mongo.pause();
     let client = reqwest::Client::new();
     let post = tokio::spawn(
@@ -53,23 +74,9 @@ async fn a_message_whose_instance_was_killed_before_announcing_it_is_announced_a
             .send(),
     );
     // The post waits in the paused store once its token was checked; Redis stops next.
-    let online = format!("{}online", survivor.settings.redis_key_prefix);
-    let conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let checked = eventually(Duration::from_secs(10), || {
-        let (online, alice, mut conn) = (&online, &alice.id, conn.clone());
-        async move {
-            redis::cmd("ZSCORE")
-                .arg(online)
-                .arg(alice)
-                .query_async::<Option<f64>>(&mut conn)
-                .await
-                .unwrap()
-                .is_some()
-        }
+        let score = seen(conn.clone());
+        async move { score.await > before }
     })
     .await;
     assert!(checked, "the post's token was checked");
