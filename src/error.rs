@@ -21,6 +21,26 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The answer of a write over the caller's budget (`WRITE_RATE_LIMIT_PER_MINUTE`), documented
+/// once for every handler that takes a `Writer`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds",
+    headers(("Retry-After" = u64, description = "Seconds until the budget renews"))
+)]
+pub struct OverWriteBudget(pub ErrorBody);
+
+/// The answer of a read marker or typing signal over the caller's budget
+/// (`SIGNAL_RATE_LIMIT_PER_MINUTE`), for every handler that takes a `Signaller`.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Over the caller's budget of read markers and typing signals (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds",
+    headers(("Retry-After" = u64, description = "Seconds until the budget renews"))
+)]
+pub struct OverSignalBudget(pub ErrorBody);
+
 pub struct ApiError {
     status: StatusCode,
     code: &'static str,

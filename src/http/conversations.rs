@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{AuthUser, Signaller};
 use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::UserId;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, OverSignalBudget};
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::http::people::find_by_name;
 use crate::http::reading::{
@@ -80,8 +80,7 @@ async fn with_user(
         (status = 503, description = "Storage unavailable", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverSignalBudget,
     ))]
 pub async fn read_conversation(
     state: web::Data<AppState>,
@@ -104,8 +103,7 @@ pub async fn read_conversation(
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 422, description = "The caller themselves", body = ErrorBody),
         (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverSignalBudget,
     ))]
 pub async fn conversation_typing(
     state: web::Data<AppState>,

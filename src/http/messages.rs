@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::auth::{AuthUser, Writer};
 use crate::delivery::{Change, MessageResponse, PostError, Posted};
 use crate::domain::{Emoji, MessageBody, MessageId, RoomId, UserId};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, OverWriteBudget};
 use crate::http::people::find_by_name;
 use crate::state::AppState;
 use crate::store::{MessageRecord, NewMessage, Target};
@@ -51,8 +51,7 @@ pub struct CreateMessageRequest {
             example = json!({"error": "message_too_long", "message": "the message body must be at most 4000 characters"})),
         (status = 503, description = "Storage unavailable, or the write timed out with its outcome unknown: retry with the same Idempotency-Key to be safe", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn create_message(
     state: web::Data<AppState>,
@@ -233,8 +232,7 @@ pub struct EditMessageRequest {
         (status = 422, description = "Empty or too long body", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn edit_message(
     state: web::Data<AppState>,
@@ -279,8 +277,7 @@ pub async fn edit_message(
         (status = 403, description = "Not the sender", body = ErrorBody),
         (status = 404, description = "No such message, or not one the caller may see", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn delete_message(
     state: web::Data<AppState>,
@@ -329,8 +326,7 @@ pub async fn delete_message(
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Not exactly one emoji", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn add_reaction(
     state: web::Data<AppState>,
@@ -355,8 +351,7 @@ pub async fn add_reaction(
         (status = 409, description = "The message was deleted", body = ErrorBody),
         (status = 422, description = "Not exactly one emoji", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn remove_reaction(
     state: web::Data<AppState>,

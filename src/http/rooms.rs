@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::auth::{AuthUser, Signaller, Writer};
 use crate::delivery::Change;
 use crate::domain::{RoomId, RoomName};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, OverSignalBudget, OverWriteBudget};
 use crate::http::Query;
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::http::reading::{
@@ -93,8 +93,7 @@ async fn announce(state: &AppState, change: Option<MembershipChange>) {
         (status = 400, description = "Malformed JSON, path or query parameter", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn create_room(
     state: web::Data<AppState>,
@@ -212,8 +211,7 @@ async fn member_room(
         (status = 503, description = "Storage unavailable", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverSignalBudget,
     ))]
 pub async fn read_room(
     state: web::Data<AppState>,
@@ -237,8 +235,7 @@ pub async fn read_room(
         (status = 403, description = "Not a member of the room", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 503, description = "Redis or storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (SIGNAL_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverSignalBudget,
     ))]
 pub async fn room_typing(
     state: web::Data<AppState>,
@@ -259,8 +256,7 @@ pub async fn room_typing(
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn join_room(
     state: web::Data<AppState>,
@@ -289,8 +285,7 @@ pub async fn join_room(
         (status = 404, description = "No such room", body = ErrorBody),
         (status = 409, description = "The default room cannot be left", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
-        (status = 429, description = "Over the caller's budget of writes (WRITE_RATE_LIMIT_PER_MINUTE); retry after `Retry-After` seconds", body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds until the budget renews"))),
+        OverWriteBudget,
     ))]
 pub async fn leave_room(
     state: web::Data<AppState>,
