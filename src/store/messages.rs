@@ -9,13 +9,14 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId};
 use mongodb::error::{Error, ErrorKind};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::finish::Effects;
 use super::reads::Mention;
 use super::users::UserRecord;
 use super::{Store, bounded_until, ids};
+use super::{index, index_with};
 use crate::domain::{MessageBody, MessageId, RoomId, UserId, mentioned_names};
 
 /// Names in a body looked up as mentions at most.
@@ -257,43 +258,30 @@ fn idempotency_keys(db: &Database) -> Collection<IdempotencyRecord> {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
     messages(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "conversation": 1, "seq": -1 })
-                .options(named("conversation_history"))
-                .build(),
-        )
+        .create_index(index(
+            "conversation_history",
+            doc! { "conversation": 1, "seq": -1 },
+        ))
         .await?;
     // Statistics count the edges of a window from the messages themselves; the reconciler
     // counts and reads them by time to find batches nobody finished.
     messages(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at_ms": 1 })
-                .options(named("at_ms"))
-                .build(),
-        )
+        .create_index(index("at_ms", doc! { "at_ms": 1 }))
         .await?;
     // The reconciler reads edits and deletions by when they happened.
     messages(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "changed_at_ms": 1 })
-                .options(named("changed_at_ms"))
-                .build(),
-        )
+        .create_index(index("changed_at_ms", doc! { "changed_at_ms": 1 }))
         .await?;
-    let mut expiry = named("expire_after_a_day");
-    expiry.expire_after = Some(IDEMPOTENCY_WINDOW);
+    let a_day = IndexOptions::builder()
+        .expire_after(IDEMPOTENCY_WINDOW)
+        .build();
     idempotency_keys(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "created_at": 1 })
-                .options(expiry)
-                .build(),
-        )
+        .create_index(index_with(
+            "expire_after_a_day",
+            doc! { "created_at": 1 },
+            a_day,
+        ))
         .await?;
     Ok(())
 }

@@ -22,13 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mongodb::bson::{Bson, doc};
+use mongodb::bson::{Bson, Document, doc};
 use mongodb::event::{EventHandler, command::CommandEvent};
 use mongodb::options::{
-    Acknowledgment, ClientOptions, CollectionOptions, ReadConcern, ReadPreference,
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, ReadPreference,
     SelectionCriteria, WriteConcern,
 };
-use mongodb::{Client, Collection, Database};
+use mongodb::{Client, Collection, Database, IndexModel};
 
 pub use finish::{Effects, Finished, Lease, Source, Unfinished};
 pub use messages::{
@@ -250,6 +250,30 @@ pub(crate) fn timed_out(what: &str) -> mongodb::error::Error {
         format!("{what} took too long"),
     )
     .into()
+}
+
+/// The index `name` on `keys`, with `options` (their name is set here).
+pub(super) fn index_with(name: &str, keys: Document, mut options: IndexOptions) -> IndexModel {
+    options.name = Some(name.to_owned());
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// The plain index `name` on `keys`.
+pub(super) fn index(name: &str, keys: Document) -> IndexModel {
+    index_with(name, keys, IndexOptions::default())
+}
+
+/// Whether a conditional upsert changed a document: its filter names the document's id and
+/// the state it must not already be in, so a match is updated, no document is inserted, and a
+/// document already in that state makes the insert fail on its id, which is "no change".
+pub(super) fn changed(
+    result: mongodb::error::Result<mongodb::results::UpdateResult>,
+) -> mongodb::error::Result<bool> {
+    match result {
+        Ok(result) => Ok(result.modified_count > 0 || result.upserted_id.is_some()),
+        Err(err) if is_duplicate_key(&err) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// True when a write failed on a unique index.

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::{MessageRecord, Store, ids, is_duplicate_key};
+use super::{MessageRecord, Store, ids};
+use super::{changed, index};
 use crate::domain::UserId;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,22 +65,14 @@ fn reactions(db: &Database) -> Collection<ReactionRecord> {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
     reactions(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "conversation": 1, "seq": 1 })
-                .options(named("conversation_seq"))
-                .build(),
-        )
+        .create_index(index(
+            "conversation_seq",
+            doc! { "conversation": 1, "seq": 1 },
+        ))
         .await?;
     reactions(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at_ms": 1 })
-                .options(named("at_ms"))
-                .build(),
-        )
+        .create_index(index("at_ms", doc! { "at_ms": 1 }))
         .await?;
     Ok(())
 }
@@ -116,14 +108,10 @@ impl Store {
             doc! { "$set": bson::to_document(&record).map_err(mongodb::error::Error::custom)? };
         let collection = reactions(&self.db);
         let change = collection.update_one(filter, update).upsert(active);
-        match self.bounded("a reaction", change).await {
-            Ok(result) if result.modified_count + u64::from(result.upserted_id.is_some()) > 0 => {
-                Ok(Some(ReactionChange::from(record)))
-            }
-            Ok(_) => Ok(None),
-            Err(err) if is_duplicate_key(&err) => Ok(None),
-            Err(err) => Err(err),
+        if !changed(self.bounded("a reaction", change).await)? {
+            return Ok(None);
         }
+        Ok(Some(ReactionChange::from(record)))
     }
 
     /// The reaction change stored with `batch` at `at_ms`, if it is still the last one.

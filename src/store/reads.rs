@@ -5,11 +5,11 @@ use std::collections::HashMap;
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
-use super::{Store, ids, is_duplicate_key};
+use super::{Store, ids};
+use super::{changed, index};
 use crate::domain::UserId;
 
 /// Unread messages, and unread mentions, are counted up to this many (the page shows "99+"):
@@ -70,22 +70,14 @@ pub fn seq_before(at_ms: i64) -> String {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    let named = |name: &str| IndexOptions::builder().name(name.to_owned()).build();
     markers(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at_ms": 1 })
-                .options(named("at_ms"))
-                .build(),
-        )
+        .create_index(index("at_ms", doc! { "at_ms": 1 }))
         .await?;
     mentions(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "user": 1, "conversation": 1, "seq": 1 })
-                .options(named("unread_mentions"))
-                .build(),
-        )
+        .create_index(index(
+            "unread_mentions",
+            doc! { "user": 1, "conversation": 1, "seq": 1 },
+        ))
         .await?;
     Ok(())
 }
@@ -132,20 +124,16 @@ impl Store {
             doc! { "$set": bson::to_document(&record).map_err(mongodb::error::Error::custom)? };
         let collection = markers(&self.db);
         let moved = collection.update_one(filter, update).upsert(true);
-        match self.bounded("moving a read marker", moved).await {
-            Ok(result) if result.modified_count + u64::from(result.upserted_id.is_some()) > 0 => {
-                Ok(Some(ReadChange {
-                    user,
-                    conversation: record.conversation,
-                    seq: record.seq,
-                    batch: record.batch,
-                    at_ms,
-                }))
-            }
-            Ok(_) => Ok(None),
-            Err(err) if is_duplicate_key(&err) => Ok(None),
-            Err(err) => Err(err),
+        if !changed(self.bounded("moving a read marker", moved).await)? {
+            return Ok(None);
         }
+        Ok(Some(ReadChange {
+            user,
+            conversation: record.conversation,
+            seq: record.seq,
+            batch: record.batch,
+            at_ms,
+        }))
     }
 
     /// The marker change stored with `batch` at `at_ms`, if it is still the last one.

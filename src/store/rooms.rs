@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Document, doc, oid::ObjectId};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, ids, is_duplicate_key};
+use super::{changed, index, index_with};
 use crate::domain::{RoomId, RoomName, UserId};
 
 /// Rooms remembered by id per instance (see [`Store::find_room`]).
@@ -119,48 +120,24 @@ fn memberships(db: &Database) -> Collection<MembershipRecord> {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    let unique = |name: &str| {
-        IndexOptions::builder()
-            .unique(true)
-            .name(name.to_owned())
-            .build()
-    };
+    let unique = || IndexOptions::builder().unique(true).build();
     rooms(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "name_lower": 1 })
-                .options(unique("name_lower_unique"))
-                .build(),
-        )
+        .create_index(index_with(
+            "name_lower_unique",
+            doc! { "name_lower": 1 },
+            unique(),
+        ))
+        .await?;
+    let room_user = doc! { "room_id": 1, "user_id": 1 };
+    memberships(db)
+        .create_index(index_with("room_user_unique", room_user, unique()))
         .await?;
     memberships(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "room_id": 1, "user_id": 1 })
-                .options(unique("room_user_unique"))
-                .build(),
-        )
-        .await?;
-    memberships(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "user_id": 1, "room_id": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("user_rooms".to_owned())
-                        .build(),
-                )
-                .build(),
-        )
+        .create_index(index("user_rooms", doc! { "user_id": 1, "room_id": 1 }))
         .await?;
     // The reconciler counts and reads changes by time.
     memberships(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at_ms": 1 })
-                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
-                .build(),
-        )
+        .create_index(index("at_ms", doc! { "at_ms": 1 }))
         .await?;
     Ok(())
 }
@@ -322,14 +299,10 @@ impl Store {
             doc! { "$set": bson::to_document(&record).map_err(mongodb::error::Error::custom)? };
         let collection = memberships(&self.db);
         let change = collection.update_one(filter, update).upsert(member);
-        match self.bounded("a membership change", change).await {
-            Ok(result) if result.modified_count + u64::from(result.upserted_id.is_some()) > 0 => {
-                Ok(MembershipChange::from_record(record))
-            }
-            Ok(_) => Ok(None),
-            Err(err) if is_duplicate_key(&err) => Ok(None),
-            Err(err) => Err(err),
+        if !changed(self.bounded("a membership change", change).await)? {
+            return Ok(None);
         }
+        Ok(MembershipChange::from_record(record))
     }
 
     /// The membership change stored with `batch` at `at_ms`, if it is still the last one

@@ -17,11 +17,11 @@ use std::time::Instant;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use futures_util::TryStreamExt;
+use mongodb::Database;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::options::IndexOptions;
-use mongodb::{Database, IndexModel};
 use serde::Deserialize;
 
+use super::index;
 use super::settled;
 use super::{MessageRecord, Store};
 
@@ -176,23 +176,13 @@ const COLLECTIONS: [&str; 6] = [
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
     for collection in COLLECTIONS {
         db.collection::<Document>(collection)
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "key": 1 })
-                    .options(IndexOptions::builder().name("key".to_owned()).build())
-                    .build(),
-            )
+            .create_index(index("key", doc! { "key": 1 }))
             .await?;
     }
     // All-time rankings read the largest counts of a `key` range first (`ranking_candidates`).
     for collection in ["activity_all_time", "pairs_all_time"] {
         db.collection::<Document>(collection)
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "n": -1, "key": 1 })
-                    .options(IndexOptions::builder().name("rank".to_owned()).build())
-                    .build(),
-            )
+            .create_index(index("rank", doc! { "n": -1, "key": 1 }))
             .await?;
     }
     Ok(())

@@ -2,7 +2,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, doc, oid::ObjectId};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, is_duplicate_key};
@@ -39,15 +39,12 @@ pub struct NewUser<'a> {
 }
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
-    let index = IndexModel::builder()
-        .keys(doc! { "username_lower": 1 })
-        .options(
-            IndexOptions::builder()
-                .unique(true)
-                .name("username_lower_unique".to_owned())
-                .build(),
-        )
-        .build();
+    let unique = IndexOptions::builder().unique(true).build();
+    let index = super::index_with(
+        "username_lower_unique",
+        doc! { "username_lower": 1 },
+        unique,
+    );
     users(db).create_index(index).await.map(|_| ())
 }
 
