@@ -10,12 +10,13 @@ use std::collections::HashSet;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
-use mongodb::{Collection, Database, IndexModel};
+use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::reads::{Mention, mentions};
 use super::stats::Increments;
 use super::{Store, is_duplicate_key};
+use super::{index, index_with};
 
 /// A finished batch, to record.
 pub struct Finished {
@@ -105,25 +106,13 @@ fn reconciler(db: &Database) -> Collection<Document> {
 
 pub(super) async fn ensure_indexes(db: &Database) -> mongodb::error::Result<()> {
     records(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at_ms": 1 })
-                .options(IndexOptions::builder().name("at_ms".to_owned()).build())
-                .build(),
-        )
+        .create_index(index("at_ms", doc! { "at_ms": 1 }))
         .await?;
+    let a_week = IndexOptions::builder()
+        .expire_after(std::time::Duration::from_secs(7 * 24 * 3600))
+        .build();
     records(db)
-        .create_index(
-            IndexModel::builder()
-                .keys(doc! { "at": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .name("expire_after_a_week".to_owned())
-                        .expire_after(std::time::Duration::from_secs(7 * 24 * 3600))
-                        .build(),
-                )
-                .build(),
-        )
+        .create_index(index_with("expire_after_a_week", doc! { "at": 1 }, a_week))
         .await?;
     Ok(())
 }
@@ -308,10 +297,11 @@ impl Store {
     }
 
     /// The batches stored in `[from_ms, to_ms)` that have no finish record, oldest first.
-    /// Messages are never updated: when the window holds as many as its finish records
-    /// account for, none is unfinished, and two counts are all it reads. Membership changes
-    /// are state (a later change overwrites the document and its batch), so those of the
-    /// window are always read; they are few.
+    /// Posted messages are never taken back from a window: when it holds as many as the
+    /// finish records of message batches account for, none is unfinished, and two counts are
+    /// all it reads. Changes (memberships, read markers, reactions, edits and deletions) are
+    /// state that a later change overwrites with its own batch, so those of the window are
+    /// always read, each from an index on its time.
     pub async fn unfinished(
         &self,
         from_ms: i64,
@@ -319,8 +309,14 @@ impl Store {
     ) -> mongodb::error::Result<Vec<Unfinished>> {
         let window = doc! { "at_ms": { "$gte": from_ms, "$lt": to_ms } };
         let stored = self.count_in("messages", &window).await?;
+        // Only the records of message batches (records of changes share the window).
+        let changes = Source::STATE
+            .iter()
+            .map(|(source, ..)| mongodb::bson::to_bson(source))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(mongodb::error::Error::custom)?;
         let mut of_messages = window.clone();
-        of_messages.insert("source", doc! { "$ne": "membership" });
+        of_messages.insert("source", doc! { "$nin": changes });
         let sum = vec![
             doc! { "$match": of_messages },
             doc! { "$group": { "_id": null, "events": { "$sum": "$events" } } },

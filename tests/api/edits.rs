@@ -447,3 +447,43 @@ async fn changes_nobody_announced_are_announced_by_the_reconciler() {
         ("message", json!("sentinel"))
     );
 }
+
+/// A post stored and never announced, next to a change that was finished at once (a
+/// reaction, with its finish record): the reconciler tells the two apart and announces the
+/// post, so a window whose message count matches its records by coincidence hides nothing.
+#[tokio::test]
+async fn a_finished_reaction_does_not_hide_an_unannounced_post_of_the_same_moment() {
+    let app = crate::helpers::spawn_app_with(&[("MONGODB_TIMEOUT_MS", "500".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let general = app.general(&alice.token).await;
+    let message = app.post_to_room(&alice.token, &general, "react here").await;
+    let mut bobs = app.ready_events(&bob.token).await;
+    let store = chat_server::store::Store::connect(&app.settings)
+        .await
+        .unwrap();
+    let new = chat_server::store::NewMessage {
+        sender: chat_server::domain::UserId::parse(&alice.id).unwrap(),
+        sender_name: alice.username.clone(),
+        target: chat_server::store::Target::Room(
+            chat_server::domain::RoomId::parse(&general).unwrap(),
+        ),
+        body: chat_server::domain::MessageBody::parse("never announced").unwrap(),
+        idempotency_key: None,
+        mentions: Vec::new(),
+    };
+    crate::messages::stored_unannounced(&store, new).await;
+    let res = app.react(&bob.token, &id(&message), "👍", true).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    let mut seen = Vec::new();
+    while !seen.contains(&"never announced".to_owned()) {
+        let event = bobs
+            .next_within(std::time::Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("the stored post was never announced; saw {seen:?}"));
+        if event.event == "message" {
+            seen.push(event.json()["body"].as_str().unwrap().to_owned());
+        }
+    }
+}
