@@ -216,12 +216,16 @@ impl Delivery {
         response
     }
 
-    /// Announces a stored change (a batch of its own), in order with the posts.
-    pub async fn announce(&self, change: Change) -> Option<EventId> {
+    /// Announces a stored change (a batch of its own), in order with the posts. Waits for the
+    /// first attempt to append it, so that what the caller does next comes after it in the
+    /// log (a join before the posts that follow it); if Redis refuses that attempt, it returns
+    /// then, and the change is appended by a later attempt or by the reconciler.
+    pub async fn announce(&self, change: Change) {
         let (done, answer) = oneshot::channel();
         let job = pipeline::AppendJob::change(&change, done);
-        self.appends.send(job).await.ok()?;
-        answer.await.ok().flatten()
+        if self.appends.send(job).await.is_ok() {
+            let _ = answer.await;
+        }
     }
 
     /// Records what this instance appended as finished (counting it): the last step of a

@@ -138,7 +138,7 @@ pub(crate) async fn mark_read(
         .mark_read(user.user_id, &conversation.key, &message.seq)
         .await?;
     if let Some(change) = moved {
-        // Stored: the answer does not wait on Redis (the reconciler announces it otherwise).
+        // Stored: if Redis refuses it, it is announced later (see `Delivery::announce`).
         state.delivery.announce(Change::Read(change)).await;
     }
     let mut states = read_states(state, user, std::slice::from_ref(&conversation)).await?;

@@ -72,8 +72,8 @@ async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> 
         .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))
 }
 
-/// Announces a stored membership change; the membership itself is already in place, so the
-/// answer does not wait on Redis (a change not announced here is announced by the reconciler).
+/// Announces a stored membership change (see `Delivery::announce`: a change Redis refuses is
+/// announced later, by a retry or the reconciler).
 async fn announce(state: &AppState, change: Option<MembershipChange>) {
     if let Some(change) = change {
         state.delivery.announce(Change::Membership(change)).await;

@@ -16,6 +16,7 @@ use redis::Script;
 
 use super::Live;
 use super::events::APPEND_LUA;
+use super::rate_limit::HIT_LUA;
 use crate::domain::UserId;
 
 const NOW_LUA: &str = r"
@@ -30,15 +31,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r"{APPEND_LUA}
+        {HIT_LUA}
         if redis.call('EXISTS', KEYS[1]) == 1 then return {{-1, 0}} end
         if KEYS[8] then
-            local count = redis.call('INCR', KEYS[8])
-            if count == 1 then redis.call('PEXPIRE', KEYS[8], ARGV[9]) end
-            local left = redis.call('PTTL', KEYS[8])
-            if left < 0 then
-                redis.call('PEXPIRE', KEYS[8], ARGV[9])
-                left = tonumber(ARGV[9])
-            end
+            local count, left = hit(KEYS[8], ARGV[9])
             if count > tonumber(ARGV[8]) then return {{-2, left}} end
         end
         {NOW_LUA}

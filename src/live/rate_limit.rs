@@ -7,20 +7,29 @@ use redis::Script;
 
 use super::Live;
 
+/// A Lua function for scripts: counts one hit of `key` in its fixed window of `window_ms` and
+/// returns the count and the milliseconds left in the window.
+pub(super) const HIT_LUA: &str = r"
+local function hit(key, window_ms)
+    local count = redis.call('INCR', key)
+    if count == 1 then redis.call('PEXPIRE', key, window_ms) end
+    local left = redis.call('PTTL', key)
+    if left < 0 then
+        redis.call('PEXPIRE', key, window_ms)
+        left = tonumber(window_ms)
+    end
+    return count, left
+end
+";
+
 /// KEYS: counter. ARGV: window_ms. Returns [count, ms until the window resets].
 static HIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local count = redis.call('INCR', KEYS[1])
-        if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-        local ttl = redis.call('PTTL', KEYS[1])
-        if ttl < 0 then
-            redis.call('PEXPIRE', KEYS[1], ARGV[1])
-            ttl = tonumber(ARGV[1])
-        end
-        return {count, ttl}
-        ",
-    )
+    Script::new(&format!(
+        r"{HIT_LUA}
+        local count, left = hit(KEYS[1], ARGV[1])
+        return {{count, left}}
+        "
+    ))
 });
 
 impl Live {
