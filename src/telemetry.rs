@@ -18,7 +18,8 @@ pub fn init(format: LogFormat) {
 
 /// The service's metrics, in the Prometheus text format at `GET /metrics` on `METRICS_ADDR`.
 /// Every series is named here, once; the code that does the work calls these functions.
-/// Without `METRICS_ADDR` no recorder is installed and every call here costs nothing.
+/// Without `METRICS_ADDR` no recorder is installed, and the calls that would build labels or
+/// read clocks return at once.
 pub mod metrics {
     use std::sync::OnceLock;
     use std::time::Duration;
@@ -119,11 +120,20 @@ pub mod metrics {
         describe_counter!(RATE_LIMITED, "Requests refused with 429, by budget.");
     }
 
+    /// Whether a recorder is installed: without one, callers skip what only the metrics need
+    /// (labels, clocks).
+    pub fn enabled() -> bool {
+        HANDLE.get().is_some_and(Option::is_some)
+    }
+
     fn outcome(failed: bool) -> &'static str {
         if failed { "error" } else { "ok" }
     }
 
     pub fn http_request(method: &str, route: &str, status: u16, elapsed: Duration) {
+        if !enabled() {
+            return;
+        }
         let labels = [
             ("method", method.to_owned()),
             ("route", route.to_owned()),
@@ -149,11 +159,18 @@ pub mod metrics {
         }
     }
 
-    /// An event written to a stream; `lag` for a live one (not for a replay).
-    pub fn event_sent(kind: &'static str, lag: Option<Duration>) {
+    /// An event written to a stream; `appended_ms` (when Redis appended it, from its id) for
+    /// a live one, not for a replay.
+    pub fn event_sent(kind: &'static str, appended_ms: Option<u64>) {
+        if !enabled() {
+            return;
+        }
         counter!(SSE_EVENTS, "type" => kind).increment(1);
-        if let Some(lag) = lag {
-            histogram!(DELIVERY_LAG).record(lag);
+        if let Some(appended_ms) = appended_ms {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            histogram!(DELIVERY_LAG).record(now.saturating_sub(Duration::from_millis(appended_ms)));
         }
     }
 
@@ -170,6 +187,9 @@ pub mod metrics {
     }
 
     pub fn store_command(command: &str, elapsed: Duration, failed: bool) {
+        if !enabled() {
+            return;
+        }
         let command = command.to_owned();
         counter!(STORE_COMMANDS, "command" => command.clone(), "outcome" => outcome(failed))
             .increment(1);

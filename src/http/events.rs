@@ -317,7 +317,7 @@ impl Pump {
                 self.floor = None;
                 match self.subscription.admit(event) {
                     Admission::Send => {
-                        metrics::event_sent(event.kind.as_str(), Some(event.id.age()));
+                        metrics::event_sent(event.kind.as_str(), Some(event.id.ms));
                         Step::Frame(event.frame.clone())
                     }
                     Admission::Skip => Step::Skip,

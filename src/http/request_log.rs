@@ -18,9 +18,12 @@ pub async fn log_request(
     let method = req.method().clone();
     let path = req.path().to_owned();
     // Unmatched paths are one series, not one per path a scanner tries.
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = if metrics::enabled() {
+        req.match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned())
+    } else {
+        String::new()
+    };
     let result = next.call(req).await;
     match &result {
         Ok(res) => logged(

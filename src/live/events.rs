@@ -106,15 +106,6 @@ pub struct EventId {
 }
 
 impl EventId {
-    /// How long ago Redis appended this event (by its clock, which gives the id's
-    /// milliseconds, against this instance's).
-    pub fn age(&self) -> std::time::Duration {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        now.saturating_sub(std::time::Duration::from_millis(self.ms))
-    }
-
     pub fn new(epoch: &str, stream_id: &str) -> Option<Self> {
         let (ms, seq) = stream_id.split_once('-')?;
         Some(Self {
