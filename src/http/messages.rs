@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{AuthUser, Writer};
 use crate::delivery::{Change, MessageResponse, PostError, Posted};
-use crate::domain::{Emoji, MessageBody, MessageId, RoomId, UserId};
+use crate::domain::{Emoji, MessageBody, MessageId, RoomId};
 use crate::error::{ApiError, ErrorBody, OverWriteBudget};
 use crate::http::people::find_by_name;
 use crate::state::AppState;
@@ -181,24 +181,20 @@ async fn visible_message(
     }
 }
 
-/// A message the caller sent and may still see, not deleted: what an edit or a reaction
-/// needs (`own` for an edit).
-async fn changeable_message(
+/// A message the caller sent and may still see (deleted or not): what an edit or a deletion
+/// needs; 403 for anyone else's.
+async fn own_message(
     state: &AppState,
     user: &AuthUser,
     raw: &str,
-    own: bool,
 ) -> Result<MessageRecord, ApiError> {
     let message = visible_message(state, user, raw).await?;
-    if own && message.sender_id != user.user_id.to_string() {
+    if message.sender_id != user.user_id.to_string() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "not_the_sender",
             "only its sender may change a message",
         ));
-    }
-    if message.deleted_at_ms.is_some() {
-        return Err(deleted());
     }
     Ok(message)
 }
@@ -241,15 +237,13 @@ pub async fn edit_message(
     body: web::Json<EditMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = MessageBody::parse(&body.body)?;
-    let message = changeable_message(&state, &user, &path, true).await?;
-    let target = match (&message.room_id, &message.recipient_id) {
-        (Some(room), _) => Target::Room(RoomId::parse(room)?),
-        (None, Some(to)) => Target::Direct {
-            user: UserId::parse(to)?,
-            username: message.recipient_name.clone().unwrap_or_default(),
-        },
-        (None, None) => return Err(deleted()),
-    };
+    let message = own_message(&state, &user, &path).await?;
+    if message.deleted_at_ms.is_some() {
+        return Err(deleted());
+    }
+    let target = message.target().ok_or_else(|| {
+        ApiError::internal(anyhow::anyhow!("message {} names no audience", message.seq))
+    })?;
     let mentions = state.store.mentions(&body, user.user_id, &target).await?;
     let edited = state
         .store
@@ -284,13 +278,10 @@ pub async fn delete_message(
     user: Writer,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let message = match changeable_message(&state, &user, &path, true).await {
-        Err(err) if err.code() == "message_deleted" => {
-            let message = visible_message(&state, &user, &path).await?;
-            return Ok(HttpResponse::Ok().json(MessageResponse::from(&message)));
-        }
-        other => other?,
-    };
+    let message = own_message(&state, &user, &path).await?;
+    if message.deleted_at_ms.is_some() {
+        return Ok(HttpResponse::Ok().json(MessageResponse::from(&message)));
+    }
     let deleted = state
         .store
         .delete_message(message.message_id(), user.user_id)
@@ -304,8 +295,11 @@ pub async fn delete_message(
                 .await;
             response
         }
-        // Deleted at the same moment by another request of the sender.
-        None => MessageResponse::from(&visible_message(&state, &user, &path).await?),
+        // Deleted at the same moment by another request of the sender: its tombstone.
+        None => {
+            let tombstone = state.store.find_message(message.message_id()).await?;
+            MessageResponse::from(&tombstone.unwrap_or(message))
+        }
     };
     Ok(HttpResponse::Ok().json(tombstone))
 }
@@ -368,7 +362,10 @@ async fn react(
     active: bool,
 ) -> Result<HttpResponse, ApiError> {
     let emoji = Emoji::parse(emoji)?;
-    let message = changeable_message(state, user, message_id, false).await?;
+    let message = visible_message(state, user, message_id).await?;
+    if message.deleted_at_ms.is_some() {
+        return Err(deleted());
+    }
     let change = state
         .store
         .set_reaction(

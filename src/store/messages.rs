@@ -111,6 +111,18 @@ impl MessageRecord {
         MessageId::from(self.id)
     }
 
+    /// Who the message was posted to (`None` for a document that names no audience).
+    pub fn target(&self) -> Option<Target> {
+        match (&self.room_id, &self.recipient_id) {
+            (Some(room), _) => RoomId::parse(room).ok().map(Target::Room),
+            (None, Some(to)) => Some(Target::Direct {
+                user: UserId::parse(to).ok()?,
+                username: self.recipient_name.clone().unwrap_or_default(),
+            }),
+            (None, None) => None,
+        }
+    }
+
     pub fn created_at(&self) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(self.created_at.timestamp_millis()).unwrap_or_default()
     }
