@@ -62,7 +62,7 @@ pub struct CreateRoomRequest {
     pub name: String,
 }
 
-/// The `room_member` event: someone joined or left a room.
+/// Parses a room id from a path: malformed is a 400, unknown a 404.
 async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> {
     let id = RoomId::parse(raw).map_err(|e| ApiError::bad_request(e.code, e.message))?;
     state
@@ -80,6 +80,7 @@ async fn announce(state: &AppState, change: Option<MembershipChange>) {
     }
 }
 
+/// Create a room; the caller becomes its first member.
 #[utoipa::path(post, path = "/rooms", tag = "rooms",
     security(("bearer_auth" = [])),
     request_body = CreateRoomRequest,

@@ -1,5 +1,6 @@
-//! Finish records: a batch (the messages of one group commit, or one membership change) is
-//! finished once its events are in the log and its messages are counted. Its record is
+//! Finish records: a batch (the messages of one group commit, or one change: a membership, a
+//! read marker, a reaction, an edit or a deletion) is finished once its events are in the log
+//! and its messages are counted. Its record is
 //! inserted in the same transaction as its counts, and its unique `_id` (the batch id) is what
 //! makes counting exactly once: a second finisher's transaction fails on it and applies
 //! nothing. The reconciler walks stored batches in time and finishes those without a record;

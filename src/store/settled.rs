@@ -1,9 +1,9 @@
 //! Per-instance memory of what was read from settled time ranges: counter sums, and the
 //! messages of whole hours (for the raw edges of windows).
 //!
-//! A message is timestamped by the instance that stores it and counted in the same group
-//! commit (or, when its insert's outcome was unknown, once it is found stored, within 80 s),
-//! so an hourly or daily bucket stops changing shortly after it ends (instances are
+//! A message is timestamped by the instance that stores it and counted when its batch is
+//! finished: by that instance once its events are appended, or by the reconciler within
+//! `2 × MONGODB_TIMEOUT_MS + 2 s` and a pass (longer only while Redis refuses appends), so an hourly or daily bucket stops changing shortly after it ends (instances are
 //! expected to keep their clocks within seconds of each other, as NTP does). Sums over buckets that
 //! ended more than [`SETTLE`] ago are kept here and reused by every request whose window covers
 //! the same range: a sliding 7-day window then reads only the current hour from MongoDB.
