@@ -262,29 +262,30 @@ async fn markers_are_checked() {
             "message_not_found"
         );
     }
-    let res = app.mark_read(&alice.token, &room_path, "nope").await;
-    assert_eq!(
-        error_code(res, StatusCode::BAD_REQUEST).await,
-        "invalid_message_id"
-    );
-    let res = app
-        .mark_read(&alice.token, "/rooms/nope", &id(&in_room))
-        .await;
-    assert_eq!(
-        error_code(res, StatusCode::BAD_REQUEST).await,
-        "invalid_room_id"
-    );
-    let res = app
-        .mark_read(
-            &alice.token,
+    let in_room_id = id(&in_room);
+    for (path, message, status, code) in [
+        (
+            room_path.as_str(),
+            "nope",
+            StatusCode::BAD_REQUEST,
+            "invalid_message_id",
+        ),
+        (
+            "/rooms/nope",
+            &in_room_id,
+            StatusCode::BAD_REQUEST,
+            "invalid_room_id",
+        ),
+        (
             "/rooms/665f1c2e9b1e8a00123456aa",
-            &id(&in_room),
-        )
-        .await;
-    assert_eq!(
-        error_code(res, StatusCode::NOT_FOUND).await,
-        "room_not_found"
-    );
+            &in_room_id,
+            StatusCode::NOT_FOUND,
+            "room_not_found",
+        ),
+    ] {
+        let res = app.mark_read(&alice.token, path, message).await;
+        assert_eq!(error_code(res, status).await, code, "{path} {message}");
+    }
     let res = app
         .post(&format!("{room_path}/read"))
         .bearer_auth(&alice.token)
@@ -313,39 +314,31 @@ async fn markers_are_checked() {
 
     // Direct conversations: someone else's message, nobody, oneself.
     let carol = app.signup("carol").await;
-    let res = app
-        .mark_read(
+    let nobody = unique("nobody");
+    for (token, with, status, code) in [
+        (
             &carol.token,
-            &format!("/conversations/{}", alice.username),
-            &id(&direct),
-        )
-        .await;
-    assert_eq!(
-        error_code(res, StatusCode::NOT_FOUND).await,
-        "message_not_found"
-    );
-    let res = app
-        .mark_read(
+            &alice.username,
+            StatusCode::NOT_FOUND,
+            "message_not_found",
+        ),
+        (
             &alice.token,
-            &format!("/conversations/{}", unique("nobody")),
-            &id(&direct),
-        )
-        .await;
-    assert_eq!(
-        error_code(res, StatusCode::NOT_FOUND).await,
-        "user_not_found"
-    );
-    let res = app
-        .mark_read(
+            &nobody,
+            StatusCode::NOT_FOUND,
+            "user_not_found",
+        ),
+        (
             &alice.token,
-            &format!("/conversations/{}", alice.username),
-            &id(&direct),
-        )
-        .await;
-    assert_eq!(
-        error_code(res, StatusCode::UNPROCESSABLE_ENTITY).await,
-        "cannot_message_self"
-    );
+            &alice.username,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cannot_message_self",
+        ),
+    ] {
+        let path = format!("/conversations/{with}");
+        let res = app.mark_read(token, &path, &id(&direct)).await;
+        assert_eq!(error_code(res, status).await, code, "{path}");
+    }
 }
 
 /// `@name` is a mention of an existing user who reads the conversation, in any case, and not
