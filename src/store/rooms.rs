@@ -191,11 +191,36 @@ impl Store {
             created_at: bson::DateTime::now(),
             is_default: false,
         };
-        match rooms(&self.db).insert_one(&room).await {
-            Ok(_) => {}
-            Err(err) if is_duplicate_key(&err) => return Err(CreateRoomError::NameTaken),
+        let room = match self
+            .bounded("creating a room", rooms(&self.db).insert_one(&room))
+            .await
+        {
+            Ok(_) => room,
+            Err(err) if is_duplicate_key(&err) => {
+                // A retry of a creation whose membership was not written (its request failed
+                // between the two writes) finishes it; any other is a name taken.
+                let all = rooms(&self.db);
+                let taken = all.find_one(doc! { "name_lower": { "$eq": &room.name_lower } });
+                let mine = match self.bounded("reading a room", taken).await? {
+                    Some(taken) if taken.created_by == room.created_by => taken,
+                    _ => return Err(CreateRoomError::NameTaken),
+                };
+                let members = memberships(&self.db);
+                let ever_member = members.find_one(doc! {
+                    "room_id": { "$eq": mine.room_id().to_string() },
+                    "user_id": { "$eq": creator.to_string() },
+                });
+                if self
+                    .bounded("reading a membership", ever_member)
+                    .await?
+                    .is_some()
+                {
+                    return Err(CreateRoomError::NameTaken);
+                }
+                mine
+            }
             Err(err) => return Err(err.into()),
-        }
+        };
         let joined = self.set_member(&room, creator, creator_name, true).await?;
         Ok((room, joined))
     }

@@ -145,3 +145,42 @@ async fn bad_room_names_and_ids_are_rejected() {
         "missing_token"
     );
 }
+
+/// A creation whose request failed between writing the room and its creator's membership is
+/// finished by its retry (201, a member); the same name from anyone else, or from a creator
+/// who has since left, is still taken.
+#[tokio::test]
+async fn a_retried_creation_finishes_a_room_left_without_its_creator() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let name = unique("half");
+    let store = chat_server::store::Store::connect(&app.settings)
+        .await
+        .unwrap();
+    store
+        .database()
+        .collection::<mongodb::bson::Document>("rooms")
+        .insert_one(mongodb::bson::doc! {
+            "name": &name, "name_lower": name.to_lowercase(), "created_by": &alice.id,
+            "created_at": mongodb::bson::DateTime::now(), "is_default": false,
+        })
+        .await
+        .unwrap();
+    let create = |token: String| {
+        app.post("/rooms")
+            .bearer_auth(token)
+            .json(&json!({ "name": name }))
+            .send()
+    };
+    let res = create(bob.token.clone()).await.unwrap();
+    assert_eq!(error_code(res, StatusCode::CONFLICT).await, "room_name_taken");
+    let res = create(alice.token.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let room: Value = res.json().await.unwrap();
+    let room = room["id"].as_str().unwrap().to_owned();
+    app.post_to_room(&alice.token, &room, "a member now").await;
+    assert!(app.leave_room(&alice.token, &room).await.status().is_success());
+    let res = create(alice.token.clone()).await.unwrap();
+    assert_eq!(error_code(res, StatusCode::CONFLICT).await, "room_name_taken");
+}
