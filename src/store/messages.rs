@@ -621,15 +621,15 @@ impl Store {
         room: RoomId,
         body: &MessageBody,
     ) -> mongodb::error::Result<Option<MessageRecord>> {
-        let claim = idempotency_keys(&self.db)
-            .find_one(doc! { "_id": format!("{sender}:{key}") })
-            .await?;
+        let keys = idempotency_keys(&self.db);
+        let find = keys.find_one(doc! { "_id": format!("{sender}:{key}") });
+        let claim = self.bounded("reading an idempotency key", find).await?;
         let Some(claim) = claim.filter(|claim| !expired(claim)) else {
             return Ok(None);
         };
-        let stored = messages(&self.db)
-            .find_one(doc! { "_id": claim.message_id })
-            .await?;
+        let messages = messages(&self.db);
+        let find = messages.find_one(doc! { "_id": claim.message_id });
+        let stored = self.bounded("reading a message", find).await?;
         Ok(stored.filter(|message| {
             message.sender_id == sender.to_string()
                 && message.conversation == room_conversation(room)
@@ -650,13 +650,16 @@ impl Store {
             }
             None => doc! { "conversation": { "$eq": conversation } },
         };
-        messages(&self.db)
-            .find(filter)
-            .sort(doc! { "seq": -1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await
+        let messages = messages(&self.db);
+        let page = async {
+            let found = messages
+                .find(filter)
+                .sort(doc! { "seq": -1 })
+                .limit(limit)
+                .await?;
+            found.try_collect().await
+        };
+        self.bounded("reading history", page).await
     }
 }
 

@@ -227,13 +227,16 @@ impl Store {
 
     /// All rooms, by name, at most `limit`.
     pub async fn list_rooms(&self, limit: i64) -> mongodb::error::Result<Vec<RoomRecord>> {
-        rooms(&self.db)
-            .find(doc! {})
-            .sort(doc! { "name_lower": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await
+        let rooms = rooms(&self.db);
+        let list = async {
+            let found = rooms
+                .find(doc! {})
+                .sort(doc! { "name_lower": 1 })
+                .limit(limit)
+                .await?;
+            found.try_collect().await
+        };
+        self.bounded("listing rooms", list).await
     }
 
     /// A room by id. Rooms are never renamed or deleted, so a found room is remembered and
@@ -242,9 +245,9 @@ impl Store {
         if let Some(room) = self.known_rooms.get(&id) {
             return Ok(Some(room));
         }
-        let found = rooms(&self.db)
-            .find_one(doc! { "_id": id.object_id() })
-            .await?;
+        let rooms = rooms(&self.db);
+        let find = rooms.find_one(doc! { "_id": id.object_id() });
+        let found = self.bounded("reading a room", find).await?;
         if let Some(room) = &found {
             self.known_rooms.insert(id, room.clone());
         }
@@ -265,7 +268,9 @@ impl Store {
         }
         let mut filter = doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$eq": user.to_string() } };
         filter.extend(members());
-        Ok(memberships(&self.db).find_one(filter).await?.is_some())
+        let memberships = memberships(&self.db);
+        let find = memberships.find_one(filter);
+        Ok(self.bounded("reading a membership", find).await?.is_some())
     }
 
     /// The users among `users` who are members of `room`.
@@ -281,11 +286,9 @@ impl Store {
         let mut filter =
             doc! { "room_id": { "$eq": room.room_id().to_string() }, "user_id": { "$in": ids } };
         filter.extend(members());
-        let found: Vec<MembershipRecord> = memberships(&self.db)
-            .find(filter)
-            .await?
-            .try_collect()
-            .await?;
+        let memberships = memberships(&self.db);
+        let find = async { memberships.find(filter).await?.try_collect().await };
+        let found: Vec<MembershipRecord> = self.bounded("reading memberships", find).await?;
         Ok(users
             .iter()
             .filter(|u| found.iter().any(|m| m.user_id == u.to_string()))

@@ -80,15 +80,15 @@ impl Store {
         &self,
         username: &Username,
     ) -> mongodb::error::Result<Option<UserRecord>> {
-        users(&self.db)
-            .find_one(doc! { "username_lower": { "$eq": username.normalized() } })
-            .await
+        let users = users(&self.db);
+        let find = users.find_one(doc! { "username_lower": { "$eq": username.normalized() } });
+        self.bounded("reading a user", find).await
     }
 
     pub async fn find_user_by_id(&self, id: UserId) -> mongodb::error::Result<Option<UserRecord>> {
-        users(&self.db)
-            .find_one(doc! { "_id": id.object_id() })
-            .await
+        let users = users(&self.db);
+        let find = users.find_one(doc! { "_id": id.object_id() });
+        self.bounded("reading a user", find).await
     }
 
     /// The users among `ids` that exist, in no particular order.
@@ -100,11 +100,15 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids: Vec<ObjectId> = ids.iter().map(UserId::object_id).collect();
-        users(&self.db)
-            .find(doc! { "_id": { "$in": ids } })
-            .await?
-            .try_collect()
-            .await
+        let users = users(&self.db);
+        let find = async {
+            users
+                .find(doc! { "_id": { "$in": ids } })
+                .await?
+                .try_collect()
+                .await
+        };
+        self.bounded("reading users", find).await
     }
 
     /// The users with these (lowercased) names that exist, in no particular order.
@@ -115,10 +119,13 @@ impl Store {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        users(&self.db)
-            .find(doc! { "username_lower": { "$in": names } })
-            .await?
-            .try_collect()
-            .await
+        let users = users(&self.db);
+        let find = async {
+            let found = users
+                .find(doc! { "username_lower": { "$in": names } })
+                .await?;
+            found.try_collect().await
+        };
+        self.bounded("reading users", find).await
     }
 }
