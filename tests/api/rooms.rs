@@ -174,13 +174,24 @@ async fn a_retried_creation_finishes_a_room_left_without_its_creator() {
             .send()
     };
     let res = create(bob.token.clone()).await.unwrap();
-    assert_eq!(error_code(res, StatusCode::CONFLICT).await, "room_name_taken");
+    assert_eq!(
+        error_code(res, StatusCode::CONFLICT).await,
+        "room_name_taken"
+    );
     let res = create(alice.token.clone()).await.unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     let room: Value = res.json().await.unwrap();
     let room = room["id"].as_str().unwrap().to_owned();
     app.post_to_room(&alice.token, &room, "a member now").await;
-    assert!(app.leave_room(&alice.token, &room).await.status().is_success());
+    assert!(
+        app.leave_room(&alice.token, &room)
+            .await
+            .status()
+            .is_success()
+    );
     let res = create(alice.token.clone()).await.unwrap();
-    assert_eq!(error_code(res, StatusCode::CONFLICT).await, "room_name_taken");
+    assert_eq!(
+        error_code(res, StatusCode::CONFLICT).await,
+        "room_name_taken"
+    );
 }
