@@ -312,7 +312,7 @@ async fn main() -> anyhow::Result<()> {
                             username: name.clone(),
                         }];
                         mentions.push(doc! {
-                            "_id": format!("{id}|{}", record.seq), "user": id,
+                            "_id": chat_server::store::mention_id(id, &record.seq), "user": id,
                             "message": &record.seq, "conversation": &record.conversation,
                             "seq": &record.seq,
                         });

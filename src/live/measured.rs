@@ -1,5 +1,5 @@
 //! The Redis connection every command goes through, timing each one and counting its
-//! outcome for the metrics.
+//! outcome for the metrics (only when a recorder is installed).
 
 use std::time::Instant;
 
@@ -48,6 +48,10 @@ fn failed<T>(result: &RedisResult<T>) -> bool {
 
 impl ConnectionLike for Measured {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        // Without a recorder, the manager's own future, not a wrapper around it.
+        if !metrics::enabled() {
+            return self.0.req_packed_command(cmd);
+        }
         Box::pin(async move {
             let started = Instant::now();
             let result = self.0.req_packed_command(cmd).await;
@@ -62,6 +66,9 @@ impl ConnectionLike for Measured {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        if !metrics::enabled() {
+            return self.0.req_packed_commands(pipeline, offset, count);
+        }
         Box::pin(async move {
             let started = Instant::now();
             let result = self.0.req_packed_commands(pipeline, offset, count).await;

@@ -97,6 +97,11 @@ impl Source {
     ];
 }
 
+/// The id of the document that says `message` mentions `user`: one per user and message.
+pub fn mention_id(user: &str, message: &str) -> String {
+    format!("{user}|{message}")
+}
+
 fn records(db: &Database) -> Collection<FinishRecord> {
     db.collection("finished")
 }
@@ -216,7 +221,7 @@ impl Store {
             .flat_map(|e| &e.mentions)
             .map(|m| {
                 doc! {
-                    "q": { "_id": format!("{}|{}", m.user, m.message) },
+                    "q": { "_id": mention_id(&m.user, &m.message) },
                     "u": { "$set": {
                         "user": &m.user, "message": &m.message,
                         "conversation": &m.conversation, "seq": &m.seq,

@@ -30,7 +30,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 
-pub use finish::{Effects, Finished, Lease, Source, Unfinished};
+pub use finish::{Effects, Finished, Lease, Source, Unfinished, mention_id};
 pub use messages::{
     IDEMPOTENCY_WINDOW, InsertedBatch, MentionRef, MessageRecord, NewMessage, Target, Written,
     direct_conversation, room_conversation,
