@@ -4,20 +4,17 @@
 //! `docs/data-model.md` for how counts stay exact and cheap.
 
 use actix_web::HttpResponse;
-use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::AuthUser;
 use crate::delivery::{Change, TypingEvent, audience_of};
 use crate::domain::MessageId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::live::{EventKind, NewEvent};
 use crate::state::AppState;
 use crate::store::seq_before;
 
-/// Unread counts read at once, so that a long list does not take every pooled connection.
-const COUNT_READS: usize = 8;
 /// How long a typing indicator shows after the last signal, unless another comes: clients
 /// send one every few seconds while the user types.
 pub const TYPING_SHOWS_MS: u64 = 6000;
@@ -83,8 +80,8 @@ pub struct TypingAnswer {
     pub expires_in_ms: u64,
 }
 
-/// The caller's read state in each of `conversations`, in order: one read of the markers, then
-/// two capped counts per conversation. Unread messages are counted from the messages
+/// The caller's read state in each of `conversations`, in order: one read of the markers,
+/// then the capped counts after them. Unread messages are counted from the messages
 /// themselves; mentions from what finishing their batches wrote, so that a mention posted
 /// through another instance counts within a quarter of a second (through this one, at once:
 /// the read barrier of statistics).
@@ -95,23 +92,28 @@ pub(crate) async fn read_states(
 ) -> Result<Vec<ReadState>, ApiError> {
     state.delivery.before_reading_counts().await;
     let keys: Vec<String> = conversations.iter().map(|c| c.key.clone()).collect();
-    let markers = state.store.read_markers(user.user_id, &keys).await?;
-    let states = stream::iter(conversations.iter().map(|c| {
-        let last_read = markers.get(&c.key).cloned();
-        async move {
-            let after = last_read.as_deref().unwrap_or(&c.start);
-            let (unread, unread_mentions) = state.store.unread(user.user_id, &c.key, after).await?;
-            Ok::<_, mongodb::error::Error>(ReadState {
-                last_read,
-                unread,
-                unread_mentions,
-            })
-        }
-    }))
-    .buffered(COUNT_READS)
-    .try_collect()
-    .await?;
-    Ok(states)
+    let mut markers = state.store.read_markers(user.user_id, &keys).await?;
+    let last_read: Vec<Option<String>> = keys.iter().map(|key| markers.remove(key)).collect();
+    let after: Vec<(String, String)> = conversations
+        .iter()
+        .zip(&last_read)
+        .map(|(c, read)| {
+            (
+                c.key.clone(),
+                read.clone().unwrap_or_else(|| c.start.clone()),
+            )
+        })
+        .collect();
+    let counts = state.store.unread(user.user_id, &after).await?;
+    Ok(last_read
+        .into_iter()
+        .zip(counts)
+        .map(|(last_read, (unread, unread_mentions))| ReadState {
+            last_read,
+            unread,
+            unread_mentions,
+        })
+        .collect())
 }
 
 /// Moves the caller's marker in `conversation` forward to a message of it, announcing the move
@@ -123,7 +125,10 @@ pub(crate) async fn mark_read(
     request: ReadRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = MessageId::parse(&request.last_read).map_err(|_| {
-        ApiError::bad_request("invalid_message_id", "`last_read` must be a message id")
+        ApiError::bad_request(
+            ErrorCode::InvalidMessageId,
+            "`last_read` must be a message id",
+        )
     })?;
     let message = state
         .store
@@ -131,7 +136,10 @@ pub(crate) async fn mark_read(
         .await?
         .filter(|m| m.conversation == conversation.key)
         .ok_or_else(|| {
-            ApiError::not_found("message_not_found", "no such message in this conversation")
+            ApiError::not_found(
+                ErrorCode::MessageNotFound,
+                "no such message in this conversation",
+            )
         })?;
     let moved = state
         .store
