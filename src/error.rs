@@ -11,12 +11,90 @@ use utoipa::ToSchema;
 
 use crate::domain::DomainError;
 
+/// Defines [`ErrorCode`] and its wire names from one list.
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal,)*) => {
+        /// Every code an error body can carry, each defined once: programs match on these.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        pub enum ErrorCode {
+            $(#[serde(rename = $code)] $variant,)*
+        }
+
+        impl ErrorCode {
+            #[cfg(test)]
+            const ALL: &[ErrorCode] = &[$(Self::$variant,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest => "bad_request",
+    CacheUnavailable => "cache_unavailable",
+    CannotLeaveDefaultRoom => "cannot_leave_default_room",
+    CannotMessageSelf => "cannot_message_self",
+    DatabaseUnavailable => "database_unavailable",
+    EmptyMessage => "empty_message",
+    EventsUnavailable => "events_unavailable",
+    IdempotencyKeyReused => "idempotency_key_reused",
+    InternalError => "internal_error",
+    InvalidBody => "invalid_body",
+    InvalidCredentials => "invalid_credentials",
+    InvalidCursor => "invalid_cursor",
+    InvalidEmoji => "invalid_emoji",
+    InvalidIdempotencyKey => "invalid_idempotency_key",
+    InvalidJson => "invalid_json",
+    InvalidLastEventId => "invalid_last_event_id",
+    InvalidLimit => "invalid_limit",
+    InvalidMessageId => "invalid_message_id",
+    InvalidPassword => "invalid_password",
+    InvalidPath => "invalid_path",
+    InvalidQuery => "invalid_query",
+    InvalidRoomId => "invalid_room_id",
+    InvalidRoomName => "invalid_room_name",
+    InvalidSearch => "invalid_search",
+    InvalidTarget => "invalid_target",
+    InvalidToken => "invalid_token",
+    InvalidUserId => "invalid_user_id",
+    InvalidUsername => "invalid_username",
+    InvalidWindow => "invalid_window",
+    MessageDeleted => "message_deleted",
+    MessageNotFound => "message_not_found",
+    MessageTooLong => "message_too_long",
+    MethodNotAllowed => "method_not_allowed",
+    MissingToken => "missing_token",
+    NotAMember => "not_a_member",
+    NotFound => "not_found",
+    NotTheSender => "not_the_sender",
+    PayloadTooLarge => "payload_too_large",
+    RateLimited => "rate_limited",
+    RoomNameTaken => "room_name_taken",
+    RoomNotFound => "room_not_found",
+    TokenRevoked => "token_revoked",
+    TooManyBuckets => "too_many_buckets",
+    UnsupportedMediaType => "unsupported_media_type",
+    UserNotFound => "user_not_found",
+    UsernameTaken => "username_taken",
+    WeakPassword => "weak_password",
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"error": "invalid_token", "message": "the access token is invalid or expired"}))]
 pub struct ErrorBody {
     /// Stable snake_case code for programs to match on.
-    pub error: String,
+    pub error: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
 }
@@ -43,7 +121,7 @@ pub struct OverSignalBudget(pub ErrorBody);
 
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     retry_after_secs: Option<u64>,
     /// What really went wrong, for the log only.
@@ -51,7 +129,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -61,23 +139,23 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
     }
 
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
 
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unprocessable(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
@@ -86,14 +164,14 @@ impl ApiError {
             retry_after_secs: Some(retry_after_secs.max(1)),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "too many attempts; retry later",
             )
         }
     }
 
     /// A dependency (MongoDB or Redis) cannot be reached: 503, the client may retry.
-    pub fn unavailable(code: &'static str, cause: impl Into<anyhow::Error>) -> Self {
+    pub fn unavailable(code: ErrorCode, cause: impl Into<anyhow::Error>) -> Self {
         Self {
             retry_after_secs: Some(1),
             cause: Some(cause.into()),
@@ -110,13 +188,13 @@ impl ApiError {
             cause: Some(cause.into()),
             ..Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+                ErrorCode::InternalError,
                 "an unexpected error occurred",
             )
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         self.code
     }
 }
@@ -143,14 +221,20 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let Some(cause) = &self.cause
-            && self.status.is_server_error()
-        {
-            tracing::error!(
-                code = self.code,
+        // A dependency away (503) is an outcome the service expects and answers; only what
+        // nobody expected (500) is an error.
+        match &self.cause {
+            Some(cause) if self.status == StatusCode::SERVICE_UNAVAILABLE => tracing::warn!(
+                code = self.code.as_str(),
+                error = format!("{cause:#}"),
+                "request answered 503"
+            ),
+            Some(cause) if self.status.is_server_error() => tracing::error!(
+                code = self.code.as_str(),
                 error = format!("{cause:#}"),
                 "request failed"
-            );
+            ),
+            _ => {}
         }
         let mut response = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after_secs {
@@ -160,7 +244,7 @@ impl ResponseError for ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
         }
         response.json(ErrorBody {
-            error: self.code.to_owned(),
+            error: self.code,
             message: self.message.clone(),
         })
     }
@@ -175,7 +259,7 @@ impl From<DomainError> for ApiError {
 impl From<mongodb::error::Error> for ApiError {
     fn from(err: mongodb::error::Error) -> Self {
         if crate::store::is_transient(&err) {
-            Self::unavailable("database_unavailable", err)
+            Self::unavailable(ErrorCode::DatabaseUnavailable, err)
         } else {
             Self::internal(err)
         }
@@ -198,7 +282,7 @@ impl From<redis::RedisError> for ApiError {
                     | RetryMethod::Reconnect
             )
         {
-            Self::unavailable("cache_unavailable", err)
+            Self::unavailable(ErrorCode::CacheUnavailable, err)
         } else {
             Self::internal(err)
         }
@@ -209,6 +293,17 @@ impl From<redis::RedisError> for ApiError {
 mod tests {
     use super::*;
     use actix_web::body::to_bytes;
+
+    #[test]
+    fn each_code_is_sent_as_its_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len(), "two codes with one name");
+    }
 
     #[actix_web::test]
     async fn internal_errors_do_not_leak_their_cause() {

@@ -10,7 +10,7 @@ use actix_web::http::{Method, header};
 use actix_web::{FromRequest, HttpRequest, web};
 
 use crate::domain::UserId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::live::{Spend, TouchOutcome};
 use crate::state::AppState;
 
@@ -134,8 +134,12 @@ async fn authenticate_spending(
     token: &str,
     spend: Option<Spend>,
 ) -> Result<AuthUser, ApiError> {
-    let invalid =
-        || ApiError::unauthorized("invalid_token", "the access token is invalid or expired");
+    let invalid = || {
+        ApiError::unauthorized(
+            ErrorCode::InvalidToken,
+            "the access token is invalid or expired",
+        )
+    };
     let claims = state.jwt.verify(token).ok_or_else(invalid)?;
     let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
     let touched = state
@@ -144,7 +148,7 @@ async fn authenticate_spending(
         .await?;
     match touched {
         TouchOutcome::Revoked => Err(ApiError::unauthorized(
-            "token_revoked",
+            ErrorCode::TokenRevoked,
             "the access token has been revoked; log in again",
         )),
         TouchOutcome::Limited(retry_after) => {
@@ -192,7 +196,7 @@ pub fn token_from<'a>(
                 Ok(token.trim().to_owned())
             }
             _ => Err(ApiError::unauthorized(
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "the Authorization header must be `Bearer <token>`",
             )),
         };
@@ -210,7 +214,7 @@ pub fn token_from<'a>(
         }
     }
     Err(ApiError::unauthorized(
-        "missing_token",
+        ErrorCode::MissingToken,
         "this endpoint needs an access token: send `Authorization: Bearer <token>`",
     ))
 }
@@ -241,13 +245,19 @@ mod tests {
             token_from(auth, read_only, cookies(), query).map_err(|e| e.code())
         };
         assert_eq!(token(Some("Bearer  abc "), false, ""), Ok("abc".to_owned()));
-        assert_eq!(token(Some("Basic abc"), true, ""), Err("invalid_token"));
-        assert_eq!(token(Some(""), true, ""), Err("invalid_token"));
+        assert_eq!(
+            token(Some("Basic abc"), true, ""),
+            Err(ErrorCode::InvalidToken)
+        );
+        assert_eq!(token(Some(""), true, ""), Err(ErrorCode::InvalidToken));
         assert_eq!(
             token(None, true, "access_token=q"),
             Ok("from-cookie".to_owned())
         );
-        assert_eq!(token(None, false, "access_token=q"), Err("missing_token"));
+        assert_eq!(
+            token(None, false, "access_token=q"),
+            Err(ErrorCode::MissingToken)
+        );
         let no_cookie = token_from(
             None,
             true,
@@ -256,6 +266,6 @@ mod tests {
         );
         assert_eq!(no_cookie.map_err(|e| e.code()), Ok("q+".to_owned()));
         let nothing = token_from(None, true, std::iter::empty(), "access_token=");
-        assert_eq!(nothing.map_err(|e| e.code()), Err("missing_token"));
+        assert_eq!(nothing.map_err(|e| e.code()), Err(ErrorCode::MissingToken));
     }
 }

@@ -1,4 +1,5 @@
 use super::DomainError;
+use crate::error::ErrorCode;
 
 /// One emoji, as a reaction: exactly one emoji of the Unicode emoji list (with its skin tone,
 /// if any), stored in its fully qualified form so that `❤` and `❤️` are one reaction.
@@ -9,7 +10,7 @@ impl Emoji {
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         emojis::get(raw).map(|e| Self(e.as_str())).ok_or_else(|| {
             DomainError::new(
-                "invalid_emoji",
+                ErrorCode::InvalidEmoji,
                 "a reaction is exactly one emoji, such as 👍",
             )
         })
@@ -33,7 +34,7 @@ mod tests {
         for bad in ["", "👍👍", "a", "👍 ", ":+1:", "ok"] {
             assert_eq!(
                 Emoji::parse(bad).unwrap_err().code,
-                "invalid_emoji",
+                ErrorCode::InvalidEmoji,
                 "{bad:?}"
             );
         }

@@ -1,4 +1,5 @@
 use super::DomainError;
+use crate::error::ErrorCode;
 
 pub const MAX_CHARS: usize = 4000;
 
@@ -12,13 +13,13 @@ impl MessageBody {
         let trimmed = raw.trim();
         if trimmed.is_empty() {
             return Err(DomainError::new(
-                "empty_message",
+                ErrorCode::EmptyMessage,
                 "the message body is empty",
             ));
         }
         if trimmed.chars().count() > MAX_CHARS {
             return Err(DomainError::new(
-                "message_too_long",
+                ErrorCode::MessageTooLong,
                 format!("the message body must be at most {MAX_CHARS} characters"),
             ));
         }
@@ -43,14 +44,14 @@ mod tests {
         assert_eq!(MessageBody::parse("  hi \n").unwrap().as_str(), "hi");
         assert_eq!(
             MessageBody::parse(" \n\t ").unwrap_err().code,
-            "empty_message"
+            ErrorCode::EmptyMessage
         );
         assert!(MessageBody::parse(&"é".repeat(MAX_CHARS)).is_ok());
         assert_eq!(
             MessageBody::parse(&"é".repeat(MAX_CHARS + 1))
                 .unwrap_err()
                 .code,
-            "message_too_long"
+            ErrorCode::MessageTooLong
         );
         assert!(MessageBody::parse("<img src=x onerror=alert(1)> 🙂").is_ok());
     }

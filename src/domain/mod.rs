@@ -17,16 +17,18 @@ pub use password::Password;
 pub use room_name::RoomName;
 pub use username::Username;
 
+use crate::error::ErrorCode;
+
 /// Why a value was rejected; the HTTP layer turns it into a 422 with this code and message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct DomainError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl DomainError {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

@@ -5,9 +5,10 @@ use std::fmt;
 use mongodb::bson::oid::ObjectId;
 
 use super::DomainError;
+use crate::error::ErrorCode;
 
 macro_rules! object_id_newtype {
-    ($name:ident, $code:literal, $what:literal) => {
+    ($name:ident, $code:expr, $what:literal) => {
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(ObjectId);
 
@@ -53,9 +54,9 @@ macro_rules! object_id_newtype {
     };
 }
 
-object_id_newtype!(UserId, "invalid_user_id", "a user id");
-object_id_newtype!(RoomId, "invalid_room_id", "a room id");
-object_id_newtype!(MessageId, "invalid_message_id", "a message id");
+object_id_newtype!(UserId, ErrorCode::InvalidUserId, "a user id");
+object_id_newtype!(RoomId, ErrorCode::InvalidRoomId, "a room id");
+object_id_newtype!(MessageId, ErrorCode::InvalidMessageId, "a message id");
 
 #[cfg(test)]
 mod tests {
@@ -69,16 +70,19 @@ mod tests {
 
     #[test]
     fn malformed_ids_are_rejected_with_their_own_code() {
-        assert_eq!(UserId::parse("nope").unwrap_err().code, "invalid_user_id");
+        assert_eq!(
+            UserId::parse("nope").unwrap_err().code,
+            ErrorCode::InvalidUserId
+        );
         assert_eq!(
             RoomId::parse("{\"$ne\":null}").unwrap_err().code,
-            "invalid_room_id"
+            ErrorCode::InvalidRoomId
         );
         assert_eq!(
             MessageId::parse("zzzzzzzzzzzzzzzzzzzzzzzz")
                 .unwrap_err()
                 .code,
-            "invalid_message_id"
+            ErrorCode::InvalidMessageId
         );
     }
 }

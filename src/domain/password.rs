@@ -1,6 +1,7 @@
 use std::fmt;
 
 use super::DomainError;
+use crate::error::ErrorCode;
 
 pub const MIN_LEN: usize = 8;
 /// Upper bound so nobody can make the server hash megabytes.
@@ -14,13 +15,13 @@ impl Password {
         let len = raw.chars().count();
         if len < MIN_LEN {
             return Err(DomainError::new(
-                "weak_password",
+                ErrorCode::WeakPassword,
                 format!("password must be at least {MIN_LEN} characters long"),
             ));
         }
         if len > MAX_LEN {
             return Err(DomainError::new(
-                "invalid_password",
+                ErrorCode::InvalidPassword,
                 format!("password must be at most {MAX_LEN} characters long"),
             ));
         }
@@ -46,7 +47,7 @@ mod tests {
     fn short_passwords_are_weak() {
         assert_eq!(
             Password::parse("1234567".into()).unwrap_err().code,
-            "weak_password"
+            ErrorCode::WeakPassword
         );
         assert!(Password::parse("12345678".into()).is_ok());
     }

@@ -1,6 +1,7 @@
 use std::fmt;
 
 use super::DomainError;
+use crate::error::ErrorCode;
 
 pub const MIN_LEN: usize = 2;
 pub const MAX_LEN: usize = 32;
@@ -18,7 +19,7 @@ impl RoomName {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
             return Err(DomainError::new(
-                "invalid_room_name",
+                ErrorCode::InvalidRoomName,
                 format!(
                     "room name must be {MIN_LEN} to {MAX_LEN} letters, digits, `_`, `-` or `.`"
                 ),

@@ -1,6 +1,7 @@
 use std::fmt;
 
 use super::DomainError;
+use crate::error::ErrorCode;
 
 pub const MIN_LEN: usize = 3;
 pub const MAX_LEN: usize = 32;
@@ -17,7 +18,7 @@ impl Username {
         let len = raw.chars().count();
         if !(MIN_LEN..=MAX_LEN).contains(&len) {
             return Err(DomainError::new(
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 format!("username must be {MIN_LEN} to {MAX_LEN} characters long"),
             ));
         }
@@ -26,13 +27,13 @@ impl Username {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
             return Err(DomainError::new(
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 "username may only contain letters, digits, `_`, `-` and `.`",
             ));
         }
         if RESERVED.contains(&raw.to_ascii_lowercase().as_str()) {
             return Err(DomainError::new(
-                "invalid_username",
+                ErrorCode::InvalidUsername,
                 format!("`{raw}` is reserved; pick another name"),
             ));
         }

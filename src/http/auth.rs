@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{ACCESS_TOKEN_COOKIE, AuthUser};
 use crate::domain::{Password, Username};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::people::UserResponse;
 use crate::state::AppState;
 use crate::store::{InsertUserError, NewUser};
@@ -81,7 +81,7 @@ pub async fn register(
         .await
         .map_err(|err| match err {
             InsertUserError::UsernameTaken => ApiError::conflict(
-                "username_taken",
+                ErrorCode::UsernameTaken,
                 format!("the username `{username}` is already taken"),
             ),
             InsertUserError::Database(err) => err.into(),
@@ -112,7 +112,8 @@ pub async fn login(
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let Credentials { username, password } = body.into_inner();
-    let wrong = || ApiError::unauthorized("invalid_credentials", "wrong username or password");
+    let wrong =
+        || ApiError::unauthorized(ErrorCode::InvalidCredentials, "wrong username or password");
     let Ok(username) = Username::parse(&username) else {
         return Err(wrong());
     };

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::{AuthUser, Signaller};
 use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::UserId;
-use crate::error::{ApiError, ErrorBody, OverSignalBudget};
+use crate::error::{ApiError, ErrorBody, ErrorCode, OverSignalBudget};
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::http::people::find_by_name;
 use crate::http::reading::{
@@ -55,7 +55,7 @@ async fn with_user(
     let other = find_by_name(state, username).await?;
     if other.user_id() == user.user_id {
         return Err(ApiError::unprocessable(
-            "cannot_message_self",
+            ErrorCode::CannotMessageSelf,
             "a conversation is with someone else",
         ));
     }

@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::domain::RoomId;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::Query;
 use crate::live::{
     Admission, EventId, HubItem, HubReceiver, Lagged, ResyncCause, Subscription, TouchOutcome,
@@ -163,7 +163,7 @@ impl Pump {
         let (receiver, position) = state.hub.subscribe();
         let position = position.ok_or_else(|| {
             ApiError::unavailable(
-                "events_unavailable",
+                ErrorCode::EventsUnavailable,
                 anyhow::anyhow!("the event log has not been reached yet"),
             )
         })?;
@@ -359,7 +359,7 @@ pub fn parse_last_event_id(raw: Option<&str>) -> Result<Option<EventId>, ApiErro
         None | Some("") => Ok(None),
         Some(raw) => EventId::parse(raw).map(Some).ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_last_event_id",
+                ErrorCode::InvalidLastEventId,
                 "Last-Event-ID must be an event id received from this stream",
             )
         }),

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::delivery::{MessageResponse, ReactionCount};
 use crate::domain::MessageId;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http::limit_param;
 use crate::state::AppState;
 use crate::store::Reactions;
@@ -46,7 +46,9 @@ pub(crate) async fn history_page(
         .as_deref()
         .map(MessageId::parse)
         .transpose()
-        .map_err(|_| ApiError::bad_request("invalid_cursor", "`before` must be a message id"))?;
+        .map_err(|_| {
+            ApiError::bad_request(ErrorCode::InvalidCursor, "`before` must be a message id")
+        })?;
     let mut records = state.store.history(conversation, before, limit + 1).await?;
     let more = records.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

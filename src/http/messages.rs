@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use crate::auth::{AuthUser, Writer};
 use crate::delivery::{Change, MessageResponse, PostError, Posted};
 use crate::domain::{Emoji, MessageBody, MessageId, RoomId};
-use crate::error::{ApiError, ErrorBody, OverWriteBudget};
+use crate::error::{ApiError, ErrorBody, ErrorCode, OverWriteBudget};
 use crate::http::people::find_by_name;
 use crate::state::AppState;
 use crate::store::{MessageRecord, NewMessage, Target};
@@ -69,7 +69,7 @@ pub async fn create_message(
                 .store
                 .find_room(id)
                 .await?
-                .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))?;
+                .ok_or_else(|| ApiError::not_found(ErrorCode::RoomNotFound, "no such room"))?;
             if !state.store.is_member(&room, user.user_id).await? {
                 // A retry of a post stored before its sender left the room still gets its
                 // answer (and its announcement, should no one have made it); nothing new is
@@ -86,7 +86,7 @@ pub async fn create_message(
                 let Some(stored) = stored else {
                     return Err(ApiError::new(
                         StatusCode::FORBIDDEN,
-                        "not_a_member",
+                        ErrorCode::NotAMember,
                         "join the room to post in it",
                     ));
                 };
@@ -98,7 +98,7 @@ pub async fn create_message(
             let recipient = find_by_name(&state, &to).await?;
             if recipient.user_id() == user.user_id {
                 return Err(ApiError::unprocessable(
-                    "cannot_message_self",
+                    ErrorCode::CannotMessageSelf,
                     "pick someone else to talk to",
                 ));
             }
@@ -109,7 +109,7 @@ pub async fn create_message(
         }
         _ => {
             return Err(ApiError::unprocessable(
-                "invalid_target",
+                ErrorCode::InvalidTarget,
                 "give exactly one of `room_id` and `to`",
             ));
         }
@@ -127,7 +127,7 @@ pub async fn create_message(
         Ok(Posted::Created(message)) => Ok(HttpResponse::Created().json(message)),
         Ok(Posted::Replayed(message)) => Ok(HttpResponse::Ok().json(message)),
         Err(PostError::KeyReused) => Err(ApiError::unprocessable(
-            "idempotency_key_reused",
+            ErrorCode::IdempotencyKeyReused,
             "this Idempotency-Key was used for a different message",
         )),
         Err(PostError::Store(err)) => Err(err.into()),
@@ -147,7 +147,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
             Ok(Some(key.to_owned()))
         }
         _ => Err(ApiError::bad_request(
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey,
             format!(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
             ),
@@ -163,8 +163,8 @@ async fn visible_message(
     raw: &str,
 ) -> Result<MessageRecord, ApiError> {
     let id = MessageId::parse(raw)
-        .map_err(|_| ApiError::bad_request("invalid_message_id", "not a message id"))?;
-    let not_found = || ApiError::not_found("message_not_found", "no such message");
+        .map_err(|_| ApiError::bad_request(ErrorCode::InvalidMessageId, "not a message id"))?;
+    let not_found = || ApiError::not_found(ErrorCode::MessageNotFound, "no such message");
     let message = state.store.find_message(id).await?.ok_or_else(not_found)?;
     let me = user.user_id.to_string();
     let visible = match &message.room_id {
@@ -192,7 +192,7 @@ async fn own_message(
     if message.sender_id != user.user_id.to_string() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "not_the_sender",
+            ErrorCode::NotTheSender,
             "only its sender may change a message",
         ));
     }
@@ -200,7 +200,7 @@ async fn own_message(
 }
 
 fn deleted() -> ApiError {
-    ApiError::conflict("message_deleted", "the message was deleted")
+    ApiError::conflict(ErrorCode::MessageDeleted, "the message was deleted")
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -28,7 +28,7 @@ use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// A route for GET and HEAD (actix-web sends the head of the GET response, without its body).
 pub fn get_or_head() -> actix_web::Route {
@@ -109,23 +109,23 @@ fn json_error(err: &JsonPayloadError) -> ApiError {
         JsonPayloadError::Overflow { limit }
         | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
             actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             format!("the request body must be at most {limit} bytes"),
         ),
         JsonPayloadError::ContentType => ApiError::new(
             actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the request body must be JSON with `Content-Type: application/json`",
         ),
         JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::unprocessable(
-            "invalid_body",
+            ErrorCode::InvalidBody,
             format!("the request body is not valid: {e}"),
         ),
         JsonPayloadError::Deserialize(e) => ApiError::bad_request(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
         ),
-        _ => ApiError::bad_request("invalid_body", "the request body could not be read"),
+        _ => ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read"),
     }
 }
 
@@ -145,7 +145,7 @@ where
     let limit = raw.unwrap_or(default);
     if limit < T::from(1) || limit > max {
         return Err(ApiError::unprocessable(
-            "invalid_limit",
+            ErrorCode::InvalidLimit,
             format!("limit must be between 1 and {max}"),
         ));
     }
@@ -194,20 +194,20 @@ pub fn parse_query<T: DeserializeOwned>(raw: &str) -> Result<T, ApiError> {
                 err.into_inner()
             )
         };
-        ApiError::bad_request("invalid_query", message)
+        ApiError::bad_request(ErrorCode::InvalidQuery, message)
     })
 }
 
 pub fn path_config() -> web::PathConfig {
     web::PathConfig::default().error_handler(|err: PathError, _req| {
-        ApiError::bad_request("invalid_path", format!("invalid path: {err}")).into()
+        ApiError::bad_request(ErrorCode::InvalidPath, format!("invalid path: {err}")).into()
     })
 }
 
 /// The default service: a JSON 404 for any path the API does not have.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::not_found(
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {} {}", req.method(), req.path()),
     )
     .error_response()
@@ -230,12 +230,12 @@ pub fn jsonify_error<B: MessageBody + 'static>(
     }
     let status = res.status();
     let code = match status.as_u16() {
-        404 => "not_found",
-        405 => "method_not_allowed",
-        413 => "payload_too_large",
-        415 => "unsupported_media_type",
-        s if s >= 500 => "internal_error",
-        _ => "bad_request",
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        413 => ErrorCode::PayloadTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        s if s >= 500 => ErrorCode::InternalError,
+        _ => ErrorCode::BadRequest,
     };
     let message = status.canonical_reason().unwrap_or("error").to_lowercase();
     let mut body = ApiError::new(status, code, message).error_response();

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::Username;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 use crate::store::UserRecord;
 
@@ -33,7 +33,8 @@ impl From<&UserRecord> for UserResponse {
 /// The user named `raw` (any case), or 404 `user_not_found`: a name that breaks the rules
 /// cannot belong to anyone, so it is a 404 too. Used by every path that names a user.
 pub async fn find_by_name(state: &AppState, raw: &str) -> Result<UserRecord, ApiError> {
-    let not_found = || ApiError::not_found("user_not_found", format!("no user named `{raw}`"));
+    let not_found =
+        || ApiError::not_found(ErrorCode::UserNotFound, format!("no user named `{raw}`"));
     let username = Username::parse(raw).map_err(|_| not_found())?;
     state
         .store

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use crate::auth::{AuthUser, Signaller, Writer};
 use crate::delivery::Change;
 use crate::domain::{RoomId, RoomName};
-use crate::error::{ApiError, ErrorBody, OverSignalBudget, OverWriteBudget};
+use crate::error::{ApiError, ErrorBody, ErrorCode, OverSignalBudget, OverWriteBudget};
 use crate::http::Query;
 use crate::http::history::{HistoryQuery, MessagePage, history_page};
 use crate::http::reading::{
@@ -69,7 +69,7 @@ async fn find_room(state: &AppState, raw: &str) -> Result<RoomRecord, ApiError> 
         .store
         .find_room(id)
         .await?
-        .ok_or_else(|| ApiError::not_found("room_not_found", "no such room"))
+        .ok_or_else(|| ApiError::not_found(ErrorCode::RoomNotFound, "no such room"))
 }
 
 /// Announces a stored membership change (see `Delivery::announce`: a change Redis refuses is
@@ -107,9 +107,10 @@ pub async fn create_room(
         .create_room(&name, user.user_id, &user.username)
         .await
         .map_err(|err| match err {
-            CreateRoomError::NameTaken => {
-                ApiError::conflict("room_name_taken", format!("a room named `{name}` exists"))
-            }
+            CreateRoomError::NameTaken => ApiError::conflict(
+                ErrorCode::RoomNameTaken,
+                format!("a room named `{name}` exists"),
+            ),
             CreateRoomError::Database(err) => err.into(),
         })?;
     announce(&state, joined).await;
@@ -184,7 +185,7 @@ async fn member_room(
         let joined = mine.iter().find(|j| j.room == id).ok_or_else(|| {
             ApiError::new(
                 actix_web::http::StatusCode::FORBIDDEN,
-                "not_a_member",
+                ErrorCode::NotAMember,
                 format!("join the room to {to} it"),
             )
         })?;
@@ -296,7 +297,7 @@ pub async fn leave_room(
     let room = find_room(&state, &path).await?;
     if room.is_default {
         return Err(ApiError::conflict(
-            "cannot_leave_default_room",
+            ErrorCode::CannotLeaveDefaultRoom,
             "everyone is in the default room",
         ));
     }

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::AuthUser;
 use crate::delivery::{MessageResponse, UserRef};
 use crate::domain::{MessageId, RoomId};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{Query, limit_param};
 use crate::state::AppState;
 use crate::store::{MAX_QUERY_CHARS, terms};
@@ -81,17 +81,19 @@ pub async fn search(
     let q = query.q.trim();
     if q.is_empty() || q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::unprocessable(
-            "invalid_search",
+            ErrorCode::InvalidSearch,
             format!("the query must have 1 to {MAX_QUERY_CHARS} characters"),
         ));
     }
-    let words = terms(q).map_err(|e| ApiError::unprocessable("invalid_search", e))?;
+    let words = terms(q).map_err(|e| ApiError::unprocessable(ErrorCode::InvalidSearch, e))?;
     let before = query
         .before
         .as_deref()
         .map(MessageId::parse)
         .transpose()
-        .map_err(|_| ApiError::bad_request("invalid_cursor", "`before` must be a message id"))?
+        .map_err(|_| {
+            ApiError::bad_request(ErrorCode::InvalidCursor, "`before` must be a message id")
+        })?
         .map(|id| id.to_string());
     let mut rooms: Vec<RoomId> = (state.store.rooms_of_user(user.user_id).await?)
         .into_iter()

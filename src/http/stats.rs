@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::domain::RoomId;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::people::find_by_name;
 use crate::http::{Query, limit_param, now};
 use crate::state::AppState;
@@ -143,7 +143,7 @@ fn in_range(name: &str, at: Option<DateTime<Utc>>) -> Result<(), ApiError> {
     match at {
         Some(at) if !(0..=LAST_MS).contains(&at.timestamp_millis()) => {
             Err(ApiError::unprocessable(
-                "invalid_window",
+                ErrorCode::InvalidWindow,
                 format!("`{name}` must be between 1970-01-01T00:00:00Z and 9999-12-31T23:59:59Z"),
             ))
         }
@@ -158,7 +158,7 @@ fn window(from: Option<DateTime<Utc>>, to: Option<DateTime<Utc>>) -> Result<Wind
         && from >= to
     {
         return Err(ApiError::unprocessable(
-            "invalid_window",
+            ErrorCode::InvalidWindow,
             "`from` must be before `to`",
         ));
     }
@@ -336,7 +336,7 @@ pub async fn activity(
     let first_bucket = bucket_start(level, from);
     if (to - first_bucket).num_milliseconds() / step.num_milliseconds() >= MAX_BUCKETS {
         return Err(ApiError::unprocessable(
-            "too_many_buckets",
+            ErrorCode::TooManyBuckets,
             format!(
                 "the window holds more than {MAX_BUCKETS} buckets; narrow it or use a larger bucket"
             ),

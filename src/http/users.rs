@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::people::{UserResponse, find_by_name};
 use crate::http::{Query, limit_param};
 use crate::state::AppState;
@@ -52,7 +52,9 @@ pub async fn me(state: web::Data<AppState>, user: AuthUser) -> Result<HttpRespon
         .store
         .find_user_by_id(user.user_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("user_not_found", "this account no longer exists"))?;
+        .ok_or_else(|| {
+            ApiError::not_found(ErrorCode::UserNotFound, "this account no longer exists")
+        })?;
     Ok(HttpResponse::Ok().json(UserResponse::from(&record)))
 }
 
