@@ -9,6 +9,7 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpResponse, web};
 use anyhow::Context;
 use tokio::sync::watch;
+use tracing_actix_web::TracingLogger;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -99,6 +100,7 @@ impl Application {
             App::new()
                 .wrap(ErrorHandlers::new().default_handler(http::jsonify_error))
                 .wrap(from_fn(http::request_log::log_request))
+                .wrap(TracingLogger::<http::request_log::RequestSpan>::new())
                 .app_data(app_state.clone())
                 .app_data(http::json_config(max_body))
                 .app_data(http::path_config())

@@ -37,6 +37,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::Instrument;
 
 use crate::auth::{authenticate, token_from};
 use crate::error::ApiError;
@@ -153,14 +154,18 @@ where
     };
     drop(head);
     let started = Instant::now();
+    // The request's span (its id) covers opening the stream and its log line; a held stream
+    // keeps no span, to stay small.
+    let span = request_log::request_span(&uuid::Uuid::new_v4().to_string());
     // Boxed, as what follows: the task of a connection is as big as the biggest state of this
     // function, and a held stream should not pay for the others.
-    let opened = Box::pin(open(&state, request)).await;
+    let opened = Box::pin(open(&state, request).instrument(span.clone())).await;
     drop(state);
     let status = opened
         .as_ref()
         .map_or_else(|err| err.status_code(), |_| StatusCode::OK);
-    request_log::logged("GET", "/events", "/events", status.as_u16(), started);
+    span.in_scope(|| request_log::logged("GET", "/events", "/events", status.as_u16(), started));
+    drop(span);
     match opened {
         Ok(pump) => Box::pin(stream(io, pump)).await,
         Err(err) => Box::pin(refuse(io, &err)).await,

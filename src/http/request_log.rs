@@ -1,14 +1,47 @@
 //! One log line and one metric sample per request: method, path (in the log) or route template
 //! (in the metrics), status, latency. The query string is left out on purpose: it may carry an
 //! access token (`?access_token=`, for EventSource clients).
+//!
+//! Every request gets an id (`tracing-actix-web`'s `TracingLogger`, with [`RequestSpan`]):
+//! each log line written while it is served carries it (`request{id=…}`), and the response
+//! says it in `x-request-id`, so a user's report can be matched to the log.
 
 use std::time::Instant;
 
+use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use tracing::Span;
+use tracing_actix_web::{RequestId, RootSpanBuilder};
 
 use crate::telemetry::metrics;
+
+/// The root span of a request: its id, and nothing else (the request's line says the rest).
+pub struct RequestSpan;
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(req: &ServiceRequest) -> Span {
+        match req.extensions().get::<RequestId>() {
+            Some(id) => request_span(&id.to_string()),
+            None => Span::none(),
+        }
+    }
+
+    fn on_request_end<B: MessageBody>(
+        _span: Span,
+        _outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+    }
+}
+
+/// The span of one request with id `id`; the event stream's front door opens its own.
+pub fn request_span(id: &str) -> Span {
+    tracing::info_span!("request", id)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub async fn log_request(
     req: ServiceRequest,
@@ -24,7 +57,13 @@ pub async fn log_request(
     } else {
         String::new()
     };
-    let result = next.call(req).await;
+    let id = req.extensions().get::<RequestId>().copied();
+    let mut result = next.call(req).await;
+    if let (Ok(res), Some(id)) = (&mut result, id)
+        && let Ok(value) = HeaderValue::from_str(&id.to_string())
+    {
+        res.headers_mut().insert(REQUEST_ID, value);
+    }
     match &result {
         Ok(res) => logged(
             method.as_str(),

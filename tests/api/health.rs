@@ -75,3 +75,24 @@ async fn readyz_names_mongodb_when_it_is_down() {
         json!({"mongodb": "unreachable", "redis": "ok"})
     );
 }
+
+/// Every answer names its request id, the one its log lines carry; an error too.
+#[tokio::test]
+async fn every_answer_names_its_request_id() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/healthz", StatusCode::OK),
+        ("/no-such-path", StatusCode::NOT_FOUND),
+    ] {
+        let res = app.get(path).send().await.unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{path}: {id}");
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "one id per request: {ids:?}");
+}
