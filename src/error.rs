@@ -16,8 +16,9 @@ macro_rules! error_codes {
     ($($variant:ident => $code:literal,)*) => {
         /// Every code an error body can carry, each defined once: programs match on these.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
         pub enum ErrorCode {
-            $(#[serde(rename = $code)] $variant,)*
+            $($variant,)*
         }
 
         impl ErrorCode {

@@ -21,10 +21,14 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     /// 3 to 32 letters, digits, `_`, `-` or `.`; unique regardless of case.
-    #[schema(example = "alice")]
+    #[schema(example = "alice", pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub username: String,
-    /// At least 8 characters.
-    #[schema(example = "correct horse battery staple")]
+    /// 8 to 1024 characters.
+    #[schema(
+        example = "correct horse battery staple",
+        min_length = 8,
+        max_length = 1024
+    )]
     pub password: String,
 }
 

@@ -27,8 +27,10 @@ pub struct MessagePage {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct HistoryQuery {
     /// Only messages older than this message id (the `next_before` of the previous page).
+    #[param(pattern = "^[0-9a-fA-F]{24}$")]
     pub before: Option<String>,
     /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
 }
 

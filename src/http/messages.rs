@@ -21,12 +21,13 @@ const MAX_IDEMPOTENCY_KEY: usize = 128;
 #[schema(example = json!({"room_id": "665f1c2e9b1e8a00123456aa", "body": "hello, room"}))]
 pub struct CreateMessageRequest {
     /// Send to this room (the sender must be a member). Exactly one of `room_id` and `to`.
+    #[schema(pattern = "^[0-9a-fA-F]{24}$")]
     pub room_id: Option<String>,
     /// Send to this user (by name), in the one-to-one conversation with them.
-    #[schema(example = "bob")]
+    #[schema(example = "bob", pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub to: Option<String>,
     /// 1 to 4000 characters once surrounding whitespace is trimmed.
-    #[schema(example = "hello")]
+    #[schema(example = "hello", min_length = 1, max_length = 4000, pattern = "\\S")]
     pub body: String,
 }
 
@@ -37,7 +38,7 @@ pub struct CreateMessageRequest {
 #[utoipa::path(post, path = "/messages", tag = "messages",
     security(("bearer_auth" = [])),
     request_body = CreateMessageRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,128}$",
         description = "Up to 128 printable characters; retries with the same key store and announce one message")),
     responses(
         (status = 201, description = "Stored and delivered live", body = MessageResponse),
@@ -207,7 +208,12 @@ fn deleted() -> ApiError {
 #[serde(deny_unknown_fields)]
 pub struct EditMessageRequest {
     /// The new text: 1 to 4000 characters once surrounding whitespace is trimmed.
-    #[schema(example = "hello, room (edited)", min_length = 1, max_length = 4000)]
+    #[schema(
+        example = "hello, room (edited)",
+        min_length = 1,
+        max_length = 4000,
+        pattern = "\\S"
+    )]
     pub body: String,
 }
 
@@ -215,7 +221,7 @@ pub struct EditMessageRequest {
 /// `message_edited` event with the message as it is now.
 #[utoipa::path(patch, path = "/messages/{message_id}", tag = "messages",
     security(("bearer_auth" = [])),
-    params(("message_id" = String, Path, description = "The message's id")),
+    params(("message_id" = String, Path, description = "The message's id", pattern = "^[0-9a-fA-F]{24}$")),
     request_body = EditMessageRequest,
     responses(
         (status = 200, description = "The message as edited", body = MessageResponse),
@@ -263,7 +269,7 @@ pub async fn edit_message(
 /// event. Deleting it again changes nothing.
 #[utoipa::path(delete, path = "/messages/{message_id}", tag = "messages",
     security(("bearer_auth" = [])),
-    params(("message_id" = String, Path, description = "The message's id")),
+    params(("message_id" = String, Path, description = "The message's id", pattern = "^[0-9a-fA-F]{24}$")),
     responses(
         (status = 200, description = "The tombstone", body = MessageResponse),
         (status = 400, description = "Malformed message id", body = ErrorBody),
@@ -309,7 +315,7 @@ pub async fn delete_message(
 #[utoipa::path(put, path = "/messages/{message_id}/reactions/{emoji}", tag = "messages",
     security(("bearer_auth" = [])),
     params(
-        ("message_id" = String, Path, description = "The message's id"),
+        ("message_id" = String, Path, description = "The message's id", pattern = "^[0-9a-fA-F]{24}$"),
         ("emoji" = String, Path, description = "Exactly one emoji, percent-encoded (`%F0%9F%91%8D` for 👍)"),
     ),
     responses(
@@ -334,7 +340,7 @@ pub async fn add_reaction(
 #[utoipa::path(delete, path = "/messages/{message_id}/reactions/{emoji}", tag = "messages",
     security(("bearer_auth" = [])),
     params(
-        ("message_id" = String, Path, description = "The message's id"),
+        ("message_id" = String, Path, description = "The message's id", pattern = "^[0-9a-fA-F]{24}$"),
         ("emoji" = String, Path, description = "Exactly one emoji, percent-encoded"),
     ),
     responses(

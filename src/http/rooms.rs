@@ -58,7 +58,7 @@ pub struct RoomsResponse {
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomRequest {
     /// 2 to 32 letters, digits, `_`, `-` or `.`; unique regardless of case.
-    #[schema(example = "rust-fans")]
+    #[schema(example = "rust-fans", pattern = "^[A-Za-z0-9_.-]{2,32}$")]
     pub name: String,
 }
 
@@ -201,7 +201,7 @@ async fn member_room(
 /// Mark a room read up to a message; the caller's other streams get a `read` event.
 #[utoipa::path(post, path = "/rooms/{room_id}/read", tag = "rooms",
     security(("bearer_auth" = [])),
-    params(("room_id" = String, Path, description = "The room's id")),
+    params(("room_id" = String, Path, description = "The room's id", pattern = "^[0-9a-fA-F]{24}$")),
     request_body = ReadRequest,
     responses(
         (status = 200, description = "The caller's read state after the move (a marker never moves back)", body = ReadState),
@@ -229,7 +229,7 @@ pub async fn read_room(
 /// second per user and room; send one every few seconds while typing).
 #[utoipa::path(post, path = "/rooms/{room_id}/typing", tag = "rooms",
     security(("bearer_auth" = [])),
-    params(("room_id" = String, Path, description = "The room's id")),
+    params(("room_id" = String, Path, description = "The room's id", pattern = "^[0-9a-fA-F]{24}$")),
     responses(
         (status = 202, description = "Announced, or absorbed by the one-a-second limit", body = TypingAnswer),
         (status = 400, description = "Malformed room id", body = ErrorBody),
@@ -251,7 +251,7 @@ pub async fn room_typing(
 /// Join a room (joining twice changes nothing).
 #[utoipa::path(post, path = "/rooms/{room_id}/join", tag = "rooms",
     security(("bearer_auth" = [])),
-    params(("room_id" = String, Path, description = "The room's id")),
+    params(("room_id" = String, Path, description = "The room's id", pattern = "^[0-9a-fA-F]{24}$")),
     responses(
         (status = 200, description = "The caller is a member", body = RoomResponse),
         (status = 400, description = "Malformed room id", body = ErrorBody),
@@ -279,7 +279,7 @@ pub async fn join_room(
 /// Leave a room (leaving a room one is not in changes nothing).
 #[utoipa::path(post, path = "/rooms/{room_id}/leave", tag = "rooms",
     security(("bearer_auth" = [])),
-    params(("room_id" = String, Path, description = "The room's id")),
+    params(("room_id" = String, Path, description = "The room's id", pattern = "^[0-9a-fA-F]{24}$")),
     responses(
         (status = 204, description = "The caller is not a member any more"),
         (status = 400, description = "Malformed room id", body = ErrorBody),
@@ -312,7 +312,7 @@ pub async fn leave_room(
 /// The messages of a room, newest first. Members only.
 #[utoipa::path(get, path = "/rooms/{room_id}/messages", tag = "messages",
     security(("bearer_auth" = [])),
-    params(("room_id" = String, Path, description = "The room's id"), HistoryQuery),
+    params(("room_id" = String, Path, description = "The room's id", pattern = "^[0-9a-fA-F]{24}$"), HistoryQuery),
     responses(
         (status = 200, description = "A page of messages, newest first", body = MessagePage),
         (status = 400, description = "Malformed room id or cursor", body = ErrorBody),

@@ -17,9 +17,14 @@ const MAX_HITS: i64 = 50;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {
-    /// Words to find, 1 to 200 characters and at most 10 words: a message matches when it has
-    /// every word.
-    #[param(example = "deploy friday", min_length = 1, max_length = 200)]
+    /// Words to find, 1 to 200 characters (no control characters) and at most 10 words: a
+    /// message matches when it has every word.
+    #[param(
+        example = "deploy friday",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
     pub q: String,
     /// Only hits older than this message id (the `next_before` of the previous page).
     #[param(pattern = "^[0-9a-fA-F]{24}$")]
@@ -68,7 +73,7 @@ pub struct SearchResults {
         (status = 200, description = "A page of hits, newest first", body = SearchResults),
         (status = 400, description = "Malformed query string or cursor", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
-        (status = 422, description = "An empty query, one over 200 characters or 10 words, or a limit out of range", body = ErrorBody,
+        (status = 422, description = "An empty query, one over 200 characters or 10 words or with control characters, or a limit out of range", body = ErrorBody,
             example = json!({"error": "invalid_search", "message": "the query must have 1 to 200 characters"})),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
@@ -79,6 +84,12 @@ pub async fn search(
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit, DEFAULT_HITS, MAX_HITS)?;
     let q = query.q.trim();
+    if q.chars().any(char::is_control) {
+        return Err(ApiError::unprocessable(
+            ErrorCode::InvalidSearch,
+            "the query must not contain control characters",
+        ));
+    }
     if q.is_empty() || q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::unprocessable(
             ErrorCode::InvalidSearch,

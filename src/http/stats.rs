@@ -27,7 +27,17 @@ pub struct StatsQuery {
     /// End of the window (RFC 3339, exclusive). Open (now) when absent.
     pub to: Option<DateTime<Utc>>,
     /// Entries to return, 1 to 100 (default 10).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
+}
+
+/// A window alone, for what has no ranking to limit.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WindowQuery {
+    /// Start of the window (RFC 3339, inclusive). Open when absent.
+    pub from: Option<DateTime<Utc>>,
+    /// End of the window (RFC 3339, exclusive). Open (now) when absent.
+    pub to: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
@@ -374,7 +384,7 @@ fn bucket_start(level: Level, t: DateTime<Utc>) -> DateTime<Utc> {
 /// Totals: users, rooms, messages and direct messages (in the window), online now, last 24 h.
 #[utoipa::path(get, path = "/stats/summary", tag = "stats",
     security(("bearer_auth" = [])),
-    params(StatsQuery),
+    params(WindowQuery),
     responses(
         (status = 200, description = "The totals", body = SummaryResponse),
         (status = 400, description = "Malformed date", body = ErrorBody),
@@ -385,7 +395,7 @@ fn bucket_start(level: Level, t: DateTime<Utc>) -> DateTime<Utc> {
 pub async fn summary(
     state: web::Data<AppState>,
     _user: AuthUser,
-    query: Query<StatsQuery>,
+    query: Query<WindowQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let window = window(query.from, query.to)?;
     let now = now();

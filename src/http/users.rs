@@ -35,6 +35,7 @@ pub struct OnlineUsersResponse {
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct OnlineQuery {
     /// At most this many users (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<usize>,
 }
 
