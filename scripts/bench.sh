@@ -15,7 +15,11 @@
 # BENCH_STATS=1 (also run
 # scripts/bench-stats.sh afterwards), ports: LOADBENCH_REDIS_PORT (16410),
 # LOADBENCH_MONGO_PORT (27148), LOADBENCH_API_PORT (18110), LOADBENCH_API2_PORT (18111),
-# LOADBENCH_NCHAN_PORT (18120), RUST_LOG (warn) for the API instances (logs in .work/loadbench).
+# LOADBENCH_NCHAN_PORT (18120), LOADBENCH_METRICS_PORT (18130: api1's /metrics, api2's on the
+# next port), RUST_LOG (warn) for the API instances (logs in .work/loadbench).
+# Both instances serve /metrics (METRICS_ADDR) as in production; api1's is scraped every second
+# and two scrapes are printed at the end: the busiest moment of the send path and the moment
+# with the most open streams.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -25,6 +29,7 @@ MONGO_PORT="${LOADBENCH_MONGO_PORT:-27148}"
 API_PORT="${LOADBENCH_API_PORT:-18110}"
 API2_PORT="${LOADBENCH_API2_PORT:-18111}"
 NCHAN_PORT="${LOADBENCH_NCHAN_PORT:-18120}"
+METRICS_PORT="${LOADBENCH_METRICS_PORT:-18130}"
 SEND_CONCURRENCY="${SEND_CONCURRENCY:-32}"
 SEND_SECONDS="${SEND_SECONDS:-10}"
 FANOUT_SUBSCRIBERS="${FANOUT_SUBSCRIBERS:-100 1000 5000}"
@@ -60,6 +65,7 @@ cleanup() {
     stop_nginx
     stop_pidfile "$DIR/api1.pid"
     stop_pidfile "$DIR/api2.pid"
+    stop_pidfile "$DIR/sampler.pid"
     stop_services loadbench
 }
 trap cleanup EXIT
@@ -105,11 +111,12 @@ messages_for() {
     echo 100
 }
 
-start_api() { # start_api NAME PORT
-    local name=$1 port=$2
+start_api() { # start_api NAME PORT METRICS_PORT
+    local name=$1 port=$2 metrics=$3
     stop_pidfile "$DIR/$name.pid"
     port_is_free "$port" || die "port $port is taken; set LOADBENCH_API_PORT/LOADBENCH_API2_PORT"
-    LISTEN_ADDR="127.0.0.1:$port" target/release/chat-server >"$DIR/$name.log" 2>&1 &
+    LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$metrics" \
+        target/release/chat-server >"$DIR/$name.log" 2>&1 &
     echo $! >"$DIR/$name.pid"
     wait_for_port "$port" 60 || die "the API did not start (see $DIR/$name.log)"
     log "chat-server $name on 127.0.0.1:$port"
@@ -212,8 +219,19 @@ export APP_ENV=development RUST_LOG=${RUST_LOG:-warn} AUTH_RATE_LIMIT_PER_MINUTE
 export WRITE_RATE_LIMIT_PER_MINUTE=1000000000 SIGNAL_RATE_LIMIT_PER_MINUTE=1000000000
 # The in-process ring must hold a whole burst for the slowest stream.
 export SSE_BUFFER_EVENTS=65536
-start_api api1 "$API_PORT"
-start_api api2 "$API2_PORT"
+start_api api1 "$API_PORT" "$METRICS_PORT"
+start_api api2 "$API2_PORT" "$((METRICS_PORT + 1))"
+# The sampler: api1's /metrics once a second, each scrape in its own file.
+rm -rf "$DIR/metrics"
+mkdir -p "$DIR/metrics"
+(
+    n=0
+    while curl -sf -o "$DIR/metrics/$(printf %05d $n).txt" "http://127.0.0.1:$METRICS_PORT/metrics"; do
+        n=$((n + 1))
+        sleep 1
+    done
+) &
+echo $! >"$DIR/sampler.pid"
 API1="http://127.0.0.1:$API_PORT"
 API2="http://127.0.0.1:$API2_PORT"
 
@@ -428,6 +446,33 @@ awk -F'|' '
         if (bad == "") printf "Target 4, nothing lost or duplicated: met (errors/lost/dup all 0 in the %d rows)\n", rows
         else print "Target 4, nothing lost or duplicated: not met: " bad
     }' "$ROWS"
+python3 - "$DIR/metrics" <<'PY'
+import os, re, sys
+SHOWN = ("chat_http_requests_total", "chat_messages_posted_total", "chat_log_events_appended_total",
+         "chat_sse_streams", "chat_sse_events_sent_total", "chat_delivery_lag_seconds_count",
+         "chat_delivery_lag_seconds_sum", "chat_delivery_waiting_batches", "chat_store_commands_total",
+         "chat_redis_commands_total", "chat_users_online")
+def read(path):
+    values = {}
+    for line in open(path):
+        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line.strip())
+        if m and m.group(1).startswith(SHOWN):
+            values[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return values
+d = sys.argv[1]
+scrapes = [read(os.path.join(d, f)) for f in sorted(os.listdir(d))]
+def total(s, name): return sum(v for k, v in s.items() if k.split("{")[0] == name)
+if len(scrapes) < 2:
+    print("Metrics: no scrapes (see .work/loadbench/api1.log)"); sys.exit()
+posted = [total(b, "chat_messages_posted_total") - total(a, "chat_messages_posted_total") for a, b in zip(scrapes, scrapes[1:])]
+busiest = posted.index(max(posted)) + 1
+streams = max(range(len(scrapes)), key=lambda i: total(scrapes[i], "chat_sse_streams"))
+for title, i in (("the busiest second of posting", busiest), ("the most open streams", streams)):
+    print(f"\napi1's /metrics at {title} (scrape {i} of {len(scrapes)}; {posted[i - 1] if i else 0:.0f} posts in the second before it):")
+    for k in sorted(scrapes[i]):
+        if not k.startswith("chat_http_requests_total") or 'status="2' in k:
+            print(f"  {k} {scrapes[i][k]:g}")
+PY
 echo "Statistics: not run here; ./scripts/bench-stats.sh loads 1M messages (~15 min) and measures them (or BENCH_STATS=1)."
 echo "nginx: worker_processes $NGINX_WORKERS ($(nginx_workers | wc -w) workers), worker_connections 20000, worker_rlimit_nofile $NOFILE; open files limit $NOFILE"
 echo "Scenarios took ${elapsed} s; $(date -u '+%F %T UTC'), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"

@@ -10,9 +10,9 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-ST_REDIS_PORT="${ST_REDIS_PORT:-16410}"
-ST_MONGO_PORT="${ST_MONGO_PORT:-27148}"
-ST_API_PORT="${ST_API_PORT:-18110}"
+ST_REDIS_PORT="${ST_REDIS_PORT:-16430}"
+ST_MONGO_PORT="${ST_MONGO_PORT:-27160}"
+ST_API_PORT="${ST_API_PORT:-18140}"
 PIDFILE="$WORK/schemathesis-run/server.pid"
 trap 'stop_pidfile "$PIDFILE"; stop_services schemathesis-run' EXIT
 trap 'exit 130' INT TERM
