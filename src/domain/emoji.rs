@@ -1,5 +1,5 @@
 use super::DomainError;
-use crate::error::ErrorCode;
+use super::ErrorCode;
 
 /// One emoji, as a reaction: exactly one emoji of the Unicode emoji list (with its skin tone,
 /// if any), stored in its fully qualified form so that `❤` and `❤️` are one reaction.

@@ -1,5 +1,5 @@
 use super::DomainError;
-use crate::error::ErrorCode;
+use super::ErrorCode;
 
 pub const MAX_CHARS: usize = 4000;
 

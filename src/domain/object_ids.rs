@@ -5,7 +5,7 @@ use std::fmt;
 use mongodb::bson::oid::ObjectId;
 
 use super::DomainError;
-use crate::error::ErrorCode;
+use super::ErrorCode;
 
 macro_rules! object_id_newtype {
     ($name:ident, $code:expr, $what:literal) => {

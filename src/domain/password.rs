@@ -1,7 +1,7 @@
 use std::fmt;
 
 use super::DomainError;
-use crate::error::ErrorCode;
+use super::ErrorCode;
 
 pub const MIN_LEN: usize = 8;
 /// Upper bound so nobody can make the server hash megabytes.
