@@ -354,7 +354,7 @@ if wants idle; then
 log "3. idle: $IDLE_STREAMS streams on a fresh API instance, then on a fresh nginx"
 # Fresh processes, so that memory freed by the fan-out runs does not hide the streams' own.
 stop_pidfile "$DIR/api2.pid"
-start_api api2 "$API2_PORT"
+start_api api2 "$API2_PORT" "$((METRICS_PORT + 1))"
 idle_rss "api (fresh instance 2, chat-server PSS)" api "$API2" \
     "api2:$(pid_of api2),$STORES" "$(pid_of api2)"
 stop_nginx
