@@ -115,6 +115,7 @@ start_api() { # start_api NAME PORT METRICS_PORT
     local name=$1 port=$2 metrics=$3
     stop_pidfile "$DIR/$name.pid"
     port_is_free "$port" || die "port $port is taken; set LOADBENCH_API_PORT/LOADBENCH_API2_PORT"
+    port_is_free "$metrics" || die "port $metrics is taken; set LOADBENCH_METRICS_PORT"
     LISTEN_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$metrics" \
         target/release/chat-server >"$DIR/$name.log" 2>&1 &
     echo $! >"$DIR/$name.pid"
@@ -226,7 +227,8 @@ rm -rf "$DIR/metrics"
 mkdir -p "$DIR/metrics"
 (
     n=0
-    while curl -sf -o "$DIR/metrics/$(printf %05d $n).txt" "http://127.0.0.1:$METRICS_PORT/metrics"; do
+    while true; do
+        curl -sf -m 2 -o "$DIR/metrics/$(printf %05d $n).txt" "http://127.0.0.1:$METRICS_PORT/metrics" || true
         n=$((n + 1))
         sleep 1
     done
@@ -446,6 +448,7 @@ awk -F'|' '
         if (bad == "") printf "Target 4, nothing lost or duplicated: met (errors/lost/dup all 0 in the %d rows)\n", rows
         else print "Target 4, nothing lost or duplicated: not met: " bad
     }' "$ROWS"
+stop_pidfile "$DIR/sampler.pid"
 python3 - "$DIR/metrics" <<'PY'
 import os, re, sys
 SHOWN = ("chat_http_requests_total", "chat_messages_posted_total", "chat_log_events_appended_total",
@@ -461,6 +464,7 @@ def read(path):
     return values
 d = sys.argv[1]
 scrapes = [read(os.path.join(d, f)) for f in sorted(os.listdir(d))]
+scrapes = [s for s in scrapes if s]
 def total(s, name): return sum(v for k, v in s.items() if k.split("{")[0] == name)
 if len(scrapes) < 2:
     print("Metrics: no scrapes (see .work/loadbench/api1.log)"); sys.exit()

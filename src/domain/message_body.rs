@@ -3,8 +3,9 @@ use super::ErrorCode;
 
 pub const MAX_CHARS: usize = 4000;
 
-/// The text of a message: 1 to 4000 characters (Unicode scalar values) once surrounding
-/// whitespace is trimmed; stored trimmed.
+/// The text of a message: at most 4000 characters (Unicode scalar values), not empty once
+/// surrounding whitespace is trimmed; stored trimmed. The bound is on what is sent, so that
+/// the spec's `maxLength` says it exactly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageBody(String);
 
@@ -17,7 +18,7 @@ impl MessageBody {
                 "the message body is empty",
             ));
         }
-        if trimmed.chars().count() > MAX_CHARS {
+        if raw.chars().count() > MAX_CHARS {
             return Err(DomainError::new(
                 ErrorCode::MessageTooLong,
                 format!("the message body must be at most {MAX_CHARS} characters"),
@@ -49,6 +50,12 @@ mod tests {
         assert!(MessageBody::parse(&"é".repeat(MAX_CHARS)).is_ok());
         assert_eq!(
             MessageBody::parse(&"é".repeat(MAX_CHARS + 1))
+                .unwrap_err()
+                .code,
+            ErrorCode::MessageTooLong
+        );
+        assert_eq!(
+            MessageBody::parse(&format!("{} ", "é".repeat(MAX_CHARS)))
                 .unwrap_err()
                 .code,
             ErrorCode::MessageTooLong

@@ -165,10 +165,13 @@ where
         .as_ref()
         .map_or_else(|err| err.status_code(), |_| StatusCode::OK);
     span.in_scope(|| request_log::logged("GET", "/events", "/events", status.as_u16(), started));
-    drop(span);
     match opened {
-        Ok(pump) => Box::pin(stream(io, pump)).await,
-        Err(err) => Box::pin(refuse(io, &err)).await,
+        Ok(pump) => {
+            drop(span);
+            Box::pin(stream(io, pump)).await;
+        }
+        // The refusal's own log line (a 503's warning) carries the request's id too.
+        Err(err) => Box::pin(refuse(io, &err).instrument(span)).await,
     }
 }
 

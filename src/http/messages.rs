@@ -26,8 +26,8 @@ pub struct CreateMessageRequest {
     /// Send to this user (by name), in the one-to-one conversation with them.
     #[schema(example = "bob", pattern = "^[A-Za-z0-9_.-]{3,32}$")]
     pub to: Option<String>,
-    /// 1 to 4000 characters once surrounding whitespace is trimmed.
-    #[schema(example = "hello", min_length = 1, max_length = 4000, pattern = "\\S")]
+    /// 1 to 4000 characters, not all white space.
+    #[schema(example = "hello", min_length = 1, max_length = 4000)]
     pub body: String,
 }
 
@@ -207,13 +207,8 @@ fn deleted() -> ApiError {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessageRequest {
-    /// The new text: 1 to 4000 characters once surrounding whitespace is trimmed.
-    #[schema(
-        example = "hello, room (edited)",
-        min_length = 1,
-        max_length = 4000,
-        pattern = "\\S"
-    )]
+    /// The new text: 1 to 4000 characters, not all white space.
+    #[schema(example = "hello, room (edited)", min_length = 1, max_length = 4000)]
     pub body: String,
 }
 

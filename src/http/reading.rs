@@ -92,8 +92,8 @@ pub(crate) async fn read_states(
 ) -> Result<Vec<ReadState>, ApiError> {
     state.delivery.before_reading_counts().await;
     let keys: Vec<String> = conversations.iter().map(|c| c.key.clone()).collect();
-    let mut markers = state.store.read_markers(user.user_id, &keys).await?;
-    let last_read: Vec<Option<String>> = keys.iter().map(|key| markers.remove(key)).collect();
+    let markers = state.store.read_markers(user.user_id, &keys).await?;
+    let last_read: Vec<Option<String>> = keys.iter().map(|key| markers.get(key).cloned()).collect();
     let after: Vec<(String, String)> = conversations
         .iter()
         .zip(&last_read)

@@ -36,9 +36,11 @@ impl RootSpanBuilder for RequestSpan {
     }
 }
 
-/// The span of one request with id `id`; the event stream's front door opens its own.
+/// The span of one request with id `id`; the event stream's front door opens its own. At the
+/// error level, so that it is enabled whatever `RUST_LOG` lets through: a warning logged at
+/// `RUST_LOG=warn` still carries its request's id.
 pub fn request_span(id: &str) -> Span {
-    tracing::info_span!("request", id)
+    tracing::error_span!("request", id)
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

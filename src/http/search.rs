@@ -83,13 +83,14 @@ pub async fn search(
     query: Query<SearchQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let limit = limit_param(query.limit, DEFAULT_HITS, MAX_HITS)?;
-    let q = query.q.trim();
-    if q.chars().any(char::is_control) {
+    // Checked before trimming, as the spec's pattern says: a tab or a newline is refused too.
+    if query.q.chars().any(char::is_control) {
         return Err(ApiError::unprocessable(
             ErrorCode::InvalidSearch,
             "the query must not contain control characters",
         ));
     }
+    let q = query.q.trim();
     if q.is_empty() || q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::unprocessable(
             ErrorCode::InvalidSearch,

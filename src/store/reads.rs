@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::bson::{self, Document, doc};
 use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 
 use super::{Store, ids};
-use super::{changed, index};
+use super::{changed, index, integer};
 use crate::domain::UserId;
 
 /// Unread messages, and unread mentions, are counted up to this many (the page shows "99+"):
@@ -250,16 +250,21 @@ impl Store {
         filter: Document,
     ) -> mongodb::error::Result<i64> {
         let command = doc! { "count": collection, "query": filter, "limit": UNREAD_CAP };
-        let answer = self
-            .bounded("counting unread messages", self.db.run_command(command))
-            .await?;
-        match answer.get("n") {
-            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-            Some(Bson::Int64(n)) => Ok(*n),
-            Some(Bson::Double(n)) => Ok(*n as i64),
-            _ => Err(mongodb::error::Error::custom(format!(
-                "a count answered without a number: {answer}"
-            ))),
-        }
+        let count = || {
+            self.bounded(
+                "counting unread messages",
+                self.db.run_command(command.clone()),
+            )
+        };
+        // A command is not retried by the driver, as the `find` it replaces was: once, here,
+        // across a failover.
+        let answer = match count().await {
+            Err(err) if super::is_transient(&err) => count().await?,
+            answer => answer?,
+        };
+        let n = integer(answer.get("n")).ok_or_else(|| {
+            mongodb::error::Error::custom(format!("a count answered without a number: {answer}"))
+        })?;
+        Ok(n.min(UNREAD_CAP))
     }
 }
