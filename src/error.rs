@@ -82,13 +82,13 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
     }
 
-    pub fn too_many_requests(retry_after_secs: u64) -> Self {
+    pub fn too_many_requests(retry_after_secs: u64, message: impl Into<String>) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs.max(1)),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
-                "too many attempts; retry later",
+                message,
             )
         }
     }

@@ -36,13 +36,23 @@ impl FromRequest for AuthUser {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = request_token(req);
-        Box::pin(async move {
-            let state = state
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
-            authenticate(&state, &token?).await
-        })
+        Box::pin(caller(req, |_| None))
+    }
+}
+
+/// The caller of `req`, authenticated, spending one unit of the budget `spend` names (if
+/// any) in the same Redis round trip: what every authenticating extractor does.
+fn caller(
+    req: &HttpRequest,
+    spend: fn(&AppState) -> Option<Spend>,
+) -> impl Future<Output = Result<AuthUser, ApiError>> + use<> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let token = request_token(req);
+    let spend = state.as_ref().and_then(|state| spend(state.get_ref()));
+    async move {
+        let state = state
+            .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
+        authenticate_spending(&state, &token?, spend).await
     }
 }
 
@@ -101,19 +111,16 @@ impl<B: Budget + 'static> FromRequest for Limited<B> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = request_token(req);
-        Box::pin(async move {
-            let state = state
-                .ok_or_else(|| ApiError::internal(anyhow::anyhow!("AppState is not registered")))?;
-            let spend = Spend {
+        let user = caller(req, |state| {
+            Some(Spend {
                 scope: B::SCOPE,
-                limit: B::per_minute(&state),
+                limit: B::per_minute(state),
                 window: MINUTE,
-            };
-            let user = authenticate_spending(&state, &token?, Some(spend)).await?;
+            })
+        });
+        Box::pin(async move {
             Ok(Self {
-                user,
+                user: user.await?,
                 budget: PhantomData,
             })
         })
@@ -152,10 +159,12 @@ async fn authenticate_spending(
             "the access token has been revoked; log in again",
         )),
         TouchOutcome::Limited(retry_after) => {
-            if let Some(spend) = spend {
-                crate::telemetry::metrics::rate_limited(spend.scope);
-            }
-            Err(ApiError::too_many_requests(retry_after))
+            let scope = spend.map_or("requests", |spend| spend.scope);
+            crate::telemetry::metrics::rate_limited(scope);
+            Err(ApiError::too_many_requests(
+                retry_after,
+                format!("over this minute's budget of {scope}; retry after `Retry-After` seconds"),
+            ))
         }
         TouchOutcome::Active => Ok(AuthUser {
             user_id,

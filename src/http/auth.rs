@@ -211,7 +211,10 @@ async fn limit_attempts(
         )
         .await?
     {
-        Some(retry_after) => Err(ApiError::too_many_requests(retry_after)),
+        Some(retry_after) => Err(ApiError::too_many_requests(
+            retry_after,
+            "too many attempts; retry later",
+        )),
         None => Ok(()),
     }
 }
