@@ -83,14 +83,14 @@ pub struct TypingAnswer {
 /// The caller's read state in each of `conversations`, in order: one read of the markers,
 /// then the capped counts after them. Unread messages are counted from the messages
 /// themselves; mentions from what finishing their batches wrote, so that a mention posted
-/// through another instance counts within a quarter of a second (through this one, at once:
-/// the read barrier of statistics).
+/// through another instance counts within a quarter of a second (through this one, at once,
+/// once the caller has passed the read barrier of statistics, `before_reading_counts`: each
+/// request does, once, before its first count).
 pub(crate) async fn read_states(
     state: &AppState,
     user: &AuthUser,
     conversations: &[Conversation],
 ) -> Result<Vec<ReadState>, ApiError> {
-    state.delivery.before_reading_counts().await;
     let keys: Vec<String> = conversations.iter().map(|c| c.key.clone()).collect();
     let markers = state.store.read_markers(user.user_id, &keys).await?;
     let last_read: Vec<Option<String>> = keys.iter().map(|key| markers.get(key).cloned()).collect();
@@ -149,6 +149,7 @@ pub(crate) async fn mark_read(
         // Stored: if Redis refuses it, it is announced later (see `Delivery::announce`).
         state.delivery.announce(Change::Read(change)).await;
     }
+    state.delivery.before_reading_counts().await;
     let mut states = read_states(state, user, std::slice::from_ref(&conversation)).await?;
     let read = states.pop().unwrap_or(ReadState {
         last_read: Some(message.seq),

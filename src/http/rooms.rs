@@ -155,6 +155,7 @@ pub async fn list_rooms(
             ))
         })
         .collect();
+    state.delivery.before_reading_counts().await;
     let mut states = read_states(&state, &user, &conversations)
         .await?
         .into_iter();

@@ -250,14 +250,16 @@ impl Store {
         filter: Document,
     ) -> mongodb::error::Result<i64> {
         let command = doc! { "count": collection, "query": filter, "limit": UNREAD_CAP };
+        // A command is not retried by the driver, as the `find` it replaces was: once, here,
+        // across a failover, within the one bound of the whole count.
+        let deadline = tokio::time::Instant::now() + self.write_bound();
         let count = || {
-            self.bounded(
+            super::bounded_until(
+                deadline,
                 "counting unread messages",
                 self.db.run_command(command.clone()),
             )
         };
-        // A command is not retried by the driver, as the `find` it replaces was: once, here,
-        // across a failover.
         let answer = match count().await {
             Err(err) if super::is_transient(&err) => count().await?,
             answer => answer?,
