@@ -426,7 +426,6 @@ impl Live {
         }
         let mut conn = self.redis.clone();
         let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
-        crate::telemetry::metrics::events_appended(events.len());
         if reply.len() != events.len() {
             return Err(unexpected_reply(&format!(
                 "{} ids for {} events",
@@ -434,6 +433,7 @@ impl Live {
                 events.len()
             )));
         }
+        crate::telemetry::metrics::events_appended(events.len());
         reply
             .iter()
             .map(|id| EventId::parse(id).ok_or_else(|| unexpected_reply(id)))

@@ -249,7 +249,10 @@ impl Live {
                 if let Err(err) = live.sweep_presence().await {
                     tracing::debug!(error = %err, "presence sweep failed");
                 }
-                if let Ok(online) = live.online_count().await {
+                // A round trip for the gauge only when something reads it.
+                if crate::telemetry::metrics::enabled()
+                    && let Ok(online) = live.online_count().await
+                {
                     crate::telemetry::metrics::users_online(online as u64);
                 }
             }
