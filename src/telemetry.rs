@@ -161,16 +161,32 @@ pub mod metrics {
 
     /// An event written to a stream; `appended_ms` (when Redis appended it, from its id) for
     /// a live one, not for a replay.
+    ///
+    /// This runs once per event per stream: the handles are looked up once per worker thread
+    /// (a registry lookup by label each time would be one per stream per event).
     pub fn event_sent(kind: &'static str, appended_ms: Option<u64>) {
+        thread_local! {
+            static SENT: std::cell::RefCell<Vec<(&'static str, ::metrics::Counter)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+            static LAG: ::metrics::Histogram = histogram!(DELIVERY_LAG);
+        }
         if !enabled() {
             return;
         }
-        counter!(SSE_EVENTS, "type" => kind).increment(1);
+        SENT.with_borrow_mut(|sent| match sent.iter().find(|(k, _)| *k == kind) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = counter!(SSE_EVENTS, "type" => kind);
+                counter.increment(1);
+                sent.push((kind, counter));
+            }
+        });
         if let Some(appended_ms) = appended_ms {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            histogram!(DELIVERY_LAG).record(now.saturating_sub(Duration::from_millis(appended_ms)));
+            let lag = now.saturating_sub(Duration::from_millis(appended_ms));
+            LAG.with(|histogram| histogram.record(lag));
         }
     }
 
