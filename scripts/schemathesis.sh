@@ -54,6 +54,11 @@ ST_MESSAGE=$(post /messages "${auth[@]}" -d "{\"room_id\":\"$ST_ROOM\",\"body\":
 log "schemathesis over openapi/openapi.json ($BASE)"
 # Not fuzzed: the event stream (it never ends; tests/api/sse.rs covers it) and logout (it
 # would revoke the token every other request uses; tests/api/auth.rs covers it).
+# Not run: ensure_resource_availability, which takes any 404 after a creation for the created
+# resource missing; a read marker's 404 names the message in its body ("no such message in
+# this conversation"), not the room in its path. (Only the command line switches it off in
+# the stateful phase; the config file's per-operation setting is not honoured there.)
 "$WORK/schemathesis/bin/schemathesis" --config-file scripts/schemathesis.toml run \
     openapi/openapi.json --url "$BASE" --checks all --max-examples 50 --no-color \
+    --exclude-checks ensure_resource_availability \
     --exclude-path /events --exclude-path /auth/logout "$@"
