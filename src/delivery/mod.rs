@@ -165,8 +165,9 @@ impl Delivery {
         }
     }
 
-    /// Stores a post with the next batch and announces it; answers once it is in the log (or
-    /// Redis refused it: the message is stored, and its batch is finished later). A post not
+    /// Stores a post with the next batch and announces it; answers once it is in the log (or,
+    /// Redis refusing it until the write bound, without its event id: the message is stored,
+    /// and its batch is appended and finished later). A post not
     /// answered within the write bound (the store hangs, or batches ahead of it are slow)
     /// fails, its outcome unknown: if it is stored after all, its batch is finished as usual.
     pub async fn post(&self, new: NewMessage) -> Result<Posted, PostError> {
@@ -216,16 +217,19 @@ impl Delivery {
         response
     }
 
-    /// Announces a stored change (a batch of its own), in order with the posts. Waits for the
-    /// first attempt to append it, so that what the caller does next comes after it in the
-    /// log (a join before the posts that follow it); if Redis refuses that attempt, it returns
-    /// then, and the change is appended by a later attempt or by the reconciler.
+    /// Announces a stored change (a batch of its own), in order with the posts. Waits, within
+    /// the write bound, for it to be appended, so that what the caller does next comes after
+    /// it in the log (a join before the posts that follow it); past the bound (Redis away) it
+    /// returns, and the change is appended by a later attempt or by the reconciler.
     pub async fn announce(&self, change: Change) {
         let (done, answer) = oneshot::channel();
         let job = pipeline::AppendJob::change(&change, done);
-        if self.appends.send(job).await.is_ok() {
-            let _ = answer.await;
-        }
+        let appended = async {
+            if self.appends.send(job).await.is_ok() {
+                let _ = answer.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.bound, appended).await;
     }
 
     /// Records what this instance appended as finished (counting it): the last step of a

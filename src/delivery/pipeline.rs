@@ -9,10 +9,10 @@
 //! may have been stored: the reconciler finishes its batch then).
 //!
 //! The appender appends each batch with one script call, answers its posts with their event
-//! ids, and hands the batch to `Finishing`. When Redis refuses, the posts are answered without
-//! an event id (their messages are stored) and the batch is retried in place, later batches
-//! waiting behind it, so that the log keeps the order; after [`GIVE_UP`] it is left to the
-//! reconciler. Nothing here needs to outlive a crash: a batch stored and not finished is found
+//! ids, and hands the batch to `Finishing`. When Redis refuses, the batch is retried in place,
+//! later batches waiting behind it, so that the log keeps the order; its posts wait for the
+//! retry until their write bound passes, and are then answered without an event id (their
+//! messages are stored). After [`GIVE_UP`] the batch is left to the reconciler. Nothing here needs to outlive a crash: a batch stored and not finished is found
 //! by the reconciler.
 
 use std::collections::VecDeque;
@@ -37,6 +37,8 @@ const APPENDS: usize = 1024;
 /// reconciler. Well within `FINISHED_MARKER_TTL`, so that the appender can never append a
 /// batch again once its marker is gone.
 const GIVE_UP: Duration = Duration::from_secs(60);
+/// The first wait before appending a refused batch again; it doubles up to 2 s.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 
 pub(super) struct PostJob {
     pub new: NewMessage,
@@ -157,7 +159,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                 None => return,
             },
         };
-        let mut delay = Duration::from_millis(100);
+        let mut delay = FIRST_RETRY;
         loop {
             if job.stored.elapsed() > GIVE_UP {
                 tracing::warn!(batch = %job.batch.batch, "batch left to the reconciler");
@@ -174,11 +176,11 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                     break;
                 }
                 Err(err) => {
-                    // The batch is stored: its posts succeeded; its events come later, and
-                    // those of the batches behind it after them.
-                    if !job.waiters.is_empty() {
+                    // The batch is stored: its events come later, and those of the batches
+                    // behind it after them. Its posts wait for them within their bound, so
+                    // that a post answered with an event id is in the log before its answer.
+                    if delay == FIRST_RETRY {
                         tracing::warn!(batch = %job.batch.batch, error = %err, "cannot append to the event log; retrying");
-                        job.answer(None);
                     }
                     let retry = tokio::time::sleep(delay);
                     tokio::pin!(retry);
@@ -186,11 +188,11 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                         tokio::select! {
                             _ = &mut retry => break,
                             Some(mut later) = batches.recv() => {
-                                later.answer(None);
                                 if waiting.len() < APPENDS {
                                     waiting.push_back(later);
                                 } else {
                                     tracing::warn!(batch = %later.batch.batch, "batch left to the reconciler");
+                                    later.answer(None);
                                 }
                             }
                         }

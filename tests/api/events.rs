@@ -973,9 +973,11 @@ async fn delivery_of(app: &crate::helpers::TestApp) -> chat_server::delivery::De
 async fn events_after_a_failed_append_queue_behind_its_retry() {
     let redis = ScratchRedis::start().await;
     // A log of 10 entries makes batches of at most 2 posts (a quarter of it).
+    // Posts wait for their event within the write bound (1 s), shorter than Redis is busy.
     let app = spawn_app_with(&[
         ("REDIS_URL", redis.url()),
         ("EVENT_LOG_MAX_LEN", "10".to_owned()),
+        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
     ])
     .await;
     let alice = app.signup("alice").await;
@@ -987,7 +989,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
 
     // Redis is busy past the reply timeout: the first batch is sent and fails; those queued
     // behind it, and one posted after the failure while Redis is still busy, must not
-    // overtake it. Their posts are answered meanwhile (the messages are stored).
+    // overtake it. Their posts are answered at their bound (the messages are stored).
     let _busy = keep_busy(&redis, "5000000").await;
     let (one, two, three) = tokio::join!(
         post_through(&delivery, &alice, &general, "1", None),
@@ -1041,7 +1043,12 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
 #[tokio::test]
 async fn retries_while_redis_is_down_append_their_message_once() {
     let mut redis = ScratchRedis::start().await;
-    let app = spawn_app_with(&[("REDIS_URL", redis.url())]).await;
+    // Each post waits for its event within the write bound (1 s) before it is answered.
+    let app = spawn_app_with(&[
+        ("REDIS_URL", redis.url()),
+        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+    ])
+    .await;
     let alice = app.signup("alice").await;
     let general = app.general(&alice.token).await;
     let delivery = delivery_of(&app).await;

@@ -253,6 +253,10 @@ struct Post {
     /// The stored message's id, once a 2xx said so, and when.
     id: Option<String>,
     acked: Duration,
+    /// Whether the 2xx gave the message's event id: it was in the log before its answer.
+    /// A post answered without one (Redis refused its append for the write bound) is
+    /// appended later, and may come on streams after messages sent after its answer.
+    in_log: bool,
 }
 
 #[derive(Default)]
@@ -302,7 +306,7 @@ async fn post(
         let key = uuid::Uuid::new_v4().to_string();
         let sent = shared.now();
         let mut attempt = 0;
-        let id = loop {
+        let answered = loop {
             let app = rotate(&apps, poster + k + attempt);
             attempt += 1;
             let mut request = app
@@ -315,23 +319,24 @@ async fn post(
             }
             let started = Instant::now();
             let response = request.send().await;
-            let (answer, id) = answer_of("POST /messages", started, &shared, response).await;
+            let (answer, body) = answer_of("POST /messages", started, &shared, response).await;
             let failed = answer.failed();
             log.answers.push(answer);
             if !failed {
                 shared.acks.fetch_add(1, Ordering::Relaxed);
-                break id;
+                break body;
             }
             if !keyed || attempt > 600 {
-                break None;
+                break Value::Null;
             }
             tokio::time::sleep(BACKOFF).await;
         };
         log.posts.push(Post {
             body,
             sent,
-            id,
+            id: answered["id"].as_str().map(str::to_owned),
             acked: shared.now(),
+            in_log: answered["event_id"].is_string(),
         });
     }
     log
@@ -342,7 +347,7 @@ async fn answer_of(
     started: Instant,
     shared: &Shared,
     response: reqwest::Result<reqwest::Response>,
-) -> (Answer, Option<String>) {
+) -> (Answer, Value) {
     let latency = started.elapsed();
     let at = shared.now();
     match response {
@@ -350,7 +355,6 @@ async fn answer_of(
             let status = response.status();
             let retry_after = response.headers().contains_key("retry-after");
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            let id = body["id"].as_str().map(str::to_owned);
             let answer = Answer {
                 at,
                 latency,
@@ -358,7 +362,7 @@ async fn answer_of(
                 retry_after,
                 path,
             };
-            (answer, id)
+            (answer, body)
         }
         Err(_) => {
             let answer = Answer {
@@ -368,7 +372,7 @@ async fn answer_of(
                 retry_after: false,
                 path,
             };
-            (answer, None)
+            (answer, Value::Null)
         }
     }
 }
@@ -678,6 +682,11 @@ impl Traffic {
             .collect();
         let oldest_first: Vec<&str> = ids_in_history.iter().rev().copied().collect();
         broken.extend(causal_inversions("history", &oldest_first, &times));
+        let live_times: HashMap<&str, (Duration, Duration)> = posts
+            .iter()
+            .filter(|p| p.in_log)
+            .filter_map(|p| Some((p.id.as_deref()?, (p.sent, p.acked))))
+            .collect();
 
         // Streams: each message sent while subscribed, once, unless a resync came after it
         // was sent.
@@ -715,7 +724,7 @@ impl Traffic {
                         broken.extend(causal_inversions(
                             &format!("subscriber {n}"),
                             &segment,
-                            &times,
+                            &live_times,
                         ));
                         segment.clear();
                     }
@@ -738,7 +747,7 @@ impl Traffic {
             broken.extend(causal_inversions(
                 &format!("subscriber {n}"),
                 &segment,
-                &times,
+                &live_times,
             ));
             let Some(first_ready) = first_ready else {
                 let refusal = log.seen.iter().rev().find_map(|(_, seen)| match seen {
