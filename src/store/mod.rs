@@ -38,7 +38,7 @@ pub use messages::{
 pub use reactions::{ReactionChange, Reactions};
 pub use reads::{ReadChange, UNREAD_CAP, seq_before};
 pub use rooms::{CreateRoomError, DEFAULT_ROOM, Joined, MembershipChange, RoomRecord};
-pub use search::{MAX_QUERY_CHARS, SearchMode, terms};
+pub use search::{Directs, MAX_QUERY_CHARS, SearchMode, terms};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;

@@ -77,11 +77,157 @@ fn literal(text: &str) -> String {
     out
 }
 
+/// The newest messages of the caller's conversations that a search reads and matches itself
+/// before it asks the index: a text index gives every match of a word unordered, so a word in
+/// many messages costs a sort of all of them (and nx-27017 pays for each), while a word in 2%
+/// of these fills a page of 20 from them alone.
+const RECENT: i64 = 1000;
+
+/// Whether `body` has every one of `words` as the store's query finds them: where the server
+/// has a text index, each word as whole words (runs of letters and digits, without case or
+/// accents; a word of several, such as `foo-bar`, as those words one after another), which is
+/// how nx-27017's index matches a quoted word; where it scans, as a part of a word.
+fn has_words(mode: SearchMode, words: &[String], body: &str) -> bool {
+    match mode {
+        SearchMode::Text => {
+            let body = tokens(body);
+            words.iter().all(|word| {
+                let word = tokens(word);
+                !word.is_empty() && body.windows(word.len()).any(|at| at == word.as_slice())
+            })
+        }
+        SearchMode::Regex => {
+            let body = body.to_lowercase();
+            words.iter().all(|word| body.contains(&word.to_lowercase()))
+        }
+    }
+}
+
+/// The words of `text` as a text index has them: lower case, accents removed.
+fn tokens(text: &str) -> Vec<String> {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    let folded: String = text
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect();
+    folded
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The caller's direct conversations, as a search reads their recent messages itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Directs<'a> {
+    /// Everyone the caller has a direct conversation with, as the pair counters list them.
+    pub partners: &'a [UserId],
+    /// A conversation is listed once its first message is counted: every direct message
+    /// since this time (ms) is read as well, whatever its conversation.
+    pub since_ms: i64,
+}
+
 impl Store {
     /// The messages of `rooms` and of `user`'s direct conversations that have every one of
     /// `words`, newest first, older than `before` (a `seq`) when given, at most `limit`.
     /// Deleted messages have no body and are never found.
+    ///
+    /// With `directs`, the newest [`RECENT`] messages of the rooms and of the listed direct
+    /// conversations, and the direct messages since `directs.since_ms`, are matched here first;
+    /// only if they do not fill the page is the index asked, for older messages.
     pub async fn search(
+        &self,
+        words: &[String],
+        user: UserId,
+        rooms: &[RoomId],
+        directs: Option<Directs<'_>>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<MessageRecord>> {
+        let Some(directs) = directs else {
+            return self.indexed_search(words, user, rooms, before, limit).await;
+        };
+        let conversations: Vec<String> = rooms
+            .iter()
+            .map(|room| super::room_conversation(*room))
+            .chain(
+                directs
+                    .partners
+                    .iter()
+                    .map(|p| super::direct_conversation(user, *p)),
+            )
+            .collect();
+        let me = user.to_string();
+        let older = |mut filter: Document| {
+            if let Some(before) = before {
+                filter.insert("seq", doc! { "$lt": before });
+            }
+            filter
+        };
+        let messages = self.db.collection::<MessageRecord>("messages");
+        // By `_id`, which sorts like `seq`: nx-27017 walks its `_id` order and stops early.
+        let window = async {
+            let found = messages
+                .find(older(doc! { "conversation": { "$in": conversations } }))
+                .sort(doc! { "_id": -1 })
+                .limit(RECENT)
+                .await?;
+            found.try_collect::<Vec<MessageRecord>>().await
+        };
+        // Direct messages too new for the pair counters to list their conversation.
+        let unlisted = [
+            doc! { "recipient_id": { "$eq": &me } },
+            doc! { "sender_id": { "$eq": &me }, "room_id": { "$eq": null } },
+        ]
+        .map(|mut place| {
+            place.insert("at_ms", doc! { "$gte": directs.since_ms });
+            let messages = &messages;
+            let filter = older(place);
+            async move {
+                let found = messages.find(filter).await?;
+                found.try_collect::<Vec<MessageRecord>>().await
+            }
+        });
+        let read =
+            futures_util::future::try_join(window, futures_util::future::try_join_all(unlisted));
+        let (window, unlisted) = self.bounded("searching recent messages", read).await?;
+        let whole = i64::try_from(window.len()).unwrap_or(i64::MAX) < RECENT;
+        let floor = if whole {
+            None
+        } else {
+            window.last().map(|m| m.seq.clone())
+        };
+        let mut recent: Vec<MessageRecord> = window;
+        for message in unlisted.into_iter().flatten() {
+            let above = floor.as_ref().is_none_or(|floor| message.seq > *floor);
+            if above && !recent.iter().any(|m| m.id == message.id) {
+                recent.push(message);
+            }
+        }
+        recent.sort_by(|a, b| b.seq.cmp(&a.seq));
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mode = self.search_mode();
+        let mut found: Vec<MessageRecord> = recent
+            .into_iter()
+            .filter(|m| m.deleted_at_ms.is_none() && has_words(mode, words, &m.body))
+            .take(wanted)
+            .collect();
+        if let Some(floor) = floor
+            && found.len() < wanted
+        {
+            let rest = i64::try_from(wanted - found.len()).unwrap_or(limit);
+            found.extend(
+                self.indexed_search(words, user, rooms, Some(&floor), rest)
+                    .await?,
+            );
+        }
+        Ok(found)
+    }
+
+    /// [`Store::search`] through the text index (or the scan), whatever the messages' age.
+    async fn indexed_search(
         &self,
         words: &[String],
         user: UserId,
@@ -149,6 +295,34 @@ mod tests {
         assert_eq!(terms(" deploy  \"friday\" ").unwrap(), ["deploy", "friday"]);
         assert!(terms(" \" \"\" ").is_err());
         assert!(terms(&"w ".repeat(MAX_QUERY_WORDS + 1)).is_err());
+    }
+
+    #[test]
+    fn recent_messages_are_matched_as_the_index_matches() {
+        let words = |q: &str| terms(q).unwrap();
+        let text = |q: &str, body: &str| has_words(SearchMode::Text, &words(q), body);
+        assert!(text("coffee", "Tea, COFFEE; milk"));
+        assert!(text("Coffee", "coffee"));
+        assert!(!text("coffee", "coffeehouse"));
+        assert!(!text("coffee", "coffees"));
+        assert!(
+            text("coffee", "foo_coffee"),
+            "an underscore separates words"
+        );
+        assert!(text("cafe", "un café"), "accents do not count");
+        assert!(text("über", "uber cool"));
+        assert!(text("foo-bar", "foo bar"));
+        assert!(!text("foo-bar", "bar foo"));
+        assert!(text("coffee.com", "email bob@coffee.com"));
+        assert!(
+            text("coffee milk", "milk and coffee"),
+            "every word, in any order"
+        );
+        assert!(!text("coffee milk", "coffee only"));
+        assert!(!text("!!!", "!!!"), "no word, no hit");
+        let scan = |q: &str, body: &str| has_words(SearchMode::Regex, &words(q), body);
+        assert!(scan("coffee", "a COFFEEHOUSE"));
+        assert!(!scan("coffee milk", "coffee only"));
     }
 
     #[test]

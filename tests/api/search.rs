@@ -182,6 +182,80 @@ async fn search_pages_follow_edits_and_skip_deletions() {
     assert!(app.found(&alice.token, &new).await.is_empty());
 }
 
+/// A search reads the newest 1,000 messages of the caller's conversations itself and asks the
+/// index only for what is older: a page that starts in those and ends past them misses
+/// nothing and repeats nothing, and a room the caller is not in stays out of both.
+#[tokio::test]
+async fn a_page_that_reaches_past_the_recent_messages_asks_the_index_for_the_rest() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let carol = app.signup("carol").await;
+    let general = app.general(&alice.token).await;
+    let secret = app.create_room(&carol.token, &unique("s")).await;
+    let w = word();
+    let old0 = app
+        .post_to_room(&alice.token, &general, &format!("{w} old 0"))
+        .await;
+    app.post_to_room(&alice.token, &general, &format!("{w} old 1"))
+        .await;
+    app.post_to_user(&bob.token, &alice.username, &format!("{w} from bob"))
+        .await;
+    app.post_to_room(&carol.token, &secret, &format!("{w} in secret"))
+        .await;
+    // More than the recent messages a search reads itself, posted straight through a
+    // delivery path (no write limit), in batches.
+    let delivery = crate::events::delivery_of(&app).await;
+    for chunk in 0..10 {
+        let bodies: Vec<String> = (0..101).map(|n| format!("filler {chunk} {n}")).collect();
+        let posts = bodies
+            .iter()
+            .map(|body| crate::events::post_through(&delivery, &alice, &general, body, None));
+        futures_util::future::join_all(posts).await;
+    }
+    app.post_to_room(&alice.token, &general, &format!("{w} new"))
+        .await;
+
+    let page = |before: Option<String>, limit: &'static str| {
+        let app = &app;
+        let token = alice.token.clone();
+        let w = w.clone();
+        async move {
+            let mut query = vec![("q", w), ("limit", limit.to_owned())];
+            if let Some(before) = before {
+                query.push(("before", before));
+            }
+            let res = app
+                .client
+                .get(app.url("/search"))
+                .query(&query)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let page: Value = res.json().await.unwrap();
+            let bodies: Vec<String> = page["hits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["message"]["body"].as_str().unwrap().to_owned())
+                .collect();
+            (bodies, page["next_before"].as_str().map(str::to_owned))
+        }
+    };
+    let (first, next) = page(None, "2").await;
+    assert_eq!(first, [format!("{w} new"), format!("{w} from bob")]);
+    let (rest, last) = page(next, "10").await;
+    assert_eq!(rest, [format!("{w} old 1"), format!("{w} old 0")]);
+    assert!(last.is_none());
+    // A page that starts below the recent messages.
+    let (below, _) = page(Some(old0["id"].as_str().unwrap().to_owned()), "10").await;
+    assert!(below.is_empty(), "{below:?}");
+    let (all, _) = page(None, "50").await;
+    assert_eq!(all.len(), 4, "{all:?}");
+}
+
 #[tokio::test]
 async fn bad_queries_are_a_4xx() {
     let app = spawn_app().await;
