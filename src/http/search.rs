@@ -6,7 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::AuthUser;
 use crate::delivery::{MessageResponse, UserRef};
-use crate::domain::{MessageId, RoomId, UserId};
+use crate::domain::{MessageId, RoomId};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{Query, limit_param};
 use crate::state::AppState;
@@ -14,8 +14,6 @@ use crate::store::{Directs, MAX_QUERY_CHARS, terms};
 
 const DEFAULT_HITS: i64 = 20;
 const MAX_HITS: i64 = 50;
-/// The direct conversations a search lists to read their recent messages itself.
-const MAX_PARTNERS: usize = 500;
 
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct SearchQuery {
@@ -114,22 +112,13 @@ pub async fn search(
         .map(|joined| joined.room)
         .collect();
     rooms.push(state.default_room.room_id());
-    // The caller's direct conversations, from the pair counters (this instance's written
-    // first); past MAX_PARTNERS the list may be cut, and the search asks the index alone.
-    state.delivery.before_reading_counts().await;
-    let partners: Vec<UserId> = (state
-        .store
-        .partners_of(&user.user_id.to_string(), MAX_PARTNERS))
-    .await?
-    .into_iter()
-    .filter_map(|(partner, _)| UserId::parse(&partner).ok())
-    .collect();
-    // A conversation is listed once its first message is counted: within the reconciler's
-    // lag of its storing (at once through this instance); twice that is read besides.
+    // A conversation is listed within the reconciler's lag of its first message; twice
+    // that before the list was read, every direct message is read besides.
+    let partners = state.store.partners(user.user_id).await?;
     let lag = i64::try_from(crate::delivery::lag(&state.store).as_millis()).unwrap_or(i64::MAX);
-    let directs = (partners.len() < MAX_PARTNERS).then(|| Directs {
-        partners: &partners,
-        since_ms: crate::store::now_ms().saturating_sub(lag.saturating_mul(2)),
+    let directs = partners.as_ref().map(|listed| Directs {
+        partners: &listed.users,
+        since_ms: listed.listed_at_ms.saturating_sub(lag.saturating_mul(2)),
     });
     let mut found = state
         .store

@@ -62,6 +62,8 @@ pub struct Store {
     rooms_of_users: rooms::RoomsOfUsers,
     /// How search works on this server, found when its index is created.
     search_mode: Arc<std::sync::OnceLock<SearchMode>>,
+    /// Users' direct conversations, as search lists them (see `search::Partners`).
+    partners: moka::sync::Cache<crate::domain::UserId, Option<search::Partners>>,
 }
 
 impl Store {
@@ -117,6 +119,7 @@ impl Store {
             settled: settled::memory(),
             settled_edges: settled::memory(),
             known_rooms: moka::sync::Cache::new(rooms::KNOWN_ROOMS),
+            partners: search::partners_cache(),
             search_mode: Arc::default(),
         })
     }

@@ -2,6 +2,9 @@
 //! text indexes (MongoDB, nx-27017), a case-insensitive `$regex` where it refuses them
 //! (SecantusDB, code 67), decided once, when the index is created.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::IndexOptions;
@@ -119,6 +122,30 @@ fn tokens(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// How long a user's list of direct conversations is kept before search reads it again.
+const PARTNERS_FOR: Duration = Duration::from_secs(30);
+/// Users whose lists are kept at most.
+const PARTNERS_KEPT: u64 = 10_000;
+/// A user with this many direct conversations or more is searched through the index alone.
+const MAX_PARTNERS: usize = 10_000;
+
+pub(super) fn partners_cache() -> moka::sync::Cache<UserId, Option<Partners>> {
+    moka::sync::Cache::builder()
+        .max_capacity(PARTNERS_KEPT)
+        .time_to_live(PARTNERS_FOR)
+        .build()
+}
+
+/// Everyone a user has a direct conversation with, as the pair counters listed them at
+/// `listed_at_ms`. A conversation is listed once its first message is counted, within the
+/// reconciler's lag of its storing: a search reads the direct messages since a little before
+/// `listed_at_ms` besides, whatever their conversation.
+#[derive(Debug, Clone)]
+pub struct Partners {
+    pub users: Arc<[UserId]>,
+    pub listed_at_ms: i64,
+}
+
 /// The caller's direct conversations, as a search reads their recent messages itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Directs<'a> {
@@ -130,13 +157,33 @@ pub struct Directs<'a> {
 }
 
 impl Store {
+    /// `user`'s [`Partners`], read once in [`PARTNERS_FOR`]; `None` past [`MAX_PARTNERS`].
+    pub async fn partners(&self, user: UserId) -> mongodb::error::Result<Option<Partners>> {
+        if let Some(kept) = self.partners.get(&user) {
+            return Ok(kept);
+        }
+        let listed_at_ms = super::now_ms();
+        let counted = self.partners_of(&user.to_string(), MAX_PARTNERS).await?;
+        let users: Arc<[UserId]> = counted
+            .into_iter()
+            .filter_map(|(partner, _)| UserId::parse(&partner).ok())
+            .collect();
+        let listed = (users.len() < MAX_PARTNERS).then_some(Partners {
+            users,
+            listed_at_ms,
+        });
+        self.partners.insert(user, listed.clone());
+        Ok(listed)
+    }
+
     /// The messages of `rooms` and of `user`'s direct conversations that have every one of
     /// `words`, newest first, older than `before` (a `seq`) when given, at most `limit`.
     /// Deleted messages have no body and are never found.
     ///
     /// With `directs`, the newest [`RECENT`] messages of the rooms and of the listed direct
-    /// conversations, and the direct messages since `directs.since_ms`, are matched here first;
-    /// only if they do not fill the page is the index asked, for older messages.
+    /// conversations, and every direct message since `directs.since_ms`, are matched here;
+    /// only if they do not fill the page is the index asked, for the listed conversations'
+    /// older messages. Without, the index is asked for everything.
     pub async fn search(
         &self,
         words: &[String],
@@ -146,8 +193,15 @@ impl Store {
         before: Option<&str>,
         limit: i64,
     ) -> mongodb::error::Result<Vec<MessageRecord>> {
+        let me = user.to_string();
         let Some(directs) = directs else {
-            return self.indexed_search(words, user, rooms, before, limit).await;
+            let rooms: Vec<String> = rooms.iter().map(ToString::to_string).collect();
+            let places = vec![
+                doc! { "room_id": { "$in": rooms } },
+                doc! { "sender_id": { "$eq": &me }, "room_id": { "$eq": null } },
+                doc! { "recipient_id": { "$eq": &me } },
+            ];
+            return self.indexed_search(words, places, before, limit).await;
         };
         let conversations: Vec<String> = rooms
             .iter()
@@ -159,7 +213,7 @@ impl Store {
                     .map(|p| super::direct_conversation(user, *p)),
             )
             .collect();
-        let me = user.to_string();
+        let listed = doc! { "conversation": { "$in": conversations } };
         let older = |mut filter: Document| {
             if let Some(before) = before {
                 filter.insert("seq", doc! { "$lt": before });
@@ -170,13 +224,13 @@ impl Store {
         // By `_id`, which sorts like `seq`: nx-27017 walks its `_id` order and stops early.
         let window = async {
             let found = messages
-                .find(older(doc! { "conversation": { "$in": conversations } }))
+                .find(older(listed.clone()))
                 .sort(doc! { "_id": -1 })
                 .limit(RECENT)
                 .await?;
             found.try_collect::<Vec<MessageRecord>>().await
         };
-        // Direct messages too new for the pair counters to list their conversation.
+        // Direct messages too new for the list to have their conversation.
         let unlisted = [
             doc! { "recipient_id": { "$eq": &me } },
             doc! { "sender_id": { "$eq": &me }, "room_id": { "$eq": null } },
@@ -193,50 +247,48 @@ impl Store {
         let read =
             futures_util::future::try_join(window, futures_util::future::try_join_all(unlisted));
         let (window, unlisted) = self.bounded("searching recent messages", read).await?;
-        let whole = i64::try_from(window.len()).unwrap_or(i64::MAX) < RECENT;
-        let floor = if whole {
-            None
-        } else {
-            window.last().map(|m| m.seq.clone())
-        };
-        let mut recent: Vec<MessageRecord> = window;
-        for message in unlisted.into_iter().flatten() {
-            let above = floor.as_ref().is_none_or(|floor| message.seq > *floor);
-            if above && !recent.iter().any(|m| m.id == message.id) {
-                recent.push(message);
+        // Below the floor the window has not looked; without one it saw every message.
+        let floor = match window.last() {
+            Some(last) if i64::try_from(window.len()).unwrap_or(i64::MAX) >= RECENT => {
+                Some(last.seq.clone())
             }
-        }
-        recent.sort_by(|a, b| b.seq.cmp(&a.seq));
-        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+            _ => None,
+        };
         let mode = self.search_mode();
-        let mut found: Vec<MessageRecord> = recent
-            .into_iter()
-            .filter(|m| m.deleted_at_ms.is_none() && has_words(mode, words, &m.body))
-            .take(wanted)
-            .collect();
-        if let Some(floor) = floor
+        let hit = |m: &MessageRecord| m.deleted_at_ms.is_none() && has_words(mode, words, &m.body);
+        let (mut found, mut unlisted_hits): (Vec<MessageRecord>, Vec<MessageRecord>) = (
+            window.into_iter().filter(hit).collect(),
+            unlisted.into_iter().flatten().filter(hit).collect(),
+        );
+        let below = |m: &MessageRecord| floor.as_ref().is_some_and(|floor| m.seq < *floor);
+        let older_unlisted: Vec<MessageRecord> =
+            unlisted_hits.extract_if(.., |m| below(m)).collect();
+        merge(&mut found, unlisted_hits);
+        let wanted = usize::try_from(limit).unwrap_or(usize::MAX);
+        if let Some(floor) = &floor
             && found.len() < wanted
         {
             let rest = i64::try_from(wanted - found.len()).unwrap_or(limit);
-            found.extend(
-                self.indexed_search(words, user, rooms, Some(&floor), rest)
-                    .await?,
-            );
+            let mut older = self
+                .indexed_search(words, vec![listed], Some(floor), rest)
+                .await?;
+            merge(&mut older, older_unlisted);
+            older.truncate(wanted - found.len());
+            found.extend(older);
         }
+        found.truncate(wanted);
         Ok(found)
     }
 
-    /// [`Store::search`] through the text index (or the scan), whatever the messages' age.
+    /// The messages of `places` (filters, each a place a readable message can be) that have
+    /// every one of `words`, through the text index (or the scan), newest first.
     async fn indexed_search(
         &self,
         words: &[String],
-        user: UserId,
-        rooms: &[RoomId],
+        places: Vec<Document>,
         before: Option<&str>,
         limit: i64,
     ) -> mongodb::error::Result<Vec<MessageRecord>> {
-        let rooms: Vec<String> = rooms.iter().map(ToString::to_string).collect();
-        let me = user.to_string();
         let mut matching = doc! { "deleted_at_ms": { "$exists": false } };
         match self.search_mode() {
             // Quoted, each word is required (unquoted, MongoDB finds any of them).
@@ -255,13 +307,8 @@ impl Store {
         if let Some(before) = before {
             matching.insert("seq", doc! { "$lt": before });
         }
-        // One query per place a readable message can be, merged: nx-27017 answers nothing to a
-        // `$text` query with an `$or` beside it.
-        let places = [
-            doc! { "room_id": { "$in": rooms } },
-            doc! { "sender_id": { "$eq": &me }, "room_id": { "$eq": null } },
-            doc! { "recipient_id": { "$eq": &me } },
-        ];
+        // One query per place, merged: nx-27017 answers nothing to a `$text` query with an
+        // `$or` beside it.
         let collection = self.db.collection::<MessageRecord>("messages");
         let reads = places.into_iter().map(|mut place| {
             place.extend(matching.clone());
@@ -284,6 +331,16 @@ impl Store {
         found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         Ok(found)
     }
+}
+
+/// Adds `more` to `found`, newest first, each message once.
+fn merge(found: &mut Vec<MessageRecord>, more: Vec<MessageRecord>) {
+    for message in more {
+        if !found.iter().any(|m| m.id == message.id) {
+            found.push(message);
+        }
+    }
+    found.sort_by(|a, b| b.seq.cmp(&a.seq));
 }
 
 #[cfg(test)]

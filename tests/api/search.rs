@@ -184,7 +184,8 @@ async fn search_pages_follow_edits_and_skip_deletions() {
 
 /// A search reads the newest 1,000 messages of the caller's conversations itself and asks the
 /// index only for what is older: a page that starts in those and ends past them misses
-/// nothing and repeats nothing, and a room the caller is not in stays out of both.
+/// nothing and repeats nothing (a direct conversation not listed yet included), and a room
+/// the caller is not in stays out of both.
 #[tokio::test]
 async fn a_page_that_reaches_past_the_recent_messages_asks_the_index_for_the_rest() {
     let app = spawn_app().await;
@@ -194,6 +195,9 @@ async fn a_page_that_reaches_past_the_recent_messages_asks_the_index_for_the_res
     let general = app.general(&alice.token).await;
     let secret = app.create_room(&carol.token, &unique("s")).await;
     let w = word();
+    // Alice's direct conversations are listed now, without bob's: his message below comes
+    // with the direct messages too new for the list, and from below the recent ones.
+    assert!(app.found(&alice.token, &w).await.is_empty());
     let old0 = app
         .post_to_room(&alice.token, &general, &format!("{w} old 0"))
         .await;
