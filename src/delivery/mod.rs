@@ -18,8 +18,6 @@ mod payload;
 mod pipeline;
 mod reconciler;
 
-pub use reconciler::lag;
-
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use crate::domain::{MessageId, RoomId};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::{Query, limit_param};
 use crate::state::AppState;
-use crate::store::{Directs, MAX_QUERY_CHARS, terms};
+use crate::store::{MAX_QUERY_CHARS, terms};
 
 const DEFAULT_HITS: i64 = 20;
 const MAX_HITS: i64 = 50;
@@ -112,24 +112,9 @@ pub async fn search(
         .map(|joined| joined.room)
         .collect();
     rooms.push(state.default_room.room_id());
-    // A conversation is listed within the reconciler's lag of its first message; twice
-    // that before the list was read, every direct message is read besides.
-    let partners = state.store.partners(user.user_id).await?;
-    let lag = i64::try_from(crate::delivery::lag(&state.store).as_millis()).unwrap_or(i64::MAX);
-    let directs = partners.as_ref().map(|listed| Directs {
-        partners: &listed.users,
-        since_ms: listed.listed_at_ms.saturating_sub(lag.saturating_mul(2)),
-    });
     let mut found = state
         .store
-        .search(
-            &words,
-            user.user_id,
-            &rooms,
-            directs,
-            before.as_deref(),
-            limit + 1,
-        )
+        .search(&words, user.user_id, &rooms, before.as_deref(), limit + 1)
         .await?;
     let more = found.len() > usize::try_from(limit).unwrap_or(usize::MAX);
     found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));

@@ -38,7 +38,7 @@ pub use messages::{
 pub use reactions::{ReactionChange, Reactions};
 pub use reads::{ReadChange, UNREAD_CAP, seq_before};
 pub use rooms::{CreateRoomError, DEFAULT_ROOM, Joined, MembershipChange, RoomRecord};
-pub use search::{Directs, MAX_QUERY_CHARS, SearchMode, terms};
+pub use search::{MAX_QUERY_CHARS, SearchMode, terms};
 pub use users::{InsertUserError, NewUser, UserRecord};
 
 use crate::config::Settings;
@@ -62,8 +62,6 @@ pub struct Store {
     rooms_of_users: rooms::RoomsOfUsers,
     /// How search works on this server, found when its index is created.
     search_mode: Arc<std::sync::OnceLock<SearchMode>>,
-    /// Users' direct conversations, as search lists them (see `search::Partners`).
-    partners: moka::sync::Cache<crate::domain::UserId, Option<search::Partners>>,
 }
 
 impl Store {
@@ -119,7 +117,6 @@ impl Store {
             settled: settled::memory(),
             settled_edges: settled::memory(),
             known_rooms: moka::sync::Cache::new(rooms::KNOWN_ROOMS),
-            partners: search::partners_cache(),
             search_mode: Arc::default(),
         })
     }

@@ -933,7 +933,7 @@ async fn a_post_whose_event_reply_was_lost_after_redis_appended_it_is_announced_
 
 /// Posts made straight through an instance's delivery path (no HTTP request, which would need
 /// Redis for its token), as a handler makes them.
-pub(crate) async fn post_through(
+async fn post_through(
     delivery: &chat_server::delivery::Delivery,
     user: &TestUser,
     room: &str,
@@ -958,7 +958,7 @@ pub(crate) async fn post_through(
 }
 
 /// A delivery path of its own on `app`'s store and Redis, as a second instance has.
-pub(crate) async fn delivery_of(app: &crate::helpers::TestApp) -> chat_server::delivery::Delivery {
+async fn delivery_of(app: &crate::helpers::TestApp) -> chat_server::delivery::Delivery {
     use chat_server::live::Live;
     use chat_server::store::Store;
     let store = Store::connect(&app.settings).await.unwrap();
