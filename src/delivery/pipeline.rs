@@ -46,8 +46,8 @@ pub(super) struct PostJob {
 }
 
 pub(super) enum Answer {
-    /// Stored; the id of its event follows once the batch is appended (`None` if Redis
-    /// refused it).
+    /// Stored; the id of its event follows once the batch is appended (`None` if it was
+    /// left to the reconciler: Redis refused it for a minute, or the appender was full).
     Stored(MessageRecord, oneshot::Receiver<Option<EventId>>),
     Replayed(MessageRecord),
     KeyReused,
@@ -148,7 +148,7 @@ async fn write(
 }
 
 async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiver<AppendJob>) {
-    // Batches behind one that Redis refused, their posts answered already.
+    // Batches behind one that Redis refused, their posts waiting within their bound.
     let mut waiting: VecDeque<AppendJob> = VecDeque::new();
     loop {
         metrics::waiting_batches("announce", waiting.len() + batches.len());
