@@ -1038,6 +1038,45 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     );
 }
 
+/// A post whose first append Redis does not answer in time waits for the retry within its
+/// bound, and is answered with its event id once it is in the log: so a post sent after that
+/// answer comes after it on every stream, whichever instance appends it.
+#[tokio::test]
+async fn a_post_whose_append_is_retried_within_its_bound_is_answered_once_in_the_log() {
+    let redis = ScratchRedis::start().await;
+    // The write bound is 6 s; Redis answers in 2 s or not at all.
+    let app = spawn_app_with(&[
+        ("REDIS_URL", redis.url()),
+        ("MONGODB_TIMEOUT_MS", "3000".to_owned()),
+    ])
+    .await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let delivery = delivery_of(&app).await;
+    // Redis knows the append script from then on (a first call would only send its hash).
+    let first = post_through(&delivery, &alice, &general, "first", None).await;
+    assert!(first.event_id.is_some());
+
+    // Busy for 3 s: the first append times out at 2 s, its retry runs once Redis is free.
+    let _busy = keep_busy(&redis, "3000000").await;
+    let late = post_through(&delivery, &alice, &general, "late", None).await;
+    let event_id = late
+        .event_id
+        .expect("answered once appended, within the bound");
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let logged = logged_messages(&mut conn, &app).await;
+    let bodies: Vec<String> = logged
+        .iter()
+        .filter_map(|entry| entry.get::<String>("d"))
+        .map(|data| serde_json::from_str::<serde_json::Value>(&data).unwrap()["body"].to_string())
+        .collect();
+    assert_eq!(bodies, ["\"first\"", "\"late\""], "each once, in order");
+    let epoch: String = logged[1].get("e").unwrap();
+    assert_eq!(event_id, format!("{epoch}-{}", logged[1].id));
+}
+
 /// While Redis is down, retries of a keyed post (a client retrying in a loop) append nothing
 /// and queue nothing: its batch is appended once, when Redis is back.
 #[tokio::test]
