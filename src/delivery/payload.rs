@@ -53,7 +53,8 @@ pub struct MessageResponse {
     pub reactions: Vec<ReactionCount>,
     /// Id of the `message` event on the SSE stream, when known (in the answer to a post, or
     /// to a retry with its idempotency key within minutes), so the sender can recognise its
-    /// own message there. Absent when the event is still waiting for Redis.
+    /// own message there. Absent when Redis refused the event for the whole write bound
+    /// (2 × MONGODB_TIMEOUT_MS): the message is stored, and its event follows later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
 }
