@@ -847,6 +847,31 @@ async fn logged_messages(
         .collect()
 }
 
+/// The bodies of the `message` events in `app`'s log, oldest first; none while Redis does
+/// not answer.
+async fn logged_bodies(redis: &ScratchRedis, app: &crate::helpers::TestApp) -> Vec<String> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return Vec::new();
+    };
+    let log: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
+        .arg(format!("{}events", app.settings.redis_key_prefix))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await;
+    let Ok(log) = log else { return Vec::new() };
+    log.ids
+        .iter()
+        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
+        .filter_map(|entry| entry.get::<String>("d"))
+        .map(|data| {
+            let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+            data["body"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
 /// Makes Redis run a Lua loop for `micros` microseconds (answering nothing meanwhile), and
 /// returns once it does; the returned connection gets the loop's reply at its end.
 async fn keep_busy(redis: &ScratchRedis, micros: &str) -> TcpStream {
@@ -969,23 +994,42 @@ async fn delivery_of(app: &crate::helpers::TestApp) -> chat_server::delivery::De
     chat_server::delivery::Delivery::start(store, live, shutdown)
 }
 
+/// An instance on `redis` with `env`, a delivery path of its own on it, and alice in
+/// `general`, whose first post there taught Redis the append script (a first call would only
+/// send its hash), so that a later append is one call Redis can hold up.
+async fn posting_through_a_warm_log(
+    redis: &ScratchRedis,
+    env: &[(&str, String)],
+) -> (
+    crate::helpers::TestApp,
+    chat_server::delivery::Delivery,
+    TestUser,
+    String,
+) {
+    let mut env = env.to_vec();
+    env.push(("REDIS_URL", redis.url()));
+    let app = spawn_app_with(&env).await;
+    let alice = app.signup("alice").await;
+    let general = app.general(&alice.token).await;
+    let delivery = delivery_of(&app).await;
+    let first = post_through(&delivery, &alice, &general, "0", None).await;
+    assert!(first.event_id.is_some());
+    (app, delivery, alice, general)
+}
+
 #[tokio::test]
 async fn events_after_a_failed_append_queue_behind_its_retry() {
     let redis = ScratchRedis::start().await;
     // A log of 10 entries makes batches of at most 2 posts (a quarter of it).
     // Posts wait for their event within the write bound (1 s), shorter than Redis is busy.
-    let app = spawn_app_with(&[
-        ("REDIS_URL", redis.url()),
-        ("EVENT_LOG_MAX_LEN", "10".to_owned()),
-        ("MONGODB_TIMEOUT_MS", "500".to_owned()),
-    ])
+    let (app, delivery, alice, general) = posting_through_a_warm_log(
+        &redis,
+        &[
+            ("EVENT_LOG_MAX_LEN", "10".to_owned()),
+            ("MONGODB_TIMEOUT_MS", "500".to_owned()),
+        ],
+    )
     .await;
-    let alice = app.signup("alice").await;
-    let general = app.general(&alice.token).await;
-    let delivery = delivery_of(&app).await;
-    // Redis knows the append script from then on (a first call would only send its hash).
-    let first = post_through(&delivery, &alice, &general, "0", None).await;
-    assert!(first.event_id.is_some());
 
     // Redis is busy past the reply timeout: the first batch is sent and fails; those queued
     // behind it, and one posted after the failure while Redis is still busy, must not
@@ -1004,28 +1048,7 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
     assert!(four.event_id.is_none(), "it waits behind the retries");
 
     // The log as Redis has it, once it answers again (empty while it is busy).
-    let bodies = || async {
-        let client = redis::Client::open(redis.url()).unwrap();
-        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-            return Vec::new();
-        };
-        let log: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
-            .arg(format!("{}events", app.settings.redis_key_prefix))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn)
-            .await;
-        let Ok(log) = log else { return Vec::new() };
-        log.ids
-            .iter()
-            .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
-            .filter_map(|entry| entry.get::<String>("d"))
-            .map(|data| {
-                let data: serde_json::Value = serde_json::from_str(&data).unwrap();
-                data["body"].as_str().unwrap().to_owned()
-            })
-            .collect::<Vec<_>>()
-    };
+    let bodies = || logged_bodies(&redis, &app);
     let all = crate::helpers::eventually(Duration::from_secs(20), || async {
         bodies().await.len() >= 5
     })
@@ -1045,17 +1068,8 @@ async fn events_after_a_failed_append_queue_behind_its_retry() {
 async fn a_post_whose_append_is_retried_within_its_bound_is_answered_once_in_the_log() {
     let redis = ScratchRedis::start().await;
     // The write bound is 6 s; Redis answers in 2 s or not at all.
-    let app = spawn_app_with(&[
-        ("REDIS_URL", redis.url()),
-        ("MONGODB_TIMEOUT_MS", "3000".to_owned()),
-    ])
-    .await;
-    let alice = app.signup("alice").await;
-    let general = app.general(&alice.token).await;
-    let delivery = delivery_of(&app).await;
-    // Redis knows the append script from then on (a first call would only send its hash).
-    let first = post_through(&delivery, &alice, &general, "first", None).await;
-    assert!(first.event_id.is_some());
+    let (app, delivery, alice, general) =
+        posting_through_a_warm_log(&redis, &[("MONGODB_TIMEOUT_MS", "3000".to_owned())]).await;
 
     // Busy for 3 s: the first append times out at 2 s, its retry runs once Redis is free.
     let _busy = keep_busy(&redis, "3000000").await;
@@ -1064,15 +1078,14 @@ async fn a_post_whose_append_is_retried_within_its_bound_is_answered_once_in_the
         .event_id
         .expect("answered once appended, within the bound");
 
+    assert_eq!(
+        logged_bodies(&redis, &app).await,
+        ["0", "late"],
+        "each once, in order"
+    );
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let logged = logged_messages(&mut conn, &app).await;
-    let bodies: Vec<String> = logged
-        .iter()
-        .filter_map(|entry| entry.get::<String>("d"))
-        .map(|data| serde_json::from_str::<serde_json::Value>(&data).unwrap()["body"].to_string())
-        .collect();
-    assert_eq!(bodies, ["\"first\"", "\"late\""], "each once, in order");
     let epoch: String = logged[1].get("e").unwrap();
     assert_eq!(event_id, format!("{epoch}-{}", logged[1].id));
 }
