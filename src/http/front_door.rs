@@ -156,7 +156,8 @@ where
     let started = Instant::now();
     // The request's span (its id) covers opening the stream and its log line; a held stream
     // keeps no span, to stay small.
-    let span = request_log::request_span(&uuid::Uuid::new_v4().to_string());
+    let id = uuid::Uuid::new_v4().to_string();
+    let span = request_log::request_span(&id);
     // Boxed, as what follows: the task of a connection is as big as the biggest state of this
     // function, and a held stream should not pay for the others.
     let opened = Box::pin(open(&state, request).instrument(span.clone())).await;
@@ -168,10 +169,10 @@ where
     match opened {
         Ok(pump) => {
             drop(span);
-            Box::pin(stream(io, pump)).await;
+            Box::pin(stream(io, pump, id)).await;
         }
         // The refusal's own log line (a 503's warning) carries the request's id too.
-        Err(err) => Box::pin(refuse(io, &err).instrument(span)).await,
+        Err(err) => Box::pin(refuse(io, &err, &id).instrument(span)).await,
     }
 }
 
@@ -267,8 +268,11 @@ async fn open(state: &web::Data<AppState>, request: StreamRequest) -> Result<Pum
 }
 
 /// Answers a stream request that cannot be served with the API's error response, then closes.
-async fn refuse(mut io: TcpStream, err: &ApiError) {
-    let response = err.error_response();
+async fn refuse(mut io: TcpStream, err: &ApiError, id: &str) {
+    let mut response = err.error_response();
+    if let Ok(id) = actix_web::http::header::HeaderValue::from_str(id) {
+        response.headers_mut().insert(request_log::REQUEST_ID, id);
+    }
     let status = response.status();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -301,7 +305,7 @@ fn http_date() -> impl std::fmt::Display {
 
 /// Writes the response head, then the stream's frames as HTTP/1.1 chunks, each batch of
 /// frames already waiting in one system call, until the stream or the client ends.
-async fn stream(mut io: TcpStream, mut pump: Pump) {
+async fn stream(mut io: TcpStream, mut pump: Pump, id: String) {
     // Frames are small and must go at once.
     let _ = io.set_nodelay(true);
     let mut head = String::from("HTTP/1.1 200 OK\r\n");
@@ -311,9 +315,11 @@ async fn stream(mut io: TcpStream, mut pump: Pump) {
         }
     }
     head.push_str(&format!(
-        "transfer-encoding: chunked\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        "{}: {id}\r\ntransfer-encoding: chunked\r\nconnection: close\r\ndate: {}\r\n\r\n",
+        request_log::REQUEST_ID,
         http_date()
     ));
+    drop(id);
     if !within(STALLED_WRITE, io.write_all(head.as_bytes())).await {
         return;
     }

@@ -43,7 +43,7 @@ pub fn request_span(id: &str) -> Span {
     tracing::error_span!("request", id)
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub async fn log_request(
     req: ServiceRequest,

@@ -80,13 +80,22 @@ async fn readyz_names_mongodb_when_it_is_down() {
 #[tokio::test]
 async fn every_answer_names_its_request_id() {
     let app = spawn_app().await;
+    let alice = app.signup("alice").await;
     let mut ids = Vec::new();
-    for (path, status) in [
-        ("/healthz", StatusCode::OK),
-        ("/healthz", StatusCode::OK),
-        ("/no-such-path", StatusCode::NOT_FOUND),
+    // The event stream's answers come from its own front door (a new connection's first
+    // request), refusing and serving.
+    for (path, token, status) in [
+        ("/healthz", None, StatusCode::OK),
+        ("/healthz", None, StatusCode::OK),
+        ("/no-such-path", None, StatusCode::NOT_FOUND),
+        ("/events", None, StatusCode::UNAUTHORIZED),
+        ("/events", Some(&alice.token), StatusCode::OK),
     ] {
-        let res = app.get(path).send().await.unwrap();
+        let request = match token {
+            Some(token) => app.get_fresh(path, token),
+            None => app.fresh_client.get(app.url(path)),
+        };
+        let res = request.send().await.unwrap();
         assert_eq!(res.status(), status, "{path}");
         let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
         assert!(uuid::Uuid::parse_str(&id).is_ok(), "{path}: {id}");
@@ -94,5 +103,5 @@ async fn every_answer_names_its_request_id() {
     }
     ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 3, "one id per request: {ids:?}");
+    assert_eq!(ids.len(), 5, "one id per request: {ids:?}");
 }
