@@ -224,12 +224,15 @@ impl Delivery {
     pub async fn announce(&self, change: Change) {
         let (done, answer) = oneshot::channel();
         let job = pipeline::AppendJob::change(&change, done);
-        let appended = async {
-            if self.appends.send(job).await.is_ok() {
-                let _ = answer.await;
+        let deadline = tokio::time::Instant::now() + self.bound;
+        match tokio::time::timeout_at(deadline, self.appends.send(job)).await {
+            Ok(Ok(())) => {
+                let _ = tokio::time::timeout_at(deadline, answer).await;
             }
-        };
-        let _ = tokio::time::timeout(self.bound, appended).await;
+            // The pipeline stopped: the process ends.
+            Ok(Err(_)) => {}
+            Err(_) => tracing::warn!("the appender is behind; change left to the reconciler"),
+        }
     }
 
     /// Records what this instance appended as finished (counting it): the last step of a

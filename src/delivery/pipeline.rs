@@ -160,6 +160,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
             },
         };
         let mut delay = FIRST_RETRY;
+        let mut refused_before = false;
         loop {
             if job.stored.elapsed() > GIVE_UP {
                 tracing::warn!(batch = %job.batch.batch, "batch left to the reconciler");
@@ -179,7 +180,8 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                     // The batch is stored: its events come later, and those of the batches
                     // behind it after them. Its posts wait for them within their bound, so
                     // that a post answered with an event id is in the log before its answer.
-                    if delay == FIRST_RETRY {
+                    if !refused_before {
+                        refused_before = true;
                         tracing::warn!(batch = %job.batch.batch, error = %err, "cannot append to the event log; retrying");
                     }
                     let retry = tokio::time::sleep(delay);

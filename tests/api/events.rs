@@ -1073,7 +1073,12 @@ async fn a_post_whose_append_is_retried_within_its_bound_is_answered_once_in_the
 
     // Busy for 3 s: the first append times out at 2 s, its retry runs once Redis is free.
     let _busy = keep_busy(&redis, "3000000").await;
+    let started = Instant::now();
     let late = post_through(&delivery, &alice, &general, "late", None).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the first append timed out, and the post waited for its retry"
+    );
     let event_id = late
         .event_id
         .expect("answered once appended, within the bound");
