@@ -261,7 +261,10 @@ impl Store {
             )
         };
         let answer = match count().await {
-            Err(err) if super::is_transient(&err) => count().await?,
+            // Once, if the bound leaves time for it (a timeout spent it all).
+            Err(err) if super::is_transient(&err) && tokio::time::Instant::now() < deadline => {
+                count().await?
+            }
             answer => answer?,
         };
         let n = integer(answer.get("n")).ok_or_else(|| {
