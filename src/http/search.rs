@@ -90,8 +90,9 @@ pub async fn search(
             "the query must not contain control characters",
         ));
     }
+    // The length of what was sent, as the spec's `maxLength` says.
     let q = query.q.trim();
-    if q.is_empty() || q.chars().count() > MAX_QUERY_CHARS {
+    if q.is_empty() || query.q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::unprocessable(
             ErrorCode::InvalidSearch,
             format!("the query must have 1 to {MAX_QUERY_CHARS} characters"),

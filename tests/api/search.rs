@@ -187,6 +187,8 @@ async fn bad_queries_are_a_4xx() {
     let app = spawn_app().await;
     let alice = app.signup("alice").await;
     let long = "x".repeat(201);
+    // 201 characters as sent, 200 once trimmed: the spec's maxLength counts what is sent.
+    let padded = format!(" {}", "x".repeat(200));
     let many = "w ".repeat(11);
     for (query, status, code) in [
         ("", StatusCode::UNPROCESSABLE_ENTITY, "invalid_search"),
@@ -208,6 +210,13 @@ async fn bad_queries_are_a_4xx() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_search",
         ),
+        (
+            padded.as_str(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_search",
+        ),
+        // Checked before trimming: a trailing tab is refused too.
+        ("x\t", StatusCode::UNPROCESSABLE_ENTITY, "invalid_search"),
         (
             many.as_str(),
             StatusCode::UNPROCESSABLE_ENTITY,
