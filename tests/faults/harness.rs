@@ -10,7 +10,8 @@
 //! - every subscriber got every message posted while it was subscribed exactly once, except
 //!   where a `resync` told it to reload history;
 //! - a message acknowledged before another was sent comes first, in history and on every
-//!   stream (the order people saw is the order they find on reload);
+//!   stream (the order people saw is the order they find on reload); on streams a post
+//!   answered without an event id (Redis refused it for the whole write bound) may come later;
 //! - no response was a 5xx other than 503 with `Retry-After`, and none a 4xx;
 //! - within [`RECOVERY_BOUND`] of the repair, readiness is back on both instances, posts
 //!   succeed and every subscriber has its stream open again.
