@@ -20,11 +20,7 @@ trap 'exit 130' INT TERM
 ensure_redis
 ensure_nx
 SCHEMATHESIS_VERSION=4.32.5
-if ! "$WORK/schemathesis/bin/schemathesis" --version 2>/dev/null | grep -qF "$SCHEMATHESIS_VERSION"; then
-    log "installing Schemathesis $SCHEMATHESIS_VERSION into .work/schemathesis"
-    python3 -m venv "$WORK/schemathesis"
-    "$WORK/schemathesis/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+ensure_venv "$WORK/schemathesis" schemathesis "$SCHEMATHESIS_VERSION"
 port_is_free "$ST_API_PORT" || die "port $ST_API_PORT is taken; set ST_API_PORT"
 cargo build --quiet --bin chat-server
 start_redis schemathesis-run "$ST_REDIS_PORT"

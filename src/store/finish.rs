@@ -380,7 +380,9 @@ impl Store {
     }
 
     async fn count_in(&self, collection: &str, filter: &Document) -> mongodb::error::Result<i64> {
-        // `$match` + `$count` uses the index on both servers (nx-27017's `count` scans).
+        // An exact count: `$match` + `$count` uses the index on both servers, where
+        // nx-27017's `count` without a `limit` scans (with one it stops there: the capped
+        // unread counts of `reads` use it so).
         let pipeline = vec![doc! { "$match": filter.clone() }, doc! { "$count": "n" }];
         self.bounded("counting stored events", async {
             let mut cursor = self
