@@ -834,17 +834,24 @@ async fn logged_messages(
     conn: &mut redis::aio::MultiplexedConnection,
     app: &crate::helpers::TestApp,
 ) -> Vec<redis::streams::StreamId> {
+    try_logged_messages(conn, app).await.unwrap()
+}
+
+async fn try_logged_messages(
+    conn: &mut redis::aio::MultiplexedConnection,
+    app: &crate::helpers::TestApp,
+) -> redis::RedisResult<Vec<redis::streams::StreamId>> {
     let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
         .arg(format!("{}events", app.settings.redis_key_prefix))
         .arg("-")
         .arg("+")
         .query_async(conn)
-        .await
-        .unwrap();
-    log.ids
+        .await?;
+    Ok(log
+        .ids
         .into_iter()
         .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
-        .collect()
+        .collect())
 }
 
 /// The bodies of the `message` events in `app`'s log, oldest first; none while Redis does
@@ -854,16 +861,11 @@ async fn logged_bodies(redis: &ScratchRedis, app: &crate::helpers::TestApp) -> V
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
         return Vec::new();
     };
-    let log: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
-        .arg(format!("{}events", app.settings.redis_key_prefix))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut conn)
-        .await;
-    let Ok(log) = log else { return Vec::new() };
-    log.ids
+    let Ok(logged) = try_logged_messages(&mut conn, app).await else {
+        return Vec::new();
+    };
+    logged
         .iter()
-        .filter(|entry| entry.get::<String>("t").as_deref() == Some("message"))
         .filter_map(|entry| entry.get::<String>("d"))
         .map(|data| {
             let data: serde_json::Value = serde_json::from_str(&data).unwrap();
