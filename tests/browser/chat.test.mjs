@@ -719,7 +719,11 @@ test("after the server restarts, the stream reconnects and resumes without dupli
   await openRoom(alice.page, "general");
   await openRoom(bob.page, "general");
   await status(bob.page, "connected").waitFor();
-  // The room's history (earlier tests posted to it) is shown before it is taken as "before".
+  // A message of its own, so that the test does not lean on earlier ones having posted.
+  const earlier = "before the restart " + suffix;
+  await send(alice.page, earlier);
+  await bodiesExactly(bob.page, earlier).waitFor();
+  // The room's history is shown before it is taken as "before".
   await waitUntil(async () => (await bodies(bob.page).count()) > 0, "general's history", 15000);
   const before = await bodies(bob.page).allTextContents();
 
