@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures_util::{StreamExt, stream};
+use futures_util::{FutureExt, StreamExt, stream};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -494,4 +494,41 @@ async fn typing_is_live_throttled_and_never_replayed() {
     a.post_to_room(&bob.token, &room, "second sentinel").await;
     let next = alices.next_within(Duration::from_secs(10)).await.unwrap();
     assert_eq!(next.event, "message", "{next:?}");
+}
+
+/// Past the mentions one read takes at once (500), each conversation's mentions are counted on
+/// their own: a room with many mentions does not crowd a quieter one out of its count. The
+/// busy room's mentions are posted first, so that a single read stops inside them.
+#[tokio::test]
+async fn many_unread_mentions_in_one_room_leave_another_rooms_count_exact() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let busy = app.create_room(&alice.token, &unique("busy")).await;
+    let quiet = app.create_room(&alice.token, &unique("quiet")).await;
+    for room in [&busy, &quiet] {
+        assert_eq!(
+            app.join_room(&bob.token, room).await.status(),
+            StatusCode::OK
+        );
+    }
+    let mention = format!("@{} look", bob.username);
+    stream::iter(0..501)
+        .for_each_concurrent(16, |_| {
+            app.post_to_room(&alice.token, &busy, &mention).map(drop)
+        })
+        .await;
+    for _ in 0..3 {
+        app.post_to_room(&alice.token, &quiet, &mention).await;
+    }
+
+    assert_eq!(
+        counts(&app.room_read_state(&bob.token, &quiet).await),
+        (3, 3)
+    );
+    assert_eq!(
+        counts(&app.room_read_state(&bob.token, &busy).await),
+        (100, 100),
+        "counted up to the cap"
+    );
 }
