@@ -41,10 +41,12 @@ post() { curl -sf -X POST "$BASE$1" -H 'content-type: application/json' "${@:2}"
 for name in st_alice st_bob; do
     post /auth/register -d "{\"username\":\"$name\",\"password\":\"a-long-password\"}" >/dev/null
 done
-export ST_TOKEN ST_ROOM ST_MESSAGE ST_OTHER=st_bob
+export ST_TOKEN ST_ROOM ST_LEFT_ROOM ST_MESSAGE ST_OTHER=st_bob
 ST_TOKEN=$(post /auth/login -d '{"username":"st_alice","password":"a-long-password"}' | json '["access_token"]')
 auth=(-H "authorization: Bearer $ST_TOKEN")
 ST_ROOM=$(post /rooms "${auth[@]}" -d '{"name":"schemathesis"}' | json '["id"]')
+# The room that leaving takes (leaving the main room would make every later request to it a 403).
+ST_LEFT_ROOM=$(post /rooms "${auth[@]}" -d '{"name":"schemathesis-left"}' | json '["id"]')
 ST_MESSAGE=$(post /messages "${auth[@]}" -d "{\"room_id\":\"$ST_ROOM\",\"body\":\"hello\"}" | json '["id"]')
 
 log "schemathesis over openapi/openapi.json ($BASE)"
