@@ -186,11 +186,8 @@ pub struct RoomMemberEvent {
 /// The event of a stored message: `message`, or for a message changed since, its change
 /// (`message_edited`, `message_deleted`); for the room's members, or the two users.
 pub fn message_event(record: &MessageRecord, kind: EventKind) -> NewEvent {
-    NewEvent {
-        kind,
-        audience: audience_of(&record.conversation),
-        data: serde_json::to_string(&MessageResponse::from(record)).unwrap_or_default(),
-    }
+    let audience = audience_of(&record.conversation);
+    NewEvent::json(kind, audience, &MessageResponse::from(record))
 }
 
 /// The event of a message's last edit or deletion.
@@ -214,11 +211,11 @@ pub fn reaction_event(change: &ReactionChange) -> NewEvent {
         added: change.active,
         at: DateTime::from_timestamp_millis(change.at_ms).unwrap_or_default(),
     };
-    NewEvent {
-        kind: EventKind::Reaction,
-        audience: audience_of(&change.conversation),
-        data: serde_json::to_string(&event).unwrap_or_default(),
-    }
+    NewEvent::json(
+        EventKind::Reaction,
+        audience_of(&change.conversation),
+        &event,
+    )
 }
 
 /// The `read` event of a stored marker change, for the user's own streams.
@@ -233,11 +230,7 @@ pub fn read_event(change: &ReadChange) -> NewEvent {
         last_read: change.seq.clone(),
         at: DateTime::from_timestamp_millis(change.at_ms).unwrap_or_default(),
     };
-    NewEvent {
-        kind: EventKind::Read,
-        audience: Audience::Users(vec![change.user]),
-        data: serde_json::to_string(&event).unwrap_or_default(),
-    }
+    NewEvent::json(EventKind::Read, Audience::Users(vec![change.user]), &event)
 }
 
 /// The `room_member` event of a stored membership change, for the room's members (and the
@@ -251,9 +244,5 @@ pub fn membership_event(change: &MembershipChange) -> NewEvent {
         action: if change.joined { "joined" } else { "left" }.to_owned(),
         at: DateTime::from_timestamp_millis(change.at_ms).unwrap_or_default(),
     };
-    NewEvent {
-        kind: EventKind::RoomMember,
-        audience: Audience::Room(change.room),
-        data: serde_json::to_string(&event).unwrap_or_default(),
-    }
+    NewEvent::json(EventKind::RoomMember, Audience::Room(change.room), &event)
 }

@@ -171,11 +171,7 @@ pub(crate) async fn typing(
         username: user.username.clone(),
         expires_in_ms: TYPING_SHOWS_MS,
     };
-    let event = NewEvent {
-        kind: EventKind::Typing,
-        audience: audience_of(&conversation.key),
-        data: serde_json::to_string(&event).map_err(ApiError::internal)?,
-    };
+    let event = NewEvent::json(EventKind::Typing, audience_of(&conversation.key), &event);
     let subject = format!("{}|{}", user.user_id, conversation.key);
     let announced = state.live.typing(&subject, &event).await?;
     Ok(HttpResponse::Accepted().json(TypingAnswer {

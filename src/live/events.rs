@@ -364,6 +364,18 @@ pub struct NewEvent {
     pub data: String,
 }
 
+impl NewEvent {
+    /// An event whose data is `data` as JSON (the event structs are plain fields, which
+    /// serialize without fail).
+    pub fn json(kind: EventKind, audience: Audience, data: &impl serde::Serialize) -> Self {
+        Self {
+            kind,
+            audience,
+            data: serde_json::to_string(data).unwrap_or_default(),
+        }
+    }
+}
+
 fn unexpected_reply(what: &str) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::Parse,
@@ -394,16 +406,12 @@ impl Live {
             .key(self.keys.event_count())
             .arg(new_epoch())
             .arg(self.event_log_max_len)
-            .arg(self.trim_mode())
-    }
-
-    /// XADD trims exactly for small logs (tests) and approximately (cheaper) for real ones.
-    pub(crate) fn trim_mode(&self) -> &'static str {
-        if self.event_log_max_len >= 1000 {
-            "~"
-        } else {
-            "="
-        }
+            // XADD trims exactly for small logs (tests), approximately (cheaper) for real ones.
+            .arg(if self.event_log_max_len >= 1000 {
+                "~"
+            } else {
+                "="
+            })
     }
 
     /// Appends the events of `batch` in order with one script call, unless an earlier call
