@@ -341,25 +341,14 @@ impl Finishing {
         Ok(change.map(|c| c.contents()))
     }
 
-    /// Appends a stored batch (once, whoever else does: see `Live::append`); what to record,
-    /// and the ids of its events. `None` when nothing of it is stored.
-    async fn append_stored(
-        &self,
-        batch: &Unfinished,
-    ) -> anyhow::Result<Option<(Finished, Vec<EventId>)>> {
-        match self.contents_of(batch).await? {
-            Some(contents) => self.append_contents(batch, contents).await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn append_contents(
-        &self,
-        batch: &Unfinished,
-        contents: Contents,
-    ) -> anyhow::Result<(Finished, Vec<EventId>)> {
-        let ids = self.live.append(&batch.batch, &contents.events).await?;
-        Ok((contents.finished(batch), ids))
+    /// Appends a stored batch (once, whoever else does: see `Live::append`); what to record.
+    /// `None` when nothing of it is stored.
+    async fn append_stored(&self, batch: &Unfinished) -> anyhow::Result<Option<Finished>> {
+        let Some(contents) = self.contents_of(batch).await? else {
+            return Ok(None);
+        };
+        self.live.append(&batch.batch, &contents.events).await?;
+        Ok(Some(contents.finished(batch)))
     }
 
     /// For a retried post: its event's id, appending and finishing its batch if no one has.
@@ -381,8 +370,12 @@ impl Finishing {
             self.live.marker(&batch.batch).await.ok()??
         } else {
             let contents = Contents::of_messages(&messages);
-            let (finished, ids) = self.append_contents(&batch, contents).await.ok()?;
-            self.add(finished);
+            let ids = self
+                .live
+                .append(&batch.batch, &contents.events)
+                .await
+                .ok()?;
+            self.add(contents.finished(&batch));
             ids
         };
         ids.get(position).cloned()

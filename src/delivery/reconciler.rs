@@ -82,7 +82,7 @@ async fn pass(finishing: &Finishing, owner: &str) -> anyhow::Result<usize> {
             continue;
         }
         match finishing.append_stored(&batch).await {
-            Ok(Some((done, _))) => finished.push(done),
+            Ok(Some(done)) => finished.push(done),
             Ok(None) => {}
             Err(err) if retry_later(&err) => {
                 reached = batch.at_ms;
