@@ -12,8 +12,8 @@
 //! ids, and hands the batch to `Finishing`. When Redis refuses, the batch is retried in place,
 //! later batches waiting behind it, so that the log keeps the order; its posts wait for the
 //! retry until their write bound passes, and are then answered without an event id (their
-//! messages are stored). After [`GIVE_UP`] the batch is left to the reconciler. Nothing here needs to outlive a crash: a batch stored and not finished is found
-//! by the reconciler.
+//! messages are stored). After [`GIVE_UP`] the batch is left to the reconciler. Nothing here
+//! needs to outlive a crash: a batch stored and not finished is found by the reconciler.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -71,6 +71,12 @@ impl AppendJob {
             waiters: vec![done],
             stored: Instant::now(),
         }
+    }
+
+    /// Answers its posts without event ids: the reconciler appends the batch.
+    fn leave_to_reconciler(&mut self, why: &str) {
+        tracing::warn!(batch = %self.batch.batch, "{why}; batch left to the reconciler");
+        self.answer(None);
     }
 
     fn answer(&mut self, ids: Option<&[EventId]>) {
@@ -140,9 +146,8 @@ async fn write(
             stored: Instant::now(),
         };
         if let Err(full) = appends.try_send(job) {
-            let mut refused = full.into_inner();
-            tracing::warn!(batch = %refused.batch.batch, "the appender is behind; batch left to the reconciler");
-            refused.answer(None);
+            full.into_inner()
+                .leave_to_reconciler("the appender is behind");
         }
     }
 }
@@ -163,8 +168,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
         let mut refused_before = false;
         loop {
             if job.stored.elapsed() > GIVE_UP {
-                tracing::warn!(batch = %job.batch.batch, "batch left to the reconciler");
-                job.answer(None);
+                job.leave_to_reconciler("Redis refused it for a minute");
                 break;
             }
             match live.append(&job.batch.batch, &job.contents.events).await {
@@ -193,8 +197,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
                                 if waiting.len() < APPENDS {
                                     waiting.push_back(later);
                                 } else {
-                                    tracing::warn!(batch = %later.batch.batch, "batch left to the reconciler");
-                                    later.answer(None);
+                                    later.leave_to_reconciler("too many batches wait for Redis");
                                 }
                             }
                         }
