@@ -149,7 +149,7 @@ where
     }
     let head = head.freeze();
     let Some(request) = StreamRequest::parse(&head) else {
-        let _ = Box::pin(http.call((Prefixed::new(head, io), Protocol::Http1, peer))).await;
+        let _ = Box::pin(http.call((Prefixed { prefix: head, io }, Protocol::Http1, peer))).await;
         return;
     };
     drop(head);
@@ -435,31 +435,17 @@ fn fill_slices<'a>(
 
 /// `len` in hexadecimal followed by CRLF, written into `buf`.
 fn chunk_size_line(len: usize, buf: &mut [u8; 20]) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut start = buf.len() - 2;
-    buf[start..].copy_from_slice(b"\r\n");
-    let mut rest = len;
-    loop {
-        start -= 1;
-        buf[start] = HEX[rest % 16];
-        rest /= 16;
-        if rest == 0 {
-            break;
-        }
-    }
-    &buf[start..]
+    let mut rest = &mut buf[..];
+    // At most 16 digits and CRLF: it always fits.
+    let _ = io::Write::write_fmt(&mut rest, format_args!("{len:x}\r\n"));
+    let written = 20 - rest.len();
+    &buf[..written]
 }
 
 /// A connection handed to actix-web: the bytes already read, then the socket.
 pub struct Prefixed {
     prefix: Bytes,
     io: TcpStream,
-}
-
-impl Prefixed {
-    fn new(prefix: Bytes, io: TcpStream) -> Self {
-        Self { prefix, io }
-    }
 }
 
 impl AsyncRead for Prefixed {

@@ -148,7 +148,8 @@ impl Store {
                 Ok(()) => return Ok(()),
                 Err(err) => failure = Some(err),
             }
-            let done = self.already_finished(&todo).await?;
+            let ids: Vec<&str> = todo.iter().map(|b| b.batch.as_str()).collect();
+            let done = self.finished_among(&ids).await?;
             todo.retain(|b| !done.contains(&b.batch));
             if todo.is_empty() && watermark.is_none() {
                 return Ok(());
@@ -237,14 +238,6 @@ impl Store {
                 .await?;
         }
         Ok(())
-    }
-
-    async fn already_finished(
-        &self,
-        batches: &[&Finished],
-    ) -> mongodb::error::Result<HashSet<String>> {
-        let ids: Vec<&str> = batches.iter().map(|b| b.batch.as_str()).collect();
-        self.finished_among(&ids).await
     }
 
     async fn finished_among(&self, ids: &[&str]) -> mongodb::error::Result<HashSet<String>> {
