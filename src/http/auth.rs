@@ -105,7 +105,7 @@ pub async fn register(
         (status = 401, description = "Wrong username or password (the same answer for both)", body = ErrorBody,
             example = json!({"error": "invalid_credentials", "message": "wrong username or password"})),
         (status = 422, description = "Body of the wrong shape", body = ErrorBody),
-        (status = 429, description = "Too many attempts for this username from this address", body = ErrorBody),
+        (status = 429, description = "Too many attempts for this username, or for all usernames, from this address", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
         (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ErrorBody),
         (status = 415, description = "The body is not sent as `application/json`", body = ErrorBody),
