@@ -307,15 +307,21 @@ impl Pump {
     fn step(&mut self, item: &HubItem) -> Step {
         match item {
             HubItem::Event(event) => {
+                if event.id.epoch != self.epoch {
+                    return Step::Skip;
+                }
+                // Under the floor the client has the event already; what it changes for this
+                // stream (a membership, a revocation) applies all the same, whatever id the
+                // client claimed.
                 let had = self
                     .floor
                     .as_ref()
                     .is_some_and(|floor| !event.id.is_after(floor));
-                if event.id.epoch != self.epoch || had {
-                    return Step::Skip;
+                if !had {
+                    self.floor = None;
                 }
-                self.floor = None;
                 match self.subscription.admit(event) {
+                    Admission::Send if had => Step::Skip,
                     Admission::Send => {
                         metrics::event_sent(event.kind.as_str(), Some(event.id.ms));
                         Step::Frame(event.frame.clone())

@@ -556,6 +556,64 @@ async fn last_event_ids_are_validated() {
     assert_eq!(stream.next().await.unwrap().event, "resync");
 }
 
+/// A `Last-Event-ID` ahead of this instance makes the stream skip what the client says it has;
+/// a membership change among those events still applies to the stream. Here the id is made up,
+/// a few seconds ahead: the leave it covers must still take the room off the stream.
+#[tokio::test]
+async fn a_leave_under_a_made_up_future_event_id_still_takes_the_room_off_the_stream() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let room = app.create_room(&bob.token, &unique("r")).await;
+    assert_eq!(
+        app.join_room(&alice.token, &room).await.status(),
+        StatusCode::OK
+    );
+
+    let ready = app.ready_events(&alice.token).await.last_id.unwrap();
+    let epoch = ready.split('-').next().unwrap();
+    let ahead_ms = Utc::now().timestamp_millis() + 3_000;
+    let made_up = format!("{epoch}-{ahead_ms}-0");
+    let mut stream = app.events(&alice.token, Some(&made_up)).await;
+    assert_eq!(stream.next().await.unwrap().event, "ready");
+    assert_eq!(
+        app.leave_room(&alice.token, &room).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        Utc::now().timestamp_millis() < ahead_ms,
+        "the leave came after the made-up id: this run proves nothing"
+    );
+
+    // Direct messages to alice until one arrives: the stream is past the made-up id.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no event ever came past the made-up id"
+        );
+        app.post_to_user(&bob.token, &alice.username, "tick").await;
+        if let Some(event) = stream.next_within(Duration::from_millis(500)).await {
+            assert_eq!(event.event, "message", "{event:?}");
+            break;
+        }
+    }
+    // Drain the ticks already on their way, then the room's message must not come before
+    // the sentinel.
+    app.post_to_room(&bob.token, &room, "after alice left")
+        .await;
+    app.post_to_user(&bob.token, &alice.username, "sentinel")
+        .await;
+    loop {
+        let event = stream.next().await.expect("the sentinel arrives");
+        let data = event.json();
+        assert_ne!(data["body"], "after alice left", "{event:?}");
+        if data["body"] == "sentinel" {
+            break;
+        }
+    }
+}
+
 #[tokio::test]
 async fn logout_ends_the_stream_of_that_token_on_every_instance() {
     let a = spawn_app().await;
