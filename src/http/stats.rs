@@ -141,8 +141,10 @@ pub struct UserStatsResponse {
     pub first_activity: Option<DateTime<Utc>>,
     /// Last message sent or received in the window.
     pub last_activity: Option<DateTime<Utc>>,
-    /// Direct-message partners by messages exchanged (both ways), most first.
-    pub top_partners: Vec<UserCount>,
+    /// Direct-message partners by messages exchanged (both ways), most first. Only in one's
+    /// own statistics: whom another user writes to privately is theirs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_partners: Option<Vec<UserCount>>,
 }
 
 /// The times a window may start or end at: 1970 to the end of 9999. Chrono goes much further,
@@ -429,7 +431,8 @@ pub async fn summary(
     }))
 }
 
-/// One user's activity: sent and received counts, first and last activity, top partners.
+/// One user's activity: sent and received counts, first and last activity, and in one's own
+/// statistics the top direct-message partners.
 #[utoipa::path(get, path = "/stats/users/{username}", tag = "stats",
     security(("bearer_auth" = [])),
     params(("username" = String, Path, description = "The user"), StatsQuery),
@@ -443,7 +446,7 @@ pub async fn summary(
     ))]
 pub async fn user_stats(
     state: web::Data<AppState>,
-    _user: AuthUser,
+    caller: AuthUser,
     path: web::Path<String>,
     query: Query<StatsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -452,7 +455,13 @@ pub async fn user_stats(
     let user = find_by_name(&state, &path).await?;
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
-    let partners_of = Subjects::Prefix(format!("{id}|"));
+    // Another user's partners are not read at all: a prefix no counter has.
+    let own = user.user_id() == caller.user_id;
+    let partners_of = Subjects::Prefix(if own {
+        format!("{id}|")
+    } else {
+        "|".to_owned()
+    });
     state.delivery.before_reading_counts().await;
     let [sent, received, pairs] = if window.from.is_none() && window.to.is_none() {
         // All time: only the partners that can make the top `limit` are read.
@@ -487,14 +496,16 @@ pub async fn user_stats(
         .into_iter()
         .filter_map(|(subject, t)| Some((subject.split_once('|')?.1.to_owned(), t)))
         .collect();
-    let top_partners = ranked(partners, limit)
-        .into_iter()
-        .map(|(user_id, t)| UserCount {
-            user_id,
-            username: t.name,
-            count: t.n,
-        })
-        .collect();
+    let top_partners = own.then(|| {
+        ranked(partners, limit)
+            .into_iter()
+            .map(|(user_id, t)| UserCount {
+                user_id,
+                username: t.name,
+                count: t.n,
+            })
+            .collect()
+    });
     Ok(HttpResponse::Ok().json(UserStatsResponse {
         from: query.from,
         to: query.to,

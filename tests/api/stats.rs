@@ -132,7 +132,14 @@ async fn check_window(
             .iter()
             .filter(|m| m.sender == user.id || m.to.as_deref() == Some(&user.id))
             .collect();
-        let body = get(app, token, &format!("/stats/users/{}?{q}", user.username)).await;
+        // One's own statistics (another user's have no partners: see
+        // `another_users_statistics_do_not_say_whom_they_write_to`).
+        let body = get(
+            app,
+            &user.token,
+            &format!("/stats/users/{}?{q}", user.username),
+        )
+        .await;
         assert_eq!(
             body["sent"],
             inside.iter().filter(|m| m.sender == user.id).count(),
@@ -670,5 +677,29 @@ async fn a_generated_history_is_what_the_statistics_count() {
         );
         let body = get(&app, &token, &format!("/stats/summary?{q}")).await;
         assert_eq!(body["messages"], total, "summary {from:?}..{to:?}");
+    }
+}
+
+/// Anyone may see how much another user writes, but not to whom: `top_partners` is only in
+/// one's own statistics.
+#[tokio::test]
+async fn another_users_statistics_do_not_say_whom_they_write_to() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    let carol = app.signup("carol").await;
+    app.post_to_user(&alice.token, &bob.username, "private")
+        .await;
+
+    let path = format!("/stats/users/{}", alice.username);
+    let own = get(&app, &alice.token, &path).await;
+    assert_eq!(
+        listed(&own, "top_partners", "user_id"),
+        [(bob.id.clone(), 1)]
+    );
+    for window in ["", "?from=2020-01-01T00:00:00Z"] {
+        let other = get(&app, &carol.token, &format!("{path}{window}")).await;
+        assert_eq!(other["sent"], 1, "{other}");
+        assert!(other.get("top_partners").is_none(), "{other}");
     }
 }
