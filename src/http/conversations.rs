@@ -30,7 +30,7 @@ use crate::store::{MessageRecord, direct_conversation};
         (status = 400, description = "Malformed cursor", body = ErrorBody),
         (status = 401, description = "Missing, invalid or revoked token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 422, description = "Limit out of range", body = ErrorBody),
+        (status = 422, description = "Limit out of range, or the caller themselves", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     ))]
 pub async fn conversation_messages(
@@ -39,9 +39,8 @@ pub async fn conversation_messages(
     path: web::Path<String>,
     query: Query<HistoryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let other = find_by_name(&state, &path).await?;
-    let conversation = direct_conversation(user.user_id, other.user_id());
-    let page = history_page(&state, &user, &conversation, &query).await?;
+    let conversation = with_user(&state, &user, &path).await?;
+    let page = history_page(&state, &user, &conversation.key, &query).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 

@@ -150,6 +150,13 @@ async fn a_direct_conversation_is_visible_to_its_two_users_only() {
         error_code(res, StatusCode::NOT_FOUND).await,
         "user_not_found"
     );
+    // As posting, marking read and typing say: a conversation is with someone else.
+    let own = format!("/conversations/{}/messages", alice.username);
+    let res = app.get_authed(&own, &alice.token).await;
+    assert_eq!(
+        error_code(res, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "cannot_message_self"
+    );
 }
 
 #[tokio::test]
