@@ -144,6 +144,7 @@ pub struct UserStatsResponse {
     /// Direct-message partners by messages exchanged (both ways), most first. Only in one's
     /// own statistics: whom another user writes to privately is theirs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub top_partners: Option<Vec<UserCount>>,
 }
 
@@ -455,48 +456,39 @@ pub async fn user_stats(
     let user = find_by_name(&state, &path).await?;
     let id = user.user_id().to_string();
     let exact = Subjects::Exact(id.clone());
-    // Another user's partners are not read at all: a prefix no counter has.
-    let own = user.user_id() == caller.user_id;
-    let partners_of = Subjects::Prefix(if own {
-        format!("{id}|")
-    } else {
-        "|".to_owned()
-    });
     state.delivery.before_reading_counts().await;
-    let [sent, received, pairs] = if window.from.is_none() && window.to.is_none() {
+    let both = [(Kind::Sent, &exact), (Kind::Received, &exact)];
+    // Another user's partners are not theirs to see, and are not read.
+    let ([sent, received], pairs) = if user.user_id() != caller.user_id {
+        (state.store.tallies(both, window).await?, None)
+    } else if window.from.is_none() && window.to.is_none() {
         // All time: only the partners that can make the top `limit` are read.
-        let ([sent, received], pairs) = tokio::try_join!(
-            state
-                .store
-                .tallies([(Kind::Sent, &exact), (Kind::Received, &exact)], window),
+        let partners_of = Subjects::Prefix(format!("{id}|"));
+        let (counts, pairs) = tokio::try_join!(
+            state.store.tallies(both, window),
             state
                 .store
                 .ranking_candidates(Kind::Pair, &partners_of, window, limit),
         )?;
-        [sent, received, pairs]
+        (counts, Some(pairs))
     } else {
         // One plan and one read of the raw edges for the three kinds.
-        state
+        let partners_of = Subjects::Prefix(format!("{id}|"));
+        let [sent, received, pairs] = state
             .store
-            .tallies(
-                [
-                    (Kind::Sent, &exact),
-                    (Kind::Received, &exact),
-                    (Kind::Pair, &partners_of),
-                ],
-                window,
-            )
-            .await?
+            .tallies([both[0], both[1], (Kind::Pair, &partners_of)], window)
+            .await?;
+        ([sent, received], Some(pairs))
     };
     let sent = sent.get(&id).cloned().unwrap_or_default();
     let received = received.get(&id).cloned().unwrap_or_default();
     let first_activity = [sent.first, received.first].into_iter().flatten().min();
     let last_activity = [sent.last, received.last].into_iter().flatten().max();
-    let partners: HashMap<String, Tally> = pairs
-        .into_iter()
-        .filter_map(|(subject, t)| Some((subject.split_once('|')?.1.to_owned(), t)))
-        .collect();
-    let top_partners = own.then(|| {
+    let top_partners = pairs.map(|pairs| {
+        let partners: HashMap<String, Tally> = pairs
+            .into_iter()
+            .filter_map(|(subject, t)| Some((subject.split_once('|')?.1.to_owned(), t)))
+            .collect();
         ranked(partners, limit)
             .into_iter()
             .map(|(user_id, t)| UserCount {
