@@ -138,7 +138,9 @@ pub struct Pump {
     subscription: Subscription,
     receiver: HubReceiver,
     opening: VecDeque<Bytes>,
-    /// Events up to this one the client has (it came from an instance that had read further).
+    /// Events up to this one the client says it has (it came from an instance that had read
+    /// further, or made the id up): their frames are not sent; what they change for the
+    /// stream (memberships, a revocation) still applies.
     floor: Option<EventId>,
     /// The log epoch the client is in: events of another epoch (an instance's tailer still
     /// reading a log Redis lost) are not sent, nor a resync into this one.
@@ -191,8 +193,8 @@ impl Pump {
                     "the event log was reset since your last event id",
                 ));
             } else if position.epoch != epoch || !position.is_after(last) {
-                // This instance has not read as far as the one the client came from: skip
-                // what the client already has when it arrives.
+                // This instance has not read as far as the one the client came from: the
+                // frames of what the client has are not sent again (see `floor`).
                 floor = Some(last.clone());
                 ready_id = last.clone();
             } else {

@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    ScratchMongo, ScratchRedis, TestUser, error_code, spawn_app, spawn_app_with, unique,
+    ScratchMongo, ScratchRedis, TestApp, TestUser, error_code, spawn_app, spawn_app_with, unique,
 };
 use crate::sse::SseEvent;
 
@@ -570,10 +570,7 @@ async fn a_leave_under_a_made_up_future_event_id_still_takes_the_room_off_the_st
         StatusCode::OK
     );
 
-    let ready = app.ready_events(&alice.token).await.last_id.unwrap();
-    let epoch = ready.split('-').next().unwrap();
-    let ahead_ms = Utc::now().timestamp_millis() + 3_000;
-    let made_up = format!("{epoch}-{ahead_ms}-0");
+    let (made_up, ahead_ms) = an_id_ahead(&app, &alice.token).await;
     let mut stream = app.events(&alice.token, Some(&made_up)).await;
     assert_eq!(stream.next().await.unwrap().event, "ready");
     assert_eq!(
@@ -612,6 +609,37 @@ async fn a_leave_under_a_made_up_future_event_id_still_takes_the_room_off_the_st
             break;
         }
     }
+}
+
+/// An event id of the log's epoch 3 s ahead of now, and that time in ms.
+async fn an_id_ahead(app: &TestApp, token: &str) -> (String, i64) {
+    let ready = app.ready_events(token).await.last_id.unwrap();
+    let epoch = ready.split('-').next().unwrap();
+    let ahead_ms = Utc::now().timestamp_millis() + 3_000;
+    (format!("{epoch}-{ahead_ms}-0"), ahead_ms)
+}
+
+/// Likewise, a logout among the events under a made-up id ahead still ends the stream with
+/// `logout` (not only at the next presence check, which sends none).
+#[tokio::test]
+async fn a_logout_under_a_made_up_future_event_id_still_ends_the_stream() {
+    let app = spawn_app().await;
+    let alice = app.signup("alice").await;
+    let (made_up, ahead_ms) = an_id_ahead(&app, &alice.token).await;
+    let mut stream = app.events(&alice.token, Some(&made_up)).await;
+    assert_eq!(stream.next().await.unwrap().event, "ready");
+    assert_eq!(
+        app.logout(&alice.token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert!(
+        Utc::now().timestamp_millis() < ahead_ms,
+        "the logout came after the made-up id: this run proves nothing"
+    );
+    assert_eq!(
+        stream.expect("logout").await.json()["reason"],
+        "token revoked"
+    );
 }
 
 #[tokio::test]

@@ -498,7 +498,9 @@ async fn typing_is_live_throttled_and_never_replayed() {
 
 /// Past the mentions one read takes at once (500), each conversation's mentions are counted on
 /// their own: a room with many mentions does not crowd a quieter one out of its count. The
-/// busy room's mentions are posted first, so that a single read stops inside them.
+/// busy room is created first and its mentions posted first: whether the single read walks
+/// the `(user, conversation, seq)` index (the busy room's key, an older id, sorts first) or
+/// the order of writing, it stops inside the busy room.
 #[tokio::test]
 async fn many_unread_mentions_in_one_room_leave_another_rooms_count_exact() {
     let app = spawn_app().await;
