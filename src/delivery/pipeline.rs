@@ -47,7 +47,8 @@ pub(super) struct PostJob {
 
 pub(super) enum Answer {
     /// Stored; the id of its event follows once the batch is appended (`None` if it was
-    /// left to the reconciler: Redis refused it for a minute, or the appender was full).
+    /// left to the reconciler: not appended within a minute of being stored, or the appender was
+    /// full).
     Stored(MessageRecord, oneshot::Receiver<Option<EventId>>),
     Replayed(MessageRecord),
     KeyReused,
@@ -168,7 +169,7 @@ async fn append(live: Live, finishing: Arc<Finishing>, mut batches: mpsc::Receiv
         let mut refused_before = false;
         loop {
             if job.stored.elapsed() > GIVE_UP {
-                job.leave_to_reconciler("Redis refused it for a minute");
+                job.leave_to_reconciler("not appended within a minute of being stored");
                 break;
             }
             match live.append(&job.batch.batch, &job.contents.events).await {
