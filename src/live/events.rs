@@ -22,17 +22,21 @@ use serde_json::{Value, json};
 use super::Live;
 use crate::domain::{RoomId, UserId};
 
-/// Lua shared by every script that appends to the log: creates the epoch when it is missing,
-/// numbers the entry (`n`, one more than the entry before it, so that a tailer can tell when
-/// entries were trimmed before it read them), then XADDs with trimming. Returns
-/// `{epoch, entry id}`.
+/// Lua shared by every script that appends to the log: `epoch_of` gives the log's epoch,
+/// created when missing; `append` numbers the entry (`n`, one more than the entry before it,
+/// so that a tailer can tell when entries were trimmed before it read them), then XADDs with
+/// trimming, and returns `{epoch, entry id}`.
 pub(crate) const APPEND_LUA: &str = r"
-local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data)
+local function epoch_of(epoch_key, candidate)
     local epoch = redis.call('GET', epoch_key)
     if not epoch then
         redis.call('SET', epoch_key, candidate)
         epoch = candidate
     end
+    return epoch
+end
+local function append(stream, epoch_key, count_key, candidate, maxlen, mode, kind, audience, data)
+    local epoch = epoch_of(epoch_key, candidate)
     local n = redis.call('INCR', count_key)
     local id = redis.call('XADD', stream, 'MAXLEN', mode, maxlen, '*',
         'e', epoch, 't', kind, 'a', audience, 'd', data, 'n', n)
@@ -66,18 +70,8 @@ static APPEND: LazyLock<Script> = LazyLock::new(|| {
 });
 
 /// KEYS: epoch. ARGV: candidate. The current epoch, created when missing.
-static EPOCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-        local epoch = redis.call('GET', KEYS[1])
-        if not epoch then
-            redis.call('SET', KEYS[1], ARGV[1])
-            epoch = ARGV[1]
-        end
-        return epoch
-        ",
-    )
-});
+static EPOCH: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{APPEND_LUA}\nreturn epoch_of(KEYS[1], ARGV[1])")));
 
 /// KEYS: stream. Returns `{id of the oldest entry or '', number of entries ever trimmed}`.
 static LOG_HEAD: LazyLock<Script> = LazyLock::new(|| {
