@@ -247,12 +247,8 @@ impl Pump {
             return Some(frame);
         }
         while !self.ended {
-            let step = match self.receiver.try_recv() {
-                Ok(Some(item)) => self.step(&item),
-                Ok(None) => return None,
-                Err(Lagged(skipped)) => self.lagged(skipped),
-            };
-            match step {
+            let item = self.receiver.try_recv().transpose()?;
+            match self.step(item) {
                 Step::Frame(frame) => return Some(frame),
                 Step::Skip => {}
                 Step::End => self.ended = true,
@@ -272,11 +268,7 @@ impl Pump {
         loop {
             tokio::select! {
                 item = self.receiver.recv() => {
-                    let step = match item {
-                        Ok(item) => self.step(&item),
-                        Err(Lagged(skipped)) => self.lagged(skipped),
-                    };
-                    match step {
+                    match self.step(item) {
                         Step::Frame(frame) => return Some(frame),
                         Step::Skip => continue,
                         Step::End => return None,
@@ -306,8 +298,17 @@ enum Step {
 }
 
 impl Pump {
-    fn step(&mut self, item: &HubItem) -> Step {
-        match item {
+    /// What the next item of the fan-out means for this stream. A stream too slow to keep up
+    /// ends; the client resumes from the log.
+    fn step(&mut self, item: Result<Arc<HubItem>, Lagged>) -> Step {
+        let item = match item {
+            Ok(item) => item,
+            Err(Lagged(skipped)) => {
+                tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
+                return Step::End;
+            }
+        };
+        match &*item {
             HubItem::Event(event) => {
                 if event.id.epoch != self.epoch {
                     return Step::Skip;
@@ -344,12 +345,6 @@ impl Pump {
                 Step::Frame(resync_frame(position, cause.reason()))
             }
         }
-    }
-
-    /// Too slow to keep up: the stream ends; the client resumes from the log.
-    fn lagged(&self, skipped: u64) -> Step {
-        tracing::info!(user = %self.user.user_id, skipped, "slow event stream closed");
-        Step::End
     }
 }
 
