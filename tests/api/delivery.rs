@@ -46,11 +46,7 @@ async fn a_message_whose_instance_was_killed_before_announcing_it_is_announced_a
     // Alice's presence score is the time of her last authenticated request: it moves when
     // the post's token is checked.
     let online = format!("{}online", survivor.settings.redis_key_prefix);
-    let conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let conn = redis.connection().await;
     let seen = |conn: redis::aio::MultiplexedConnection| {
         let (online, alice) = (online.clone(), alice.id.clone());
         async move {
@@ -255,11 +251,7 @@ async fn a_resume_right_after_the_log_was_lost_is_told_to_resync() {
     let last = stream.last_id.clone().unwrap();
 
     // What a restart without persistence leaves: nothing (the tailer waits on its read).
-    let mut conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut conn = redis.connection().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
     // The token's revocation check and presence went with it; the token itself is still good.
     let mut resumed = app.events(&alice.token, Some(&last)).await;

@@ -868,9 +868,8 @@ struct Presence {
 
 impl Presence {
     async fn of(app: &crate::helpers::TestApp, redis: &ScratchRedis, user: &TestUser) -> Self {
-        let client = redis::Client::open(redis.url()).unwrap();
         Presence {
-            conn: client.get_multiplexed_async_connection().await.unwrap(),
+            conn: redis.connection().await,
             online: format!("{}online", app.settings.redis_key_prefix),
             user: user.id.clone(),
         }
@@ -943,8 +942,7 @@ async fn try_logged_messages(
 /// The bodies of the `message` events in `app`'s log, oldest first; none while Redis does
 /// not answer.
 async fn logged_bodies(redis: &ScratchRedis, app: &crate::helpers::TestApp) -> Vec<String> {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+    let Ok(mut conn) = redis.try_connection().await else {
         return Vec::new();
     };
     let Ok(logged) = try_logged_messages(&mut conn, app).await else {
@@ -1176,8 +1174,7 @@ async fn a_post_whose_append_is_retried_within_its_bound_is_answered_once_in_the
         ["0", "late"],
         "each once, in order"
     );
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis.connection().await;
     let logged = logged_messages(&mut conn, &app).await;
     let epoch: String = logged[1].get("e").unwrap();
     assert_eq!(event_id, format!("{epoch}-{}", logged[1].id));
@@ -1208,8 +1205,7 @@ async fn retries_while_redis_is_down_append_their_message_once() {
     }
 
     redis.restart().await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = redis.connection().await;
     let appended = crate::helpers::eventually(Duration::from_secs(20), || {
         let mut conn = conn.clone();
         let app = &app;
@@ -1258,8 +1254,7 @@ async fn an_event_waiting_for_redis_when_its_instance_stops_is_appended_once_by_
         .unwrap();
     redis.restart().await;
 
-    let client = redis::Client::open(redis.url()).unwrap();
-    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let conn = redis.connection().await;
     let id = sent["id"].as_str().unwrap();
     let copies = || {
         let mut conn = conn.clone();

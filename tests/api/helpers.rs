@@ -500,6 +500,16 @@ impl ScratchRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection to it; an error while it is down.
+    pub async fn try_connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.url())?;
+        client.get_multiplexed_async_connection().await
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        self.try_connection().await.unwrap()
+    }
+
     /// Starts it again, empty (no persistence): what a crash of a cache-only Redis looks like.
     pub async fn restart(&mut self) {
         self.kill();
