@@ -1524,3 +1524,67 @@ async fn a_stream_whose_client_went_away_is_released_at_once() {
         }
     }
 }
+
+/// A stream that stops reading while more events than `SSE_BUFFER_EVENTS` come is closed, not
+/// buffered without bound; its client resumes with the last id it got and misses nothing.
+#[tokio::test]
+async fn a_stream_that_stops_reading_is_closed_and_its_resume_misses_nothing() {
+    const POSTS: usize = 400;
+    let app = spawn_app_with(&[("SSE_BUFFER_EVENTS", "16".to_owned())]).await;
+    let alice = app.signup("alice").await;
+    let bob = app.signup("bob").await;
+    // A client with a small receive buffer that reads up to `ready`, then nothing.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let address = app.address.trim_start_matches("http://").parse().unwrap();
+    let mut slow = socket.connect(address).await.unwrap();
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+        alice.token
+    );
+    slow.write_all(request.as_bytes()).await.unwrap();
+    let mut read = Vec::new();
+    while !String::from_utf8_lossy(&read).contains("event: ready") {
+        let mut chunk = [0u8; 4096];
+        let n = slow.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the stream opens");
+        read.extend_from_slice(&chunk[..n]);
+    }
+
+    // 16 KB each (4 bytes a character): more than the sockets' buffers hold in all.
+    let body = "\u{1F600}".repeat(3990);
+    let bodies: Vec<String> = (0..POSTS).map(|i| format!("{i} {body}")).collect();
+    for body in &bodies {
+        app.post_to_user(&bob.token, &alice.username, body).await;
+    }
+    // Now read it all: it ends, well before the last message.
+    tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut read))
+        .await
+        .expect("the slow stream was closed")
+        .unwrap();
+    let text = String::from_utf8_lossy(&read);
+    let mut last_id = None;
+    let mut got = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(id) = line.strip_prefix("id: ")
+            && lines.next() == Some("event: message")
+        {
+            last_id = Some(id.to_owned());
+            let data = lines.next().unwrap().strip_prefix("data: ").unwrap();
+            let message: serde_json::Value = serde_json::from_str(data).unwrap();
+            got.push(message["body"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(got.len() < POSTS, "closed before the end: {}", got.len());
+    assert_eq!(got, bodies[..got.len()], "in order, none missing");
+
+    // The resume from the last message it got brings the rest.
+    let mut resumed = app.events(&alice.token, last_id.as_deref()).await;
+    let rest = resumed.messages(POSTS - got.len()).await;
+    let rest: Vec<String> = rest
+        .iter()
+        .map(|e| e.json()["body"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rest, bodies[got.len()..]);
+}

@@ -27,6 +27,8 @@ type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<actix_web::web::Byte
 pub struct EventStream {
     stream: ByteStream,
     buffer: String,
+    /// Bytes of a character the last chunk cut.
+    partial: Vec<u8>,
     pub headers: reqwest::header::HeaderMap,
     /// The last `id:` seen, as EventSource keeps it for `Last-Event-ID`.
     pub last_id: Option<String>,
@@ -121,6 +123,7 @@ impl TestApp {
             headers: response.headers().clone(),
             stream: Box::pin(response.bytes_stream()),
             buffer: String::new(),
+            partial: Vec::new(),
             last_id: last_event_id.map(str::to_owned),
             comments: 0,
             ended: false,
@@ -157,7 +160,17 @@ impl EventStream {
                 return None;
             }
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
-                Ok(Some(Ok(chunk))) => self.buffer.push_str(std::str::from_utf8(&chunk).unwrap()),
+                Ok(Some(Ok(chunk))) => {
+                    // A character may be split across chunks: its first bytes wait for the rest.
+                    self.partial.extend_from_slice(&chunk);
+                    let whole = match std::str::from_utf8(&self.partial) {
+                        Ok(text) => text.len(),
+                        Err(err) if err.error_len().is_none() => err.valid_up_to(),
+                        Err(err) => panic!("the stream is not UTF-8: {err}"),
+                    };
+                    let text: Vec<u8> = self.partial.drain(..whole).collect();
+                    self.buffer.push_str(std::str::from_utf8(&text).unwrap());
+                }
                 Ok(Some(Err(err))) => {
                     self.failed = Some(format!("{err:?}"));
                     self.ended = true;
