@@ -828,7 +828,10 @@
       state.pendingKey = newIdempotencyKey();
       state.pendingText = body;
     }
+    // One post at a time, in order; the text of a second Enter meanwhile stays in the box.
     state.sending = true;
+    $("send").disabled = true;
+    $("send").textContent = "Sending…";
     showError("composer-error", null);
     try {
       // A typing signal still on its way would reach the others after the message, and show
@@ -846,6 +849,8 @@
       showError("composer-error", err);
     } finally {
       state.sending = false;
+      $("send").disabled = false;
+      $("send").textContent = "Send";
     }
   }
 

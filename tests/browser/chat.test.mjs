@@ -73,6 +73,8 @@ async function send(page, text) {
   await box.fill(text);
   await box.press("Enter");
   await bodiesExactly(page, text).first().waitFor();
+  // Shown from the stream, maybe before the post is answered: the next send waits for that.
+  await page.getByRole("button", { name: "Send", exact: true }).waitFor();
 }
 
 async function openRoom(page, name) {
