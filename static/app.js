@@ -61,6 +61,7 @@
     chart: null, // the last activity data drawn
     pendingKey: null, // Idempotency-Key of the message being sent, reused on retry
     pendingText: null,
+    pendingTo: null, // and the conversation it goes to
   };
 
   // ---------------------------------------------------------------- API
@@ -188,21 +189,29 @@
     closeEvents();
     try {
       await api("POST", "/auth/logout");
-    } catch {
-      // The token is forgotten here anyway.
+    } catch (err) {
+      // Still logged in while the server takes the token (and the browser keeps its cookie):
+      // say so, and stay. A token the server refuses already is as good as logged out.
+      if (err.status !== 401) {
+        showError("account-error", "Not logged out: " + err.message);
+        connectEvents();
+        return;
+      }
     }
     endSession("");
   }
 
   function endSession(message) {
     closeEvents();
+    showError("account-error", null);
     clearInterval(state.refreshTimer);
     sessionStorage.removeItem(TOKEN_KEY);
     sessionStorage.removeItem(USER_KEY);
     sessionStorage.removeItem(OPEN_KEY);
     Object.assign(state, {
       token: null, me: null, rooms: [], dms: [], current: null, lastEventId: "",
-      pendingKey: null, pendingText: null, typingSent: { key: null, at: 0, request: null },
+      pendingKey: null, pendingText: null, pendingTo: null,
+      typingSent: { key: null, at: 0, request: null },
     });
     state.unread.clear();
     state.online.clear();
@@ -677,6 +686,24 @@
     }
   }
 
+  // A new stream (not a resume) delivers what is posted from now on: a message posted between
+  // the history read and now came on no stream. The newest page is read again once the stream
+  // is ready (messages already shown are not shown twice).
+  async function catchUp(conv) {
+    await conv.loading;
+    try {
+      const page = await api("GET", historyPath(conv, null));
+      if (state.current !== conv) return;
+      const bottom = nearBottom();
+      let added = false;
+      for (const message of page.messages) added = addMessage(conv, message) || added;
+      if (added && bottom) scrollToBottom();
+      if (added) markShownRead();
+    } catch {
+      // Shown at the next resync or reload.
+    }
+  }
+
   function updateHistoryNote(conv) {
     $("load-older").hidden = !conv.next;
     $("history-note").textContent = !conv.loaded || conv.next ? "" :
@@ -824,9 +851,12 @@
     const input = $("composer-input");
     const body = input.value;
     if (!conv || state.sending || !body.trim()) return;
-    if (state.pendingText !== body) {
+    // A retry of the same text to the same conversation keeps its key (a post that was stored
+    // after all is not stored twice); anything else is a new post.
+    if (state.pendingText !== body || state.pendingTo !== conv.key) {
       state.pendingKey = newIdempotencyKey();
       state.pendingText = body;
+      state.pendingTo = conv.key;
     }
     // One post at a time, in order; the text of a second Enter meanwhile stays in the box.
     state.sending = true;
@@ -842,6 +872,7 @@
         { "Idempotency-Key": state.pendingKey });
       state.pendingKey = null;
       state.pendingText = null;
+      state.pendingTo = null;
       state.typingSent = { key: null, at: 0, request: null }; // the next keystroke says so again
       if (input.value === body) input.value = "";
       if (state.current === conv && addMessage(conv, message)) scrollToBottom();
@@ -1234,8 +1265,12 @@
       ? { kind: "room", id: where.room_id, name: where.room_name }
       : { kind: "dm", name: where.with.username };
     let conv = state.current;
-    if (conv && conv.key === keyOf(target)) $("chat-view").dataset.pane = "chat";
-    else conv = openConversation(target, true);
+    if (conv && conv.key === keyOf(target)) {
+      $("chat-view").dataset.pane = "chat";
+      markShownRead();
+    } else {
+      conv = openConversation(target, true);
+    }
     await revealMessage(conv, hit.message.id);
   }
 
@@ -1302,6 +1337,8 @@
       if (data.user_id !== state.me.id) {
         // The login cookie is per browser; another tab logged in as someone else.
         endSession("This browser is now logged in as another user in another tab; log in again.");
+      } else if (!data.resumed && state.current) {
+        catchUp(state.current);
       }
     });
     on("message", onLiveMessage);

@@ -309,6 +309,17 @@ test("register and log in through the page, log out and back in", async () => {
     await page.locator("#conv-title", { hasText: "# general" }).waitFor();
   }
   const { page } = bob;
+  // A logout the server does not take (its token would stay valid) leaves the session as it
+  // is, and says so.
+  await page.route("**/auth/logout", (route) => route.fulfill({
+    status: 503, contentType: "application/json",
+    body: JSON.stringify({ error: "database_unavailable", message: "the store is unavailable" }),
+  }));
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.locator("#account-error", { hasText: "Not logged out" }).waitFor();
+  await status(page, "connected").waitFor();
+  assert.equal(await page.locator("#me-name").textContent(), BOB);
+  await page.unroute("**/auth/logout");
   await page.getByRole("button", { name: "Log out" }).click();
   await page.getByRole("button", { name: "Log in" }).waitFor();
   await status(page, "offline").waitFor();
