@@ -274,10 +274,7 @@ async fn a_finished_change_does_not_hide_the_unannounced_change_that_superseded_
         .create_room(&alice.token, &crate::helpers::unique("r"))
         .await;
     let mut alices = app.ready_events(&alice.token).await;
-    assert_eq!(
-        app.join_room(&bob.token, &room).await.status(),
-        StatusCode::OK
-    );
+    app.joins(&bob.token, &room).await;
     assert_eq!(
         alices.expect("room_member").await.json()["action"],
         "joined"

@@ -68,7 +68,7 @@ async fn edits_and_deletions_reach_every_stream_and_the_history() {
     let alice = a.signup("alice").await;
     let bob = a.signup("bob").await;
     let room = a.create_room(&alice.token, &unique("r")).await;
-    a.join_room(&bob.token, &room).await;
+    a.joins(&bob.token, &room).await;
     let mut bobs = b.ready_events(&bob.token).await;
     let message = a.post_to_room(&alice.token, &room, "helo wrold").await;
     let before_changes = bobs.expect("message").await;
@@ -150,7 +150,7 @@ async fn only_the_sender_changes_a_message() {
     let bob = app.signup("bob").await;
     let carol = app.signup("carol").await;
     let room = app.create_room(&alice.token, &unique("r")).await;
-    app.join_room(&bob.token, &room).await;
+    app.joins(&bob.token, &room).await;
     let in_room = app.post_to_room(&alice.token, &room, "original").await;
     let direct = app
         .post_to_user(&alice.token, &bob.username, "between us")
@@ -191,7 +191,7 @@ async fn only_the_sender_changes_a_message() {
         error_code(res, StatusCode::NOT_FOUND).await,
         "message_not_found"
     );
-    app.join_room(&alice.token, &room).await;
+    app.joins(&alice.token, &room).await;
 
     let res = app.edit(&alice.token, "nope", "x").await;
     assert_eq!(

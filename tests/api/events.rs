@@ -109,7 +109,7 @@ async fn streams_opened_at_once_each_get_their_own_users_rooms() {
     ];
     for (i, user) in users.iter().enumerate().skip(2) {
         if i % 3 < 2 {
-            app.join_room(&user.token, &rooms[i % 3]).await;
+            app.joins(&user.token, &rooms[i % 3]).await;
         }
     }
 
@@ -210,7 +210,7 @@ async fn nothing_leaks_across_rooms_or_conversations_and_membership_is_followed_
         .await;
 
     // Eve joins: her own stream tells her, and from then on she gets the room.
-    app.join_room(&eve.token, &room).await;
+    app.joins(&eve.token, &room).await;
     let joined = eve_stream.expect("room_member").await.json();
     assert_eq!(
         (joined["action"].as_str(), joined["room_id"].as_str()),
@@ -250,7 +250,7 @@ async fn several_instances_deliver_every_message_exactly_once_in_order() {
         .create_room(&users[0].token, &unique("busy-"))
         .await;
     for user in &users[1..4] {
-        instances[1].join_room(&user.token, &room).await;
+        instances[1].joins(&user.token, &room).await;
     }
     let member = |i: usize| i < 4;
 
@@ -472,10 +472,7 @@ async fn a_resumed_stream_replays_with_the_rooms_its_user_had_then() {
     let bob = app.signup("bob").await;
     let left = app.create_room(&alice.token, &unique("left")).await;
     let joined = app.create_room(&alice.token, &unique("joined")).await;
-    assert_eq!(
-        app.join_room(&bob.token, &left).await.status(),
-        StatusCode::OK
-    );
+    app.joins(&bob.token, &left).await;
     let mut away = app.ready_events(&bob.token).await;
     app.post_to_room(&alice.token, &left, "while bob is in")
         .await;
@@ -491,10 +488,7 @@ async fn a_resumed_stream_replays_with_the_rooms_its_user_had_then() {
         app.leave_room(&bob.token, &left).await.status(),
         StatusCode::NO_CONTENT
     );
-    assert_eq!(
-        app.join_room(&bob.token, &joined).await.status(),
-        StatusCode::OK
-    );
+    app.joins(&bob.token, &joined).await;
     app.post_to_room(&alice.token, &joined, "after bob joined")
         .await;
 
@@ -565,10 +559,7 @@ async fn a_leave_under_a_made_up_future_event_id_still_takes_the_room_off_the_st
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let room = app.create_room(&bob.token, &unique("r")).await;
-    assert_eq!(
-        app.join_room(&alice.token, &room).await.status(),
-        StatusCode::OK
-    );
+    app.joins(&alice.token, &room).await;
 
     let (made_up, ahead_ms) = an_id_ahead(&app, &alice.token).await;
     let mut stream = app.events(&alice.token, Some(&made_up)).await;

@@ -436,6 +436,12 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Joins `room`; asserts 200.
+    pub async fn joins(&self, token: &str, room: &str) {
+        let res = self.join_room(token, room).await;
+        assert_eq!(res.status(), StatusCode::OK, "{:?}", res.text().await);
+    }
+
     pub async fn leave_room(&self, token: &str, room: &str) -> Response {
         self.post(&format!("/rooms/{room}/leave"))
             .bearer_auth(token)

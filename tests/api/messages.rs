@@ -471,10 +471,7 @@ async fn a_retry_after_leaving_the_room_still_answers_and_announces_its_message(
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
     let room = app.create_room(&alice.token, &unique("r")).await;
-    assert_eq!(
-        app.join_room(&bob.token, &room).await.status(),
-        StatusCode::OK
-    );
+    app.joins(&bob.token, &room).await;
     let mut bobs = app.ready_events(&bob.token).await;
     let store = Store::connect(&app.settings).await.unwrap();
     let first = stored_unannounced(

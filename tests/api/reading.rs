@@ -69,10 +69,7 @@ async fn unread_counts_and_markers_agree_across_two_instances() {
     let alice = a.signup("alice").await;
     let bob = a.signup("bob").await;
     let room = a.create_room(&alice.token, &unique("r")).await;
-    assert_eq!(
-        b.join_room(&bob.token, &room).await.status(),
-        StatusCode::OK
-    );
+    b.joins(&bob.token, &room).await;
     // Nothing before the join counts for bob; everything after it does.
     let mut tab = b.ready_events(&bob.token).await;
     let mut other_tab = a.ready_events(&bob.token).await;
@@ -136,7 +133,7 @@ async fn unread_counts_and_markers_agree_across_two_instances() {
 
     // A member who joins now starts at zero.
     let carol = a.signup("carol").await;
-    a.join_room(&carol.token, &room).await;
+    a.joins(&carol.token, &room).await;
     assert_eq!(
         counts(&b.room_read_state(&carol.token, &room).await),
         (0, 0)
@@ -158,8 +155,8 @@ async fn unread_counts_are_exact_under_concurrent_posts_and_capped_at_100() {
     let bob = a.signup("bob").await;
     let carol = a.signup("carol").await;
     let room = a.create_room(&alice.token, &unique("r")).await;
-    a.join_room(&bob.token, &room).await;
-    a.join_room(&carol.token, &room).await;
+    a.joins(&bob.token, &room).await;
+    a.joins(&carol.token, &room).await;
 
     let post = |n: usize| {
         let (app, user) = if n.is_multiple_of(2) {
@@ -350,7 +347,7 @@ async fn mentions_are_users_who_read_the_conversation() {
     let bob = app.signup("bob").await;
     let outsider = app.signup("out").await;
     let room = app.create_room(&alice.token, &unique("r")).await;
-    app.join_room(&bob.token, &room).await;
+    app.joins(&bob.token, &room).await;
 
     let body = format!(
         "@{} and mail {}@example.com, x@{} @{} @{}.",
@@ -422,7 +419,7 @@ async fn typing_is_live_throttled_and_never_replayed() {
     let bob = a.signup("bob").await;
     let carol = a.signup("carol").await;
     let room = a.create_room(&alice.token, &unique("r")).await;
-    a.join_room(&bob.token, &room).await;
+    a.joins(&bob.token, &room).await;
     let mut bobs = b.events(&bob.token, None).await;
     let ready = bobs.expect("ready").await;
     let path = format!("/rooms/{room}");
@@ -509,10 +506,7 @@ async fn many_unread_mentions_in_one_room_leave_another_rooms_count_exact() {
     let busy = app.create_room(&alice.token, &unique("busy")).await;
     let quiet = app.create_room(&alice.token, &unique("quiet")).await;
     for room in [&busy, &quiet] {
-        assert_eq!(
-            app.join_room(&bob.token, room).await.status(),
-            StatusCode::OK
-        );
+        app.joins(&bob.token, room).await;
     }
     let mention = format!("@{} look", bob.username);
     stream::iter(0..501)

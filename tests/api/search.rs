@@ -43,7 +43,7 @@ async fn search_finds_only_what_the_caller_may_read() {
     let bob = a.signup("bob").await;
     let carol = a.signup("carol").await;
     let room = a.create_room(&alice.token, &unique("r")).await;
-    a.join_room(&bob.token, &room).await;
+    a.joins(&bob.token, &room).await;
     let secret = a.create_room(&carol.token, &unique("s")).await;
     let general = a.general(&alice.token).await;
     let (w, other) = (word(), word());

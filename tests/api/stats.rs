@@ -191,7 +191,7 @@ async fn every_statistic_equals_a_brute_force_count_for_any_window() {
     }
     let general = app.general(&users[0].token).await;
     let side = app.create_room(&users[1].token, &unique("side-")).await;
-    app.join_room(&users[2].token, &side).await;
+    app.joins(&users[2].token, &side).await;
     let mut names: HashMap<String, String> = users
         .iter()
         .map(|u| (u.id.clone(), u.username.clone()))
