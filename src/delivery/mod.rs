@@ -166,8 +166,8 @@ impl Delivery {
     }
 
     /// Stores a post with the next batch and announces it; answers once it is in the log (or,
-    /// Redis refusing it until the write bound, without its event id: the message is stored,
-    /// and its batch is appended and finished later). A post not
+    /// when it cannot be appended within the write bound, without its event id: the message is
+    /// stored, and its batch is appended and finished later). A post not
     /// answered within the write bound (the store hangs, or batches ahead of it are slow)
     /// fails, its outcome unknown: if it is stored after all, its batch is finished as usual.
     pub async fn post(&self, new: NewMessage) -> Result<Posted, PostError> {

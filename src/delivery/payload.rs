@@ -53,8 +53,9 @@ pub struct MessageResponse {
     pub reactions: Vec<ReactionCount>,
     /// Id of the `message` event on the SSE stream, when known (in the answer to a post, or
     /// to a retry with its idempotency key within minutes), so the sender can recognise its
-    /// own message there. Absent when Redis refused the event for the whole write bound
-    /// (2 × MONGODB_TIMEOUT_MS): the message is stored, and its event follows later.
+    /// own message there. Absent when the event could not be appended within the write bound
+    /// (2 × MONGODB_TIMEOUT_MS: Redis refused it, or the instance's appender was too far
+    /// behind): the message is stored, and its event follows later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
 }

@@ -47,8 +47,8 @@ pub(super) struct PostJob {
 
 pub(super) enum Answer {
     /// Stored; the id of its event follows once the batch is appended (`None` if it was
-    /// left to the reconciler: not appended within a minute of being stored, or the appender was
-    /// full).
+    /// left to the reconciler: not appended within a minute of being stored, the appender's
+    /// queue full, or too many batches waiting behind one Redis refused).
     Stored(MessageRecord, oneshot::Receiver<Option<EventId>>),
     Replayed(MessageRecord),
     KeyReused,

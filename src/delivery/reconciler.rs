@@ -108,6 +108,6 @@ fn retry_later(err: &anyhow::Error) -> bool {
 /// How far behind the present the reconciler stays: a batch is stored within the write bound
 /// of its time or not at all, and two seconds more cover the clocks of instances (which must
 /// agree that well) and the time to record it.
-pub fn lag(store: &crate::store::Store) -> Duration {
+fn lag(store: &crate::store::Store) -> Duration {
     store.write_bound() + Duration::from_secs(2)
 }
