@@ -459,26 +459,28 @@ pub async fn user_stats(
     state.delivery.before_reading_counts().await;
     let both = [(Kind::Sent, &exact), (Kind::Received, &exact)];
     // Another user's partners are not theirs to see, and are not read.
-    let ([sent, received], pairs) = if user.user_id() != caller.user_id {
-        (state.store.tallies(both, window).await?, None)
-    } else if window.from.is_none() && window.to.is_none() {
+    let partners_of =
+        (user.user_id() == caller.user_id).then(|| Subjects::Prefix(format!("{id}|")));
+    let ([sent, received], pairs) = match &partners_of {
+        None => (state.store.tallies(both, window).await?, None),
         // All time: only the partners that can make the top `limit` are read.
-        let partners_of = Subjects::Prefix(format!("{id}|"));
-        let (counts, pairs) = tokio::try_join!(
-            state.store.tallies(both, window),
-            state
-                .store
-                .ranking_candidates(Kind::Pair, &partners_of, window, limit),
-        )?;
-        (counts, Some(pairs))
-    } else {
+        Some(partners_of) if window.from.is_none() && window.to.is_none() => {
+            let (counts, pairs) = tokio::try_join!(
+                state.store.tallies(both, window),
+                state
+                    .store
+                    .ranking_candidates(Kind::Pair, partners_of, window, limit),
+            )?;
+            (counts, Some(pairs))
+        }
         // One plan and one read of the raw edges for the three kinds.
-        let partners_of = Subjects::Prefix(format!("{id}|"));
-        let [sent, received, pairs] = state
-            .store
-            .tallies([both[0], both[1], (Kind::Pair, &partners_of)], window)
-            .await?;
-        ([sent, received], Some(pairs))
+        Some(partners_of) => {
+            let [sent, received, pairs] = state
+                .store
+                .tallies([both[0], both[1], (Kind::Pair, partners_of)], window)
+                .await?;
+            ([sent, received], Some(pairs))
+        }
     };
     let sent = sent.get(&id).cloned().unwrap_or_default();
     let received = received.get(&id).cloned().unwrap_or_default();
