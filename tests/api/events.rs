@@ -602,11 +602,12 @@ async fn a_leave_under_a_made_up_future_event_id_still_takes_the_room_off_the_st
     }
 }
 
-/// An event id of the log's epoch 3 s ahead of now, and that time in ms.
+/// An event id of the log's epoch 8 s ahead of now (time enough for a loaded machine to open a
+/// stream and leave or log out before it), and that time in ms.
 async fn an_id_ahead(app: &TestApp, token: &str) -> (String, i64) {
     let ready = app.ready_events(token).await.last_id.unwrap();
     let epoch = ready.split('-').next().unwrap();
-    let ahead_ms = Utc::now().timestamp_millis() + 3_000;
+    let ahead_ms = Utc::now().timestamp_millis() + 8_000;
     (format!("{epoch}-{ahead_ms}-0"), ahead_ms)
 }
 
@@ -1520,7 +1521,13 @@ async fn a_stream_whose_client_went_away_is_released_at_once() {
 /// buffered without bound; its client resumes with the last id it got and misses nothing.
 #[tokio::test]
 async fn a_stream_that_stops_reading_is_closed_and_its_resume_misses_nothing() {
-    const POSTS: usize = 400;
+    // More 16 KB events than the server can have on their way: the kernel's largest send
+    // buffer, a write of up to 64 frames, the 16 the fan-out keeps, and a margin.
+    let send_buffer: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|v| v.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20);
+    let posts = send_buffer / 16_000 + 64 + 16 + 60;
     let app = spawn_app_with(&[("SSE_BUFFER_EVENTS", "16".to_owned())]).await;
     let alice = app.signup("alice").await;
     let bob = app.signup("bob").await;
@@ -1542,9 +1549,9 @@ async fn a_stream_that_stops_reading_is_closed_and_its_resume_misses_nothing() {
         read.extend_from_slice(&chunk[..n]);
     }
 
-    // 16 KB each (4 bytes a character): more than the sockets' buffers hold in all.
+    // 16 KB each (4 bytes a character).
     let body = "\u{1F600}".repeat(3990);
-    let bodies: Vec<String> = (0..POSTS).map(|i| format!("{i} {body}")).collect();
+    let bodies: Vec<String> = (0..posts).map(|i| format!("{i} {body}")).collect();
     for body in &bodies {
         app.post_to_user(&bob.token, &alice.username, body).await;
     }
@@ -1553,6 +1560,8 @@ async fn a_stream_that_stops_reading_is_closed_and_its_resume_misses_nothing() {
         .await
         .expect("the slow stream was closed")
         .unwrap();
+    // Ended by the server (a stalled write would cut it without the last chunk).
+    assert!(read.ends_with(b"0\r\n\r\n"), "the stream ended cleanly");
     let text = String::from_utf8_lossy(&read);
     let mut last_id = None;
     let mut got = Vec::new();
@@ -1567,12 +1576,12 @@ async fn a_stream_that_stops_reading_is_closed_and_its_resume_misses_nothing() {
             got.push(message["body"].as_str().unwrap().to_owned());
         }
     }
-    assert!(got.len() < POSTS, "closed before the end: {}", got.len());
+    assert!(got.len() < posts, "closed before the end: {}", got.len());
     assert_eq!(got, bodies[..got.len()], "in order, none missing");
 
     // The resume from the last message it got brings the rest.
     let mut resumed = app.events(&alice.token, last_id.as_deref()).await;
-    let rest = resumed.messages(POSTS - got.len()).await;
+    let rest = resumed.messages(posts - got.len()).await;
     let rest: Vec<String> = rest
         .iter()
         .map(|e| e.json()["body"].as_str().unwrap().to_owned())
