@@ -59,9 +59,9 @@
     refreshTimer: null,
     sending: false,
     chart: null, // the last activity data drawn
-    pendingKey: null, // Idempotency-Key of the message being sent, reused on retry
-    pendingText: null,
-    pendingTo: null, // and the conversation it goes to
+    // Per conversation, the post not yet answered: {key, text}; a retry of that text there
+    // reuses its Idempotency-Key (a post stored after all is not stored twice).
+    pendingPosts: new Map(),
   };
 
   // ---------------------------------------------------------------- API
@@ -187,6 +187,7 @@
 
   async function logout() {
     closeEvents();
+    showError("account-error", null);
     try {
       await api("POST", "/auth/logout");
     } catch (err) {
@@ -210,9 +211,9 @@
     sessionStorage.removeItem(OPEN_KEY);
     Object.assign(state, {
       token: null, me: null, rooms: [], dms: [], current: null, lastEventId: "",
-      pendingKey: null, pendingText: null, pendingTo: null,
       typingSent: { key: null, at: 0, request: null },
     });
+    state.pendingPosts.clear();
     state.unread.clear();
     state.online.clear();
     state.userNames.clear();
@@ -627,7 +628,7 @@
     $("history-note").textContent = "";
     $("load-older").hidden = true;
     $("composer-input").disabled = false;
-    $("send").disabled = false;
+    $("send").disabled = state.sending;
     $("composer-input").placeholder =
       "Message " + (conv.kind === "room" ? "#" + conv.name : conv.name) +
       " (Enter sends, Shift+Enter adds a new line)";
@@ -691,6 +692,11 @@
   // is ready (messages already shown are not shown twice).
   async function catchUp(conv) {
     await conv.loading;
+    if (state.current !== conv) return;
+    if (!conv.loaded) {
+      loadHistory(conv, null); // the first page failed: this is the first page
+      return;
+    }
     try {
       const page = await api("GET", historyPath(conv, null));
       if (state.current !== conv) return;
@@ -851,28 +857,25 @@
     const input = $("composer-input");
     const body = input.value;
     if (!conv || state.sending || !body.trim()) return;
-    // A retry of the same text to the same conversation keeps its key (a post that was stored
-    // after all is not stored twice); anything else is a new post.
-    if (state.pendingText !== body || state.pendingTo !== conv.key) {
-      state.pendingKey = newIdempotencyKey();
-      state.pendingText = body;
-      state.pendingTo = conv.key;
+    let pending = state.pendingPosts.get(conv.key);
+    if (!pending || pending.text !== body) {
+      pending = { key: newIdempotencyKey(), text: body };
+      state.pendingPosts.set(conv.key, pending);
     }
     // One post at a time, in order; the text of a second Enter meanwhile stays in the box.
     state.sending = true;
     $("send").disabled = true;
     $("send").textContent = "Sending…";
     showError("composer-error", null);
+    showError("account-error", null); // the user has moved on from a failed logout
     try {
       // A typing signal still on its way would reach the others after the message, and show
       // the indicator again that the message clears (waited for a second at most).
       await Promise.race([state.typingSent.request, new Promise((resolve) => setTimeout(resolve, 1000))]);
       const target = conv.kind === "room" ? { room_id: conv.id } : { to: conv.name };
       const message = await api("POST", "/messages", { ...target, body },
-        { "Idempotency-Key": state.pendingKey });
-      state.pendingKey = null;
-      state.pendingText = null;
-      state.pendingTo = null;
+        { "Idempotency-Key": pending.key });
+      if (state.pendingPosts.get(conv.key) === pending) state.pendingPosts.delete(conv.key);
       state.typingSent = { key: null, at: 0, request: null }; // the next keystroke says so again
       if (input.value === body) input.value = "";
       if (state.current === conv && addMessage(conv, message)) scrollToBottom();
