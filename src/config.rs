@@ -44,8 +44,8 @@ pub struct Settings {
     /// `SSE_BUFFER_EVENTS`: how far a slow stream may fall behind before it is closed (the
     /// client then resumes from the log).
     pub sse_buffer_events: usize,
-    /// `AUTH_RATE_LIMIT_PER_MINUTE`: login or register attempts allowed per client address and
-    /// username per minute.
+    /// `AUTH_RATE_LIMIT_PER_MINUTE`: login attempts allowed per minute per client address and
+    /// username, and per address for all usernames; registrations per address.
     pub auth_rate_limit_per_minute: u32,
     /// `WRITE_RATE_LIMIT_PER_MINUTE`: posts, edits, deletions, reactions and room changes
     /// allowed per user per minute, on all instances together.
